@@ -1,0 +1,444 @@
+package vxlan
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/backend"
+)
+
+// The kernel tests build the reference deployment's node1 (and node2) inside
+// network namespaces of their own, with a veth "eth0" as the
+// underlay: nothing they send can leave those namespaces.
+
+func skipUnlessRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("kernel test: needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("kernel test: needs iproute2's ip")
+	}
+}
+
+func sh(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// newNetns creates an empty namespace with lo up, deleted at cleanup.
+func newNetns(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 4)
+	rand.Read(b)
+	name := "weft-vx-" + hex.EncodeToString(b)
+	sh(t, "ip", "netns", "add", name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("deleting netns %s: %v\n%s", name, err, out)
+		}
+	})
+	sh(t, "ip", "-n", name, "link", "set", "lo", "up")
+	return name
+}
+
+// node is one host of the reference deployment inside a namespace.
+type node struct {
+	ns     string
+	nsh    netns.NsHandle
+	uplink int
+	local  netip.Addr
+	subnet netip.Prefix
+	mac    net.HardwareAddr
+}
+
+func (n *node) peer() backend.Peer {
+	return backend.Peer{Subnet: n.subnet, PublicIP: n.local, VtepMAC: n.mac}
+}
+
+// newNode makes a namespace whose "eth0" (one end of a veth pair whose other
+// end stays in the namespace) holds local/16.
+func newNode(t *testing.T, local, subnet string, mac net.HardwareAddr) *node {
+	t.Helper()
+	ns := newNetns(t)
+	sh(t, "ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer")
+	sh(t, "ip", "-n", ns, "link", "set", "eth0-peer", "up")
+	return setupNode(t, ns, local, subnet, mac)
+}
+
+func setupNode(t *testing.T, ns, local, subnet string, mac net.HardwareAddr) *node {
+	t.Helper()
+	sh(t, "ip", "-n", ns, "addr", "add", local+"/16", "dev", "eth0")
+	sh(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+	nsh, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nsh.Close() })
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &node{
+		ns: ns, nsh: nsh, uplink: eth0.Attrs().Index,
+		local: netip.MustParseAddr(local), subnet: netip.MustParsePrefix(subnet), mac: mac,
+	}
+}
+
+func (n *node) device(t *testing.T, mac net.HardwareAddr) *Device {
+	t.Helper()
+	d, err := New(Config{Local: n.local, UplinkIndex: n.uplink, MAC: mac, Subnet: n.subnet}, testLogger(t), WithNamespace(n.nsh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return d
+}
+
+// show runs an iproute2 command in the node's namespace and returns its
+// lines, trailing blanks trimmed.
+func (n *node) show(t *testing.T, cmd string, args ...string) string {
+	t.Helper()
+	out := sh(t, append([]string{cmd, "-n", n.ns}, args...)...)
+	var lines []string
+	for l := range strings.Lines(out) {
+		if l = strings.TrimRight(l, " \n"); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if cmd == "bridge" || slices.Contains(args, "neigh") {
+		slices.Sort(lines) // printed in hash order
+	}
+	return strings.Join(lines, "\n")
+}
+
+var (
+	mac1 = net.HardwareAddr{0xb2, 0x69, 0x2c, 0x67, 0x63, 0x01}
+	mac2 = net.HardwareAddr{0xb2, 0x69, 0x2c, 0x67, 0x63, 0x02}
+	mac3 = net.HardwareAddr{0xb2, 0x69, 0x2c, 0x67, 0x63, 0x03}
+	mac4 = net.HardwareAddr{0xb2, 0x69, 0x2c, 0x67, 0x63, 0x04}
+)
+
+var (
+	node2 = backend.Peer{Subnet: netip.MustParsePrefix("172.16.78.0/24"), PublicIP: netip.MustParseAddr("172.17.42.32"), VtepMAC: mac2}
+	node3 = backend.Peer{Subnet: netip.MustParsePrefix("172.16.93.0/24"), PublicIP: netip.MustParseAddr("172.17.42.33"), VtepMAC: mac3}
+)
+
+// wantEntries checks routes, neighbours and FDB as a user would look at them.
+func (n *node) wantEntries(t *testing.T, routes, neighs, fdb string) {
+	t.Helper()
+	if got := n.show(t, "ip", "-4", "route"); got != routes {
+		t.Errorf("ip route:\n%s\nwant:\n%s", got, routes)
+	}
+	if got := n.show(t, "ip", "-4", "neigh", "show", "dev", "flannel.1"); got != neighs {
+		t.Errorf("ip neigh show dev flannel.1:\n%s\nwant:\n%s", got, neighs)
+	}
+	if got := n.show(t, "bridge", "fdb", "show", "dev", "flannel.1"); got != fdb {
+		t.Errorf("bridge fdb show dev flannel.1:\n%s\nwant:\n%s", got, fdb)
+	}
+}
+
+const uplinkRoute = "172.17.0.0/16 dev eth0 proto kernel scope link src 172.17.42.31"
+
+func TestKernelEnsureAndSet(t *testing.T) {
+	skipUnlessRoot(t)
+	n := newNode(t, "172.17.42.31", "172.16.28.0/24", mac1)
+	d := n.device(t, mac1)
+	ctx := context.Background()
+	if changed, err := d.Ensure(ctx); err != nil || !changed {
+		t.Fatalf("Ensure = %v, %v", changed, err)
+	}
+	link := n.show(t, "ip", "-d", "link", "show", "flannel.1")
+	for _, want := range []string{
+		"<BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 ",
+		"link/ether b2:69:2c:67:63:01 ",
+		"vxlan id 1 local 172.17.42.31 dev eth0 srcport 0 0 dstport 8472 nolearning ",
+	} {
+		if !strings.Contains(link, want) {
+			t.Errorf("ip -d link show flannel.1 lacks %q:\n%s", want, link)
+		}
+	}
+	for _, bad := range []string{" proxy", "l2miss", "l3miss"} {
+		if strings.Contains(link, bad) {
+			t.Errorf("ip -d link show flannel.1 has %q:\n%s", bad, link)
+		}
+	}
+	if got := n.show(t, "ip", "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(got, "inet 172.16.28.0/32 ") || strings.Count(got, "inet ") != 1 {
+		t.Errorf("addresses of flannel.1:\n%s", got)
+	}
+	if d.MTU() != 1450 {
+		t.Errorf("MTU() = %d", d.MTU())
+	}
+
+	if err := d.Set(ctx, []backend.Peer{node2, node3}); err != nil {
+		t.Fatal(err)
+	}
+	n.wantEntries(t,
+		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+
+			"172.16.93.0/24 via 172.16.93.0 dev flannel.1 onlink\n"+
+			uplinkRoute,
+		"172.16.78.0 lladdr b2:69:2c:67:63:02 PERMANENT\n"+
+			"172.16.93.0 lladdr b2:69:2c:67:63:03 PERMANENT",
+		"b2:69:2c:67:63:02 dst 172.17.42.32 self permanent\n"+
+			"b2:69:2c:67:63:03 dst 172.17.42.33 self permanent")
+
+	// node3 leaves: all three of its entries go.
+	if err := d.Set(ctx, []backend.Peer{node2}); err != nil {
+		t.Fatal(err)
+	}
+	n.wantEntries(t,
+		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+uplinkRoute,
+		"172.16.78.0 lladdr b2:69:2c:67:63:02 PERMANENT",
+		"b2:69:2c:67:63:02 dst 172.17.42.32 self permanent")
+
+	// node2 comes back with a new address and MAC.
+	moved := node2
+	moved.PublicIP = netip.MustParseAddr("172.17.42.42")
+	moved.VtepMAC = mac4
+	if err := d.Set(ctx, []backend.Peer{moved}); err != nil {
+		t.Fatal(err)
+	}
+	n.wantEntries(t,
+		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+uplinkRoute,
+		"172.16.78.0 lladdr b2:69:2c:67:63:04 PERMANENT",
+		"b2:69:2c:67:63:04 dst 172.17.42.42 self permanent")
+
+	// Same MAC, new address: the FDB entry is replaced, not duplicated.
+	moved.PublicIP = netip.MustParseAddr("172.17.42.43")
+	if err := d.Set(ctx, []backend.Peer{moved}); err != nil {
+		t.Fatal(err)
+	}
+	n.wantEntries(t,
+		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+uplinkRoute,
+		"172.16.78.0 lladdr b2:69:2c:67:63:04 PERMANENT",
+		"b2:69:2c:67:63:04 dst 172.17.42.43 self permanent")
+
+	if rep, err := d.Reconcile(ctx); err != nil || rep.Total() != 0 {
+		t.Errorf("Reconcile after Set = %+v, %v; want no repairs", rep, err)
+	}
+}
+
+func TestKernelReconcileRepairs(t *testing.T) {
+	skipUnlessRoot(t)
+	n := newNode(t, "172.17.42.31", "172.16.28.0/24", mac1)
+	d := n.device(t, mac1)
+	ctx := context.Background()
+	if _, err := d.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Set(ctx, []backend.Peer{node2, node3}); err != nil {
+		t.Fatal(err)
+	}
+	// Someone deletes node2's route and node3's neighbour and FDB entry,
+	// and adds entries no peer wants.
+	sh(t, "ip", "-n", n.ns, "route", "del", "172.16.78.0/24")
+	sh(t, "ip", "-n", n.ns, "neigh", "del", "172.16.93.0", "dev", "flannel.1")
+	sh(t, "bridge", "-n", n.ns, "fdb", "del", "b2:69:2c:67:63:03", "dev", "flannel.1", "dst", "172.17.42.33", "self")
+	sh(t, "ip", "-n", n.ns, "route", "add", "172.16.55.0/24", "via", "172.16.55.0", "dev", "flannel.1", "onlink")
+	sh(t, "ip", "-n", n.ns, "neigh", "add", "172.16.55.0", "lladdr", "b2:69:2c:67:63:55", "dev", "flannel.1", "nud", "permanent")
+	sh(t, "bridge", "-n", n.ns, "fdb", "replace", "b2:69:2c:67:63:02", "dev", "flannel.1", "dst", "172.17.42.99", "self", "permanent")
+	sh(t, "bridge", "-n", n.ns, "fdb", "add", "b2:69:2c:67:63:55", "dev", "flannel.1", "dst", "172.17.42.55", "self", "permanent")
+
+	rep, err := d.Reconcile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Repairs{Route: 2, Neigh: 2, FDB: 3}); rep != want {
+		t.Errorf("repairs = %+v, want %+v", rep, want)
+	}
+	n.wantEntries(t,
+		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+
+			"172.16.93.0/24 via 172.16.93.0 dev flannel.1 onlink\n"+
+			uplinkRoute,
+		"172.16.78.0 lladdr b2:69:2c:67:63:02 PERMANENT\n"+
+			"172.16.93.0 lladdr b2:69:2c:67:63:03 PERMANENT",
+		"b2:69:2c:67:63:02 dst 172.17.42.32 self permanent\n"+
+			"b2:69:2c:67:63:03 dst 172.17.42.33 self permanent")
+
+	// The device itself deleted by hand: recreated and refilled.
+	sh(t, "ip", "-n", n.ns, "link", "del", "flannel.1")
+	rep, err = d.Reconcile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Repairs{Link: 1, Route: 2, Neigh: 2, FDB: 2}); rep != want {
+		t.Errorf("repairs after link deletion = %+v, want %+v", rep, want)
+	}
+	if got := n.show(t, "ip", "-4", "neigh", "show", "dev", "flannel.1"); strings.Count(got, "PERMANENT") != 2 {
+		t.Errorf("neighbours after recreation:\n%s", got)
+	}
+}
+
+func TestKernelRecreatesWrongDevice(t *testing.T) {
+	skipUnlessRoot(t)
+	n := newNode(t, "172.17.42.31", "172.16.28.0/24", mac1)
+	sh(t, "ip", "-n", n.ns, "link", "add", "flannel.1", "address", "b2:69:2c:67:63:77", "type", "vxlan",
+		"id", "2", "local", "172.17.42.31", "dev", "eth0", "dstport", "8472", "nolearning")
+	sh(t, "ip", "-n", n.ns, "addr", "add", "172.16.99.0/32", "dev", "flannel.1")
+	old := n.show(t, "ip", "-o", "link", "show", "flannel.1")
+
+	// No MAC configured: the old device's MAC is kept.
+	d := n.device(t, nil)
+	if changed, err := d.Ensure(context.Background()); err != nil || !changed {
+		t.Fatalf("Ensure = %v, %v", changed, err)
+	}
+	link := n.show(t, "ip", "-d", "link", "show", "flannel.1")
+	if !strings.Contains(link, "vxlan id 1 local 172.17.42.31 dev eth0") || !strings.Contains(link, "link/ether b2:69:2c:67:63:77 ") {
+		t.Errorf("device not recreated with VNI 1 and the same MAC:\n%s", link)
+	}
+	if new := n.show(t, "ip", "-o", "link", "show", "flannel.1"); strings.Fields(new)[0] == strings.Fields(old)[0] {
+		t.Errorf("ifindex unchanged, device was not recreated: %s", new)
+	}
+	if got := n.show(t, "ip", "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(got, "172.16.28.0/32") || strings.Contains(got, "172.16.99.0") {
+		t.Errorf("addresses: %s", got)
+	}
+	if d.MAC().String() != "b2:69:2c:67:63:77" {
+		t.Errorf("MAC() = %v", d.MAC())
+	}
+}
+
+// TestKernelAdoptsWithoutChange restarts weftd on a working node: the
+// device keeps its ifindex and no route, neighbour or FDB entry changes.
+func TestKernelAdoptsWithoutChange(t *testing.T) {
+	skipUnlessRoot(t)
+	n := newNode(t, "172.17.42.31", "172.16.28.0/24", mac1)
+	ctx := context.Background()
+	first := n.device(t, mac1)
+	if _, err := first.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Set(ctx, []backend.Peer{node2, node3}); err != nil {
+		t.Fatal(err)
+	}
+	index := first.Index()
+	first.Close()
+
+	d := n.device(t, mac1)
+	subCtx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	kicks := make(chan struct{}, 100)
+	if err := d.Subscribe(subCtx, func() { kicks <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := d.Ensure(ctx); err != nil || changed {
+		t.Fatalf("Ensure on a matching device = %v, %v; want false, nil", changed, err)
+	}
+	if d.Index() != index {
+		t.Errorf("ifindex %d, was %d: the device was recreated", d.Index(), index)
+	}
+	if err := d.Set(ctx, []backend.Peer{node2, node3}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-kicks:
+		t.Errorf("adopting a correct node changed the kernel")
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func TestKernelSubscribeKicks(t *testing.T) {
+	skipUnlessRoot(t)
+	n := newNode(t, "172.17.42.31", "172.16.28.0/24", mac1)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	d := n.device(t, mac1)
+	if _, err := d.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Set(ctx, []backend.Peer{node2}); err != nil {
+		t.Fatal(err)
+	}
+	kicks := make(chan struct{}, 100)
+	if err := d.Subscribe(ctx, func() { kicks <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	// A change elsewhere does not kick.
+	sh(t, "ip", "-n", n.ns, "link", "add", "other", "type", "veth", "peer", "name", "other-peer")
+	sh(t, "ip", "-n", n.ns, "link", "set", "other", "up")
+	select {
+	case <-kicks:
+		t.Errorf("kicked by an unrelated link")
+	case <-time.After(200 * time.Millisecond):
+	}
+	for _, cmd := range [][]string{
+		{"ip", "-n", n.ns, "route", "del", "172.16.78.0/24"},
+		{"ip", "-n", n.ns, "neigh", "del", "172.16.78.0", "dev", "flannel.1"},
+		{"bridge", "-n", n.ns, "fdb", "del", "b2:69:2c:67:63:02", "dev", "flannel.1", "dst", "172.17.42.32", "self"},
+		{"ip", "-n", n.ns, "link", "set", "eth0", "mtu", "1400"},
+	} {
+		sh(t, cmd...)
+		select {
+		case <-kicks:
+		case <-time.After(time.Second):
+			t.Errorf("no kick within 1s of %q", cmd)
+		}
+		time.Sleep(50 * time.Millisecond)
+		for len(kicks) > 0 {
+			<-kicks
+		}
+	}
+	// What the daemon does after a kick.
+	rep, err := d.Reconcile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Repairs{Link: 1, Route: 1, Neigh: 1, FDB: 1}); rep != want {
+		t.Errorf("repairs = %+v, want %+v", rep, want)
+	}
+	if d.MTU() != 1350 {
+		t.Errorf("MTU after the uplink's went to 1400 = %d, want 1350", d.MTU())
+	}
+}
+
+// TestKernelTwoNodesPing joins node1 and node2 over a veth underlay and pings
+// across the overlay, inside the two namespaces only.
+func TestKernelTwoNodesPing(t *testing.T) {
+	skipUnlessRoot(t)
+	if _, err := exec.LookPath("ping"); err != nil {
+		t.Skip("needs ping")
+	}
+	ns1, ns2 := newNetns(t), newNetns(t)
+	sh(t, "ip", "-n", ns1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", ns2)
+	n1 := setupNode(t, ns1, "172.17.42.31", "172.16.28.0/24", mac1)
+	n2 := setupNode(t, ns2, "172.17.42.32", "172.16.78.0/24", mac2)
+	ctx := context.Background()
+	for _, pair := range [][2]*node{{n1, n2}, {n2, n1}} {
+		d := pair[0].device(t, pair[0].mac)
+		if _, err := d.Ensure(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Set(ctx, []backend.Peer{pair[1].peer()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command("ip", "netns", "exec", ns1, "ping", "-c", "2", "-i", "0.2", "-W", "2", "172.16.78.0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ping node2's VTEP address over the overlay: %v\n%s", err, out)
+	}
+	// The packets really went through VXLAN: node2's device received them.
+	rx := strings.TrimSpace(sh(t, "ip", "netns", "exec", ns2, "cat", "/sys/class/net/flannel.1/statistics/rx_packets"))
+	if rx == "0" {
+		t.Errorf("node2's flannel.1 received no packets although ping succeeded")
+	}
+}

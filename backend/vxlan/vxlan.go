@@ -1,0 +1,427 @@
+package vxlan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/backend"
+)
+
+// Defaults match flannel's, so weft and flannel nodes can share an overlay.
+const (
+	DefaultVNI  = 1
+	DefaultPort = 8472
+)
+
+// Overhead of VXLAN encapsulation on an IPv4 and an IPv6 underlay: outer IP
+// header, UDP (8), VXLAN (8) and the inner Ethernet header (14).
+const (
+	overheadV4 = 20 + 8 + 8 + 14
+	overheadV6 = 40 + 8 + 8 + 14
+)
+
+// Config describes the node's VXLAN device.
+type Config struct {
+	// Name of the device; "flannel.<VNI>" when empty.
+	Name string
+	// VNI is the VXLAN network identifier; DefaultVNI when 0.
+	VNI uint32
+	// Port is the UDP destination port; DefaultPort when 0.
+	Port uint16
+	// Local is the node's public (underlay) address, the outer source.
+	Local netip.Addr
+	// UplinkIndex is the index of the underlay interface that holds Local.
+	UplinkIndex int
+	// MTU of the device; the uplink's MTU minus the encapsulation overhead
+	// when 0.
+	MTU int
+	// MAC is the device's hardware address (the VTEP MAC peers program).
+	// When nil, an existing device's address is kept, or the kernel picks one.
+	MAC net.HardwareAddr
+	// Subnet is this node's own subnet; the device gets its first address
+	// (for example 172.16.28.0/32).
+	Subnet netip.Prefix
+}
+
+// Option changes how New builds a Device.
+type Option func(*options)
+
+type options struct {
+	ns    netns.NsHandle
+	nl    nlAPI // tests only
+	subNS *netns.NsHandle
+}
+
+// WithNamespace makes the Device work in the network namespace ns instead of
+// the caller's one. The Device does not close ns; it must stay open until
+// Close.
+func WithNamespace(ns netns.NsHandle) Option {
+	return func(o *options) {
+		o.ns = ns
+		o.subNS = &ns
+	}
+}
+
+// withNL replaces the kernel with a fake (tests).
+func withNL(n nlAPI) Option {
+	return func(o *options) { o.nl = n }
+}
+
+// Device is the node's VXLAN device and the per-peer entries on it. It is safe
+// for concurrent use.
+type Device struct {
+	cfg    Config
+	log    *slog.Logger
+	nl     nlAPI
+	kernel *kernel         // nil with a fake; closed by Close
+	subNS  *netns.NsHandle // namespace for subscriptions; nil = caller's
+
+	// curIndex mirrors index for the subscription filters, which must not
+	// wait for mu while a long Set holds it.
+	curIndex atomic.Int32
+
+	mu sync.Mutex // guards the fields below
+	// index and mtu of the device, valid after Ensure.
+	index int
+	mtu   int
+	mac   net.HardwareAddr
+	// record is what this Device programmed; nil means unknown (after New,
+	// or after the link was recreated), so the next Set compares against
+	// the kernel instead.
+	record *entries
+	// want is the desired entries of the last Set; nil before the first Set,
+	// so that Reconcile does not delete entries before it knows the peers.
+	want *entries
+}
+
+var _ backend.Backend = (*Device)(nil)
+
+// New checks cfg, fills in defaults and opens a netlink handle. It does not
+// touch the kernel's configuration; call Ensure for that.
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Device, error) {
+	var o options
+	o.ns = netns.None()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if cfg.VNI == 0 {
+		cfg.VNI = DefaultVNI
+	}
+	if cfg.Port == 0 {
+		cfg.Port = DefaultPort
+	}
+	if cfg.Name == "" {
+		cfg.Name = fmt.Sprintf("flannel.%d", cfg.VNI)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.Local = cfg.Local.Unmap()
+	cfg.Subnet = cfg.Subnet.Masked()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Device{
+		cfg:   cfg,
+		log:   log.With("component", "vxlan", "device", cfg.Name),
+		nl:    o.nl,
+		subNS: o.subNS,
+		mac:   cfg.MAC,
+	}
+	if d.nl == nil {
+		k, err := newKernel(o.ns)
+		if err != nil {
+			return nil, err
+		}
+		d.kernel = k
+		d.nl = k
+	}
+	return d, nil
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if len(c.Name) > 15 {
+		errs = append(errs, fmt.Errorf("device name %q longer than 15 bytes", c.Name))
+	}
+	if c.VNI >= 1<<24 {
+		errs = append(errs, fmt.Errorf("VNI %d does not fit in 24 bits", c.VNI))
+	}
+	if !c.Local.IsValid() {
+		errs = append(errs, errors.New("no local (public) address"))
+	}
+	if c.UplinkIndex <= 0 {
+		errs = append(errs, errors.New("no uplink interface index"))
+	}
+	if !c.Subnet.IsValid() {
+		errs = append(errs, errors.New("no subnet"))
+	}
+	if c.MTU < 0 {
+		errs = append(errs, fmt.Errorf("negative MTU %d", c.MTU))
+	}
+	if c.MAC != nil && len(c.MAC) != 6 {
+		errs = append(errs, fmt.Errorf("MAC %v is not a 6-byte Ethernet address", c.MAC))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("checking vxlan config: %w", err)
+	}
+	return nil
+}
+
+// Close releases the netlink handle. It leaves the device and its entries in
+// place, so packets keep flowing while weftd restarts.
+func (d *Device) Close() {
+	if d.kernel != nil {
+		d.kernel.close()
+	}
+}
+
+// Name returns the device's name.
+func (d *Device) Name() string { return d.cfg.Name }
+
+// Index returns the device's interface index; 0 before Ensure.
+func (d *Device) Index() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.index
+}
+
+// MTU returns the device's MTU; 0 before Ensure.
+func (d *Device) MTU() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.mtu
+}
+
+// MAC returns the device's hardware address: Config.MAC, or, when that was
+// nil, the address the device has after Ensure.
+func (d *Device) MAC() net.HardwareAddr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.mac
+}
+
+// Ensure creates the device or adopts an existing one, and reports whether it
+// changed anything. A device whose VNI, port, local address, uplink, learning
+// or proxy settings are wrong, or which is not a VXLAN device, is deleted and
+// recreated (its peers are then reprogrammed by the next Set or Reconcile); a
+// wrong MTU, MAC, address or down state is fixed in place. A matching device
+// is adopted untouched, entries included.
+func (d *Device) Ensure(ctx context.Context) (changed bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ensureLocked(ctx)
+}
+
+func (d *Device) ensureLocked(ctx context.Context) (changed bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	uplink, err := d.nl.LinkByIndex(d.cfg.UplinkIndex)
+	if err != nil {
+		return false, fmt.Errorf("looking up uplink index %d: %w", d.cfg.UplinkIndex, err)
+	}
+	mtu := d.cfg.MTU
+	if mtu == 0 {
+		mtu = uplink.Attrs().MTU - overheadV4
+		if d.cfg.Local.Is6() {
+			mtu = uplink.Attrs().MTU - overheadV6
+		}
+	}
+
+	link, err := d.nl.LinkByName(d.cfg.Name)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		link = nil
+		d.setIndexLocked(0)
+		d.record = nil
+	case err != nil:
+		return false, fmt.Errorf("looking up device %s: %w", d.cfg.Name, err)
+	}
+	if link != nil {
+		if why := d.mismatch(link); why != "" {
+			d.log.Warn("recreating device", "reason", why)
+			if d.mac == nil {
+				d.mac = link.Attrs().HardwareAddr
+			}
+			if err := d.nl.LinkDel(link); err != nil {
+				return false, fmt.Errorf("deleting device %s (%s): %w", d.cfg.Name, why, err)
+			}
+			d.setIndexLocked(0)
+			d.record = nil
+			link = nil
+		}
+	}
+	if link == nil {
+		link, err = d.createLocked(mtu)
+		if err != nil {
+			return true, err
+		}
+		changed = true
+		d.record = nil
+	}
+	d.setIndexLocked(link.Attrs().Index)
+	if d.mac == nil {
+		d.mac = link.Attrs().HardwareAddr
+	}
+
+	fixed, err := d.fixInPlaceLocked(link, mtu)
+	d.mtu = link.Attrs().MTU
+	if err == nil {
+		d.mtu = mtu
+	}
+	return changed || fixed, err
+}
+
+// mismatch says why an existing link cannot be adopted, or "" if it can.
+func (d *Device) mismatch(link netlink.Link) string {
+	vx, ok := link.(*netlink.Vxlan)
+	if !ok {
+		return fmt.Sprintf("is a %s device, not vxlan", link.Type())
+	}
+	local, _ := netip.AddrFromSlice(vx.SrcAddr)
+	switch {
+	case uint32(vx.VxlanId) != d.cfg.VNI:
+		return fmt.Sprintf("VNI %d, want %d", vx.VxlanId, d.cfg.VNI)
+	case vx.Port != int(d.cfg.Port):
+		return fmt.Sprintf("port %d, want %d", vx.Port, d.cfg.Port)
+	case local.Unmap() != d.cfg.Local:
+		return fmt.Sprintf("local %v, want %v", vx.SrcAddr, d.cfg.Local)
+	case vx.VtepDevIndex != d.cfg.UplinkIndex:
+		return fmt.Sprintf("uplink index %d, want %d", vx.VtepDevIndex, d.cfg.UplinkIndex)
+	case vx.Learning:
+		return "learning on"
+	case vx.Proxy || vx.L2miss || vx.L3miss || vx.FlowBased || vx.GBP:
+		return "proxy, l2miss, l3miss, external or gbp set"
+	case len(vx.Group) > 0 && !vx.Group.IsUnspecified():
+		return fmt.Sprintf("remote/group %v set", vx.Group)
+	}
+	return ""
+}
+
+func (d *Device) createLocked(mtu int) (netlink.Link, error) {
+	vx := &netlink.Vxlan{
+		LinkAttrs: netlink.LinkAttrs{
+			Name:         d.cfg.Name,
+			MTU:          mtu,
+			HardwareAddr: d.mac,
+		},
+		VxlanId:      int(d.cfg.VNI),
+		VtepDevIndex: d.cfg.UplinkIndex,
+		SrcAddr:      d.cfg.Local.AsSlice(),
+		Port:         int(d.cfg.Port),
+		Learning:     false,
+	}
+	if err := d.nl.LinkAdd(vx); err != nil {
+		return nil, fmt.Errorf("creating device %s: %w", d.cfg.Name, err)
+	}
+	d.log.Info("created device", "vni", d.cfg.VNI, "port", d.cfg.Port, "local", d.cfg.Local, "mtu", mtu)
+	link, err := d.nl.LinkByName(d.cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("looking up device %s after creating it: %w", d.cfg.Name, err)
+	}
+	return link, nil
+}
+
+// fixInPlaceLocked sets the MTU, MAC, address and up state of an adoptable
+// link.
+func (d *Device) fixInPlaceLocked(link netlink.Link, mtu int) (changed bool, err error) {
+	var errs []error
+	a := link.Attrs()
+	if a.MTU != mtu {
+		if err := d.nl.LinkSetMTU(link, mtu); err != nil {
+			errs = append(errs, fmt.Errorf("setting MTU of %s to %d: %w", d.cfg.Name, mtu, err))
+		} else {
+			d.log.Info("set MTU", "from", a.MTU, "to", mtu)
+			changed = true
+		}
+	}
+	if d.mac != nil && a.HardwareAddr.String() != d.mac.String() {
+		if err := d.nl.LinkSetHardwareAddr(link, d.mac); err != nil {
+			errs = append(errs, fmt.Errorf("setting MAC of %s to %v: %w", d.cfg.Name, d.mac, err))
+		} else {
+			d.log.Info("set MAC", "from", a.HardwareAddr, "to", d.mac)
+			changed = true
+		}
+	}
+	addrChanged, err := d.fixAddrsLocked(link)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	changed = changed || addrChanged
+	if a.Flags&net.FlagUp == 0 {
+		if err := d.nl.LinkSetUp(link); err != nil {
+			errs = append(errs, fmt.Errorf("bringing %s up: %w", d.cfg.Name, err))
+		} else {
+			changed = true
+		}
+	}
+	return changed, errors.Join(errs...)
+}
+
+// fixAddrsLocked makes the subnet's first address the device's only address
+// (besides IPv6 link-local ones, which the kernel owns).
+func (d *Device) fixAddrsLocked(link netlink.Link) (changed bool, err error) {
+	want := netip.PrefixFrom(d.cfg.Subnet.Addr(), d.cfg.Subnet.Addr().BitLen())
+	addrs, err := d.nl.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("listing addresses of %s: %w", d.cfg.Name, err)
+	}
+	var errs []error
+	have := false
+	for _, a := range addrs {
+		p, ok := prefixOf(a.IPNet)
+		if !ok || p.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		if p == want {
+			have = true
+			continue
+		}
+		if err := d.nl.AddrDel(link, &a); err != nil {
+			errs = append(errs, fmt.Errorf("removing stale address %v from %s: %w", p, d.cfg.Name, err))
+			continue
+		}
+		d.log.Info("removed stale address", "addr", p)
+		changed = true
+	}
+	if !have {
+		if err := d.nl.AddrAdd(link, &netlink.Addr{IPNet: ipNet(want)}); err != nil {
+			errs = append(errs, fmt.Errorf("adding address %v to %s: %w", want, d.cfg.Name, err))
+		} else {
+			changed = true
+		}
+	}
+	return changed, errors.Join(errs...)
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func (d *Device) setIndexLocked(index int) {
+	d.index = index
+	d.curIndex.Store(int32(index))
+}

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// runLeases is `weftctl leases`: every subnet key, valid or not.
+func runLeases(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := pflag.NewFlagSet("weftctl leases", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var ef etcdFlags
+	ef.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	reg, cli, err := ef.registry(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	leases, _, err := reg.ListLeases(ctx)
+	if err != nil {
+		return err
+	}
+	printLeases(stdout, leases)
+	return nil
+}
+
+func printLeases(w io.Writer, leases []subnet.Lease) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tVTEP MAC\tTTL")
+	for _, l := range leases {
+		if l.Err != nil {
+			fmt.Fprintf(tw, "%s\t-\t-\tinvalid: %v\n", l.Key, l.Err)
+			continue
+		}
+		ttl := "reserved"
+		if l.TTL >= 0 {
+			ttl = l.TTL.Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, l.Attrs.VtepMAC, ttl)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/weft-net/weft/backend/vxlan"
+	"github.com/weft-net/weft/internal/etcdconn"
+	"github.com/weft-net/weft/ip"
+	"github.com/weft-net/weft/network"
+	"github.com/weft-net/weft/subnet"
+)
+
+// agent is weftd with everything wired: the etcd client, the registry, the
+// loop and the HTTP server.
+type agent struct {
+	log    *slog.Logger
+	opts   options
+	cli    *clientv3.Client
+	reg    *subnet.Registry
+	node   atomic.Pointer[network.Node] // set once wired; the HTTP server starts before
+	server *http.Server
+}
+
+func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
+	promReg := prometheus.NewRegistry()
+	promReg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo(),
+	)
+
+	ecfg, err := etcdconn.Config(etcdconn.Options{
+		Endpoints: o.etcdEndpoints,
+		CAFile:    o.etcdCAFile,
+		CertFile:  o.etcdCertFile,
+		KeyFile:   o.etcdKeyFile,
+		Username:  o.etcdUsername,
+		Password:  o.etcdPassword,
+	}, log)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(ecfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to etcd: %w", err)
+	}
+	a := &agent{log: log, opts: o, cli: cli}
+	a.reg = subnet.NewRegistry(cli, o.etcdPrefix, log.With("component", "subnet"), promReg)
+
+	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP})
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+
+	a.server = &http.Server{Addr: o.metricsAddr, Handler: a.routes(promReg), ReadHeaderTimeout: 5 * time.Second}
+	if o.metricsAddr != "" {
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			cli.Close()
+			return nil, fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
+		}
+		go func() {
+			if err := a.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+	}
+
+	cfg, err := a.waitConfig(ctx)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	vni := cfg.Backend.VNI
+	mac := ip.VTEPMAC(up.PublicIP, vni)
+	devName := fmt.Sprintf("flannel.%d", vni)
+	avoid, err := network.HostPrefixes(devName)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	log.Info("network config", "network", cfg.Network, "subnet_len", cfg.SubnetLen, "vni", vni,
+		"uplink", up.Name, "public_ip", up.PublicIP, "vtep_mac", mac.String())
+
+	node, err := network.NewNode(network.NodeConfig{
+		Config:         cfg,
+		PublicIP:       up.PublicIP,
+		Underlay:       up.Networks,
+		Avoid:          avoid,
+		LeaseTTL:       o.leaseTTL,
+		SubnetFile:     o.subnetFile,
+		IPMasq:         o.ipMasq,
+		ResyncInterval: o.resyncInterval,
+		RulesInterval:  o.iptablesResync,
+		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
+		Holder:         a.reg,
+		Watcher:        a.reg,
+		NewDataplane: func(own netip.Prefix) (network.Dataplane, error) {
+			return newVXLAN(vxlan.Config{
+				Name:        devName,
+				VNI:         vni,
+				Port:        cfg.Backend.Port,
+				Local:       up.PublicIP,
+				UplinkIndex: up.Index,
+				MTU:         cfg.Backend.MTU,
+				MAC:         mac,
+				Subnet:      own,
+			}, log, promReg)
+		},
+		NewRules: func(rc network.RulesConfig) (network.RuleSet, error) {
+			r, err := network.NewRules(rc, log.With("component", "iptables"))
+			if err != nil {
+				return nil, err
+			}
+			return r, nil
+		},
+		Log:     log,
+		Metrics: network.NewMetrics(promReg),
+	})
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	a.node.Store(node)
+	return a, nil
+}
+
+// waitConfig reads the network config, waiting for etcd and for the config to
+// appear. A config that is there but invalid is an error: weftd will not guess.
+func (a *agent) waitConfig(ctx context.Context) (subnet.Config, error) {
+	logged := false
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		cfg, err := a.reg.GetConfig(rctx)
+		cancel()
+		switch {
+		case err == nil:
+			if logged {
+				a.log.Info("network config found")
+			}
+			return cfg, nil
+		case errors.Is(err, subnet.ErrNoConfig), ctx.Err() == nil && rctx.Err() != nil, isUnavailable(err):
+			if !logged {
+				a.log.Warn("waiting for etcd and the network config", "endpoints", a.opts.etcdEndpoints, "prefix", a.opts.etcdPrefix, "err", err)
+				logged = true
+			}
+		default:
+			return subnet.Config{}, err
+		}
+		select {
+		case <-ctx.Done():
+			return subnet.Config{}, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// isUnavailable reports whether err means etcd could not be reached.
+func isUnavailable(err error) bool {
+	return status.Code(err) == codes.Unavailable || errors.Is(err, context.DeadlineExceeded)
+}
+
+func (a *agent) run(ctx context.Context) error {
+	go a.notifyWhenReady(ctx)
+	return a.node.Load().Run(ctx)
+}
+
+func (a *agent) shutdown(ctx context.Context) {
+	_ = a.server.Shutdown(ctx)
+}
+
+func (a *agent) close() {
+	a.cli.Close()
+}
+
+func buildInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "weft_build_info",
+		Help: "weftd's version; the value is always 1.",
+	}, []string{"version", "goversion"})
+	g.WithLabelValues(buildVersion(), runtime.Version()).Set(1)
+	return g
+}
+
+// notifyWhenReady tells systemd READY=1 when the node first becomes ready, if
+// it was started with NOTIFY_SOCKET.
+func (a *agent) notifyWhenReady(ctx context.Context) {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	if sock == "" {
+		return
+	}
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if len(a.node.Load().Status().NotReady(time.Now(), a.opts.readyEtcdGrace)) > 0 {
+			continue
+		}
+		if err := sdNotify(sock, "READY=1"); err != nil {
+			a.log.Warn("telling systemd we are ready", "err", err)
+		}
+		return
+	}
+}
+
+func sdNotify(sock, msg string) error {
+	if sock[0] == '@' {
+		sock = "\x00" + sock[1:]
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(msg))
+	return err
+}

@@ -1,0 +1,67 @@
+package network
+
+import (
+	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// Metrics are the loop's Prometheus series. None carries a per-peer label, so
+// their number stays fixed however large the cluster grows.
+type Metrics struct {
+	leaseInfo         *prometheus.GaugeVec
+	peersDesired      prometheus.Gauge
+	peersProgrammed   prometheus.Gauge
+	programLatency    prometheus.Histogram
+	reconcileDuration prometheus.Histogram
+	repairs           *prometheus.CounterVec
+	lastReconcile     prometheus.Gauge
+}
+
+// NewMetrics makes the loop's metrics and registers them on reg when it is not nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	peers := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "weft_peers",
+		Help: "Peers the node should forward to (desired) and has in the kernel (programmed).",
+	}, []string{"state"})
+	m := &Metrics{
+		leaseInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "weft_lease_info",
+			Help: "The node's lease; the value is always 1.",
+		}, []string{"subnet", "public_ip", "vtep_mac"}),
+		peersDesired:    peers.WithLabelValues("desired"),
+		peersProgrammed: peers.WithLabelValues("programmed"),
+		programLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "weft_program_latency_seconds",
+			Help:    "From receiving an etcd change to the kernel being programmed.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		reconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "weft_reconcile_duration_seconds",
+			Help:    "Time of one full comparison of the data plane with the kernel.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_reconcile_repairs_total",
+			Help: "Kernel state weft found missing, altered or extra and fixed, by kind.",
+		}, []string{"kind"}),
+		lastReconcile: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_last_reconcile_success_timestamp_seconds",
+			Help: "When the last full comparison with the kernel succeeded.",
+		}),
+	}
+	for _, k := range []string{"route", "neigh", "fdb", "link", "rule"} {
+		m.repairs.WithLabelValues(k)
+	}
+	if reg != nil {
+		reg.MustRegister(m.leaseInfo, peers, m.programLatency, m.reconcileDuration, m.repairs, m.lastReconcile)
+	}
+	return m
+}
+
+func (m *Metrics) setLease(l subnet.Lease, pub netip.Addr, mac string) {
+	m.leaseInfo.Reset()
+	m.leaseInfo.WithLabelValues(l.Subnet.String(), pub.String(), mac).Set(1)
+}

@@ -1,0 +1,456 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/subnet"
+)
+
+// Dataplane is the backend as the loop drives it: made for one subnet, checked
+// against the kernel on demand. backend/vxlan's Device is the real one.
+type Dataplane interface {
+	backend.Backend
+	// Ensure creates or adopts the device and reports whether it had to change it.
+	Ensure(ctx context.Context) (bool, error)
+	// Reconcile compares the kernel with the last Set and repairs the difference,
+	// returning how many entries of each kind it fixed.
+	Reconcile(ctx context.Context) (map[string]int, error)
+	// Subscribe calls kick whenever the kernel reports a change that may concern
+	// the data plane, until ctx ends.
+	Subscribe(ctx context.Context, kick func()) error
+	// MTU is the device's MTU, which containers must use.
+	MTU() int
+	// Name is the device's name, flannel.<VNI>.
+	Name() string
+}
+
+// leaseHolder and peerWatcher are what the loop needs of subnet.Registry.
+type leaseHolder interface {
+	Hold(ctx context.Context, req subnet.HoldRequest) error
+}
+
+type peerWatcher interface {
+	WatchPeers(ctx context.Context, f subnet.PeerFilter, out func(subnet.Snapshot)) error
+}
+
+// RuleSet is what the loop needs of Rules.
+type RuleSet interface {
+	Ensure() (int, error)
+	Update(RulesConfig) error
+}
+
+// NodeConfig is everything the loop is told at start.
+type NodeConfig struct {
+	Config     subnet.Config
+	PublicIP   netip.Addr
+	Underlay   []netip.Prefix // the uplink's networks; no peer may sit on them
+	Avoid      []netip.Prefix // addresses and routes of this host weft did not make
+	LeaseTTL   time.Duration
+	SubnetFile string
+	IPMasq     bool
+
+	ResyncInterval time.Duration // full kernel check, default 10s
+	RulesInterval  time.Duration // iptables check, default 5s
+
+	Leases subnet.LeaseAttrs // attributes to publish (VtepMAC, VNI)
+
+	Holder  leaseHolder
+	Watcher peerWatcher
+	// NewDataplane makes the backend for the node's subnet. It is called again
+	// if the node ever has to move to another subnet.
+	NewDataplane func(own netip.Prefix) (Dataplane, error)
+	// NewRules makes the iptables side.
+	NewRules func(RulesConfig) (RuleSet, error)
+
+	Log     *slog.Logger
+	Metrics *Metrics
+}
+
+// Node is one weftd's main loop.
+type Node struct {
+	cfg NodeConfig
+	log *slog.Logger
+	m   *Metrics
+
+	mu sync.Mutex // guards the fields below, read by Status from other goroutines
+	st Status
+}
+
+// NewNode checks cfg and returns a loop ready to Run.
+func NewNode(cfg NodeConfig) (*Node, error) {
+	if cfg.Holder == nil || cfg.Watcher == nil || cfg.NewDataplane == nil || cfg.NewRules == nil {
+		return nil, errors.New("network: NodeConfig needs Holder, Watcher, NewDataplane and NewRules")
+	}
+	if cfg.ResyncInterval <= 0 {
+		cfg.ResyncInterval = 10 * time.Second
+	}
+	if cfg.RulesInterval <= 0 {
+		cfg.RulesInterval = 5 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	n := &Node{cfg: cfg, log: cfg.Log.With("component", "node"), m: cfg.Metrics}
+	n.st.PublicIP = cfg.PublicIP
+	n.st.VtepMAC = cfg.Leases.VtepMAC.String()
+	return n, nil
+}
+
+// mailbox is a one-slot channel where a newer value replaces an unread older one.
+type mailbox[T any] struct{ ch chan T }
+
+func newMailbox[T any]() mailbox[T] { return mailbox[T]{ch: make(chan T, 1)} }
+
+func (m mailbox[T]) put(v T) {
+	for {
+		select {
+		case m.ch <- v:
+			return
+		default:
+		}
+		select {
+		case <-m.ch:
+		default:
+		}
+	}
+}
+
+type snapshotIn struct {
+	snap subnet.Snapshot
+	at   time.Time
+}
+
+// Run holds the lease and keeps the data plane in step with etcd and the
+// kernel until ctx ends. It returns nil on a clean stop and leaves the lease,
+// device, routes and rules in place.
+func (n *Node) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	leases := newMailbox[subnet.Lease]()
+	prev := n.previousSubnet()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n.holdLease(ctx, prev, leases)
+	}()
+
+	n.beat()
+	var lease subnet.Lease
+	select {
+	case <-ctx.Done():
+		return nil
+	case lease = <-leases.ch:
+	}
+
+	var (
+		dp       Dataplane
+		rules    RuleSet
+		err      error
+		desired  []backend.Peer
+		haveSnap bool
+		synced   bool // the data plane matches the latest snapshot
+	)
+	for dp == nil {
+		if dp, rules, err = n.setUp(ctx, lease); err != nil {
+			n.log.Error("setting up the data plane, will retry", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
+
+	snaps := newMailbox[snapshotIn]()
+	kicks := newMailbox[struct{}]()
+	subCtx, stopSub := context.WithCancel(ctx)
+	n.startWatchers(subCtx, &wg, dp, lease, snaps, kicks)
+
+	resync := time.NewTicker(n.cfg.ResyncInterval)
+	defer resync.Stop()
+	rulesTick := time.NewTicker(n.cfg.RulesInterval)
+	defer rulesTick.Stop()
+	heartbeat := time.NewTicker(time.Second)
+	defer heartbeat.Stop()
+	var debounce <-chan time.Time
+
+	for {
+		select {
+		case <-ctx.Done():
+			stopSub()
+			n.log.Info("stopping; lease, device, routes and rules stay in place")
+			return nil
+
+		case <-heartbeat.C:
+			n.beat()
+
+		case l := <-leases.ch:
+			if l.Subnet == lease.Subnet {
+				lease = l
+				n.setLease(l)
+				continue
+			}
+			n.log.Warn("the node's subnet changed; containers must be restarted on the new one",
+				"old", lease.Subnet, "new", l.Subnet)
+			stopSub()
+			lease = l
+			ndp, nrules, err := n.setUp(ctx, l)
+			if err != nil {
+				n.log.Error("moving the data plane to the new subnet", "err", err)
+				continue
+			}
+			dp, rules = ndp, nrules
+			synced, haveSnap = false, false
+			n.markEnvWritten(false)
+			subCtx, stopSub = context.WithCancel(ctx)
+			n.startWatchers(subCtx, &wg, dp, lease, snaps, kicks)
+
+		case in := <-snaps.ch:
+			desired = peersOf(in.snap)
+			haveSnap = true
+			synced = n.apply(ctx, dp, desired, in.at)
+			if synced && !n.envWritten() {
+				n.writeEnv(dp, lease)
+			}
+
+		case <-kicks.ch:
+			if debounce == nil {
+				debounce = time.After(100 * time.Millisecond)
+			}
+
+		case <-debounce:
+			debounce = nil
+			synced = n.check(ctx, dp, desired, haveSnap) && haveSnap
+
+		case <-resync.C:
+			synced = n.check(ctx, dp, desired, haveSnap) && haveSnap
+			if synced && !n.envWritten() {
+				n.writeEnv(dp, lease)
+			}
+
+		case <-rulesTick.C:
+			n.ensureRules(rules)
+		}
+		n.setSynced(synced)
+	}
+}
+
+// previousSubnet is the subnet this node had before, according to subnet.env.
+func (n *Node) previousSubnet() netip.Prefix {
+	if n.cfg.SubnetFile == "" {
+		return netip.Prefix{}
+	}
+	env, err := ReadSubnetEnv(n.cfg.SubnetFile)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return netip.Prefix{}
+	case err != nil:
+		n.log.Warn("ignoring unreadable subnet file", "err", err)
+		return netip.Prefix{}
+	}
+	return env.Lease()
+}
+
+// holdLease keeps the node's lease until ctx ends, retrying acquisition
+// failures (an exhausted range, etcd down at start) with backoff.
+func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, out mailbox[subnet.Lease]) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		err := n.cfg.Holder.Hold(ctx, subnet.HoldRequest{
+			Config:   n.cfg.Config,
+			PublicIP: n.cfg.PublicIP,
+			VtepMAC:  n.cfg.Leases.VtepMAC,
+			TTL:      n.cfg.LeaseTTL,
+			Previous: prev,
+			Avoid:    n.cfg.Avoid,
+			OnLease: func(l subnet.Lease) {
+				n.setLease(l)
+				out.put(l)
+			},
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		n.log.Error("acquiring the node's lease, will retry", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// setUp makes the device and the rules for the node's subnet.
+func (n *Node) setUp(ctx context.Context, l subnet.Lease) (Dataplane, RuleSet, error) {
+	if err := EnableForwarding(); err != nil {
+		return nil, nil, err
+	}
+	dp, err := n.cfg.NewDataplane(l.Subnet)
+	if err != nil {
+		return nil, nil, fmt.Errorf("making the VXLAN device: %w", err)
+	}
+	if _, err := dp.Ensure(ctx); err != nil {
+		return nil, nil, fmt.Errorf("creating %s: %w", dp.Name(), err)
+	}
+	rc := RulesConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(), IPMasq: n.cfg.IPMasq}
+	rules, err := n.cfg.NewRules(rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("setting up iptables: %w", err)
+	}
+	if _, err := rules.Ensure(); err != nil {
+		return nil, nil, fmt.Errorf("installing iptables rules: %w", err)
+	}
+	return dp, rules, nil
+}
+
+// startWatchers starts the etcd peer watch and the kernel event subscription.
+func (n *Node) startWatchers(ctx context.Context, wg *sync.WaitGroup, dp Dataplane, own subnet.Lease,
+	snaps mailbox[snapshotIn], kicks mailbox[struct{}]) {
+	filter := subnet.PeerFilter{
+		Config:   n.cfg.Config,
+		Underlay: n.cfg.Underlay,
+		Self: func() (netip.Prefix, netip.Addr) {
+			return own.Subnet, n.cfg.PublicIP
+		},
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		err := n.cfg.Watcher.WatchPeers(ctx, filter, func(s subnet.Snapshot) {
+			snaps.put(snapshotIn{snap: s, at: time.Now()})
+		})
+		if err != nil && ctx.Err() == nil {
+			n.log.Error("peer watch stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			err := dp.Subscribe(ctx, func() { kicks.put(struct{}{}) })
+			if ctx.Err() != nil {
+				return
+			}
+			n.log.Warn("kernel event subscription ended, resubscribing", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+}
+
+func peersOf(s subnet.Snapshot) []backend.Peer {
+	out := make([]backend.Peer, 0, len(s.Peers))
+	for _, l := range s.Peers {
+		out = append(out, backend.Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
+	}
+	return out
+}
+
+// apply programs a snapshot and reports whether the kernel now matches it.
+func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, received time.Time) bool {
+	err := dp.Set(ctx, peers)
+	if err != nil {
+		n.log.Error("programming peers", "peers", len(peers), "err", err)
+		n.setPeers(len(peers), -1)
+		return false
+	}
+	n.m.programLatency.Observe(time.Since(received).Seconds())
+	n.setPeers(len(peers), len(peers))
+	n.log.Debug("programmed peers", "peers", len(peers))
+	return true
+}
+
+// check re-creates the device if it was broken and repairs the entries.
+func (n *Node) check(ctx context.Context, dp Dataplane, peers []backend.Peer, haveSnap bool) bool {
+	start := time.Now()
+	changed, err := dp.Ensure(ctx)
+	if err != nil {
+		n.log.Error("checking the VXLAN device", "err", err)
+		return false
+	}
+	if changed {
+		n.m.repairs.WithLabelValues("link").Inc()
+		n.log.Info("repaired the VXLAN device", "device", dp.Name())
+	}
+	if !haveSnap {
+		return false
+	}
+	if changed {
+		// A new device starts empty: program every peer again.
+		if err := dp.Set(ctx, peers); err != nil {
+			n.log.Error("reprogramming peers on the new device", "err", err)
+			return false
+		}
+	}
+	repairs, err := dp.Reconcile(ctx)
+	n.m.reconcileDuration.Observe(time.Since(start).Seconds())
+	total := 0
+	for kind, k := range repairs {
+		if k > 0 {
+			n.m.repairs.WithLabelValues(kind).Add(float64(k))
+			total += k
+		}
+	}
+	if total > 0 {
+		args := []any{"total", total}
+		for kind, k := range repairs {
+			if k > 0 {
+				args = append(args, kind, k)
+			}
+		}
+		n.log.Info("repaired the data plane", args...)
+	}
+	if err != nil {
+		n.log.Error("reconciling the data plane", "err", err)
+		return false
+	}
+	n.m.lastReconcile.SetToCurrentTime()
+	n.mu.Lock()
+	n.st.LastReconcile = time.Now()
+	n.mu.Unlock()
+	n.setPeers(len(peers), len(peers))
+	return true
+}
+
+func (n *Node) ensureRules(r RuleSet) {
+	k, err := r.Ensure()
+	if k > 0 {
+		n.m.repairs.WithLabelValues("rule").Add(float64(k))
+		n.log.Info("repaired iptables rules", "fixed", k)
+	}
+	if err != nil {
+		n.log.Error("checking iptables rules", "err", err)
+	}
+}
+
+func (n *Node) writeEnv(dp Dataplane, l subnet.Lease) {
+	env := SubnetEnv{
+		Network: n.cfg.Config.Network,
+		Subnet:  netip.PrefixFrom(l.Subnet.Addr().Next(), l.Subnet.Bits()),
+		MTU:     dp.MTU(),
+		IPMasq:  n.cfg.IPMasq,
+	}
+	if err := WriteSubnetEnv(n.cfg.SubnetFile, env); err != nil {
+		n.log.Error("writing the subnet file", "err", err)
+		return
+	}
+	n.log.Info("data plane ready", "subnet", l.Subnet, "mtu", env.MTU, "subnet_file", n.cfg.SubnetFile)
+	n.markEnvWritten(true)
+}

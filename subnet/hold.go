@@ -1,0 +1,356 @@
+package subnet
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/ip"
+)
+
+// DefaultTTL is the etcd lease TTL of a subnet, flannel's 24 hours.
+const DefaultTTL = 24 * time.Hour
+
+// requestTimeout bounds each etcd request Hold makes, so that a hung etcd
+// (stopped process, dead peer) is seen as an outage and retried.
+const requestTimeout = 10 * time.Second
+
+// HoldRequest describes the subnet this node wants.
+type HoldRequest struct {
+	Config   Config
+	PublicIP netip.Addr       // this node's underlay address; identifies the node
+	VtepMAC  net.HardwareAddr // written into the lease
+	TTL      time.Duration    // etcd lease TTL; 0 means DefaultTTL
+	// Previous is the subnet from the last run (subnet.env); it is taken
+	// again if still free. May be zero.
+	Previous netip.Prefix
+	// Avoid lists prefixes the node uses for something else (its own
+	// addresses and routes weft did not make); no subnet overlapping them is
+	// ever taken.
+	Avoid []netip.Prefix
+	// OnLease is called with the lease after every (re-)acquisition, from
+	// Hold's goroutine.
+	OnLease func(Lease)
+	// Rand chooses among free subnets; nil uses a random source.
+	Rand *rand.Rand
+}
+
+// holder is the state of one Hold call.
+type holder struct {
+	r     *Registry
+	req   HoldRequest
+	attrs LeaseAttrs
+	value string // attrs as JSON
+	down  bool   // etcd unreachable; logged once when it starts and ends
+}
+
+// Hold acquires a subnet for this node and keeps it for as long as ctx lives:
+// it keeps the etcd lease alive and, if etcd loses the key (lease expired or
+// revoked, key deleted, etcd restored empty), takes the same subnet again
+// and calls OnLease again. While etcd is unreachable it waits quietly.
+//
+// Hold returns an error only if the first acquisition cannot succeed (the
+// request is invalid or no subnet is free); otherwise it returns ctx.Err()
+// when ctx ends, or nil after Release. Ending ctx does not release the
+// subnet: a restarted agent adopts its own key and etcd lease.
+func (r *Registry) Hold(ctx context.Context, req HoldRequest) error {
+	if err := usablePublicIP(req.PublicIP); err != nil {
+		return fmt.Errorf("holding a subnet: %w", err)
+	}
+	if len(req.VtepMAC) != 6 {
+		return fmt.Errorf("holding a subnet: VtepMAC %q: not a 6-byte MAC", req.VtepMAC)
+	}
+	if req.Config.SubnetLen == 0 || !req.Config.SubnetMin.IsValid() {
+		return errors.New("holding a subnet: config has no subnet range (use ParseConfig)")
+	}
+	if req.TTL <= 0 {
+		req.TTL = DefaultTTL
+	}
+	if req.Rand == nil {
+		req.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	h := &holder{r: r, req: req, attrs: LeaseAttrs{
+		PublicIP: req.PublicIP, BackendType: "vxlan", VNI: req.Config.Backend.VNI, VtepMAC: req.VtepMAC,
+	}}
+	b, err := h.attrs.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("holding a subnet: encoding lease value: %w", err)
+	}
+	h.value = string(b)
+
+	l, err := h.acquire(ctx, req.Previous, false)
+	for err == nil {
+		r.mu.Lock()
+		r.held = l
+		r.mu.Unlock()
+		r.log.Info("holding subnet", "subnet", l.Subnet, "key", l.Key, "etcd_lease", fmt.Sprintf("%x", l.EtcdLeaseID))
+		if req.OnLease != nil {
+			req.OnLease(l)
+		}
+		reason := h.keep(ctx, l)
+		if ctx.Err() != nil || r.isReleased() {
+			break
+		}
+		r.log.Warn("lost subnet lease, re-acquiring", "subnet", l.Subnet, "reason", reason)
+		h.revoke(l.EtcdLeaseID)
+		l, err = h.acquire(ctx, l.Subnet, true)
+	}
+	if r.isReleased() {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// outage records an etcd error: the first one of a series is logged.
+func (h *holder) outage(err error) {
+	if !h.down {
+		h.down = true
+		h.r.log.Warn("etcd unreachable, waiting", "err", err)
+	}
+}
+
+func (h *holder) recovered() {
+	if h.down {
+		h.down = false
+		h.r.log.Info("etcd reachable again")
+	}
+}
+
+func (h *holder) revoke(id int64) {
+	if id == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = h.r.timed("revoke", func() error { _, err := h.r.cli.Revoke(ctx, clientv3.LeaseID(id)); return err })
+}
+
+type decision int
+
+const (
+	create   decision = iota // create the key for subnet
+	adopt                    // an existing key is ours
+	conflict                 // sticky subnet held by another node: wait
+	full                     // nothing free
+)
+
+// decide chooses what to do given every subnet key (one consistent read).
+func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) (decision, Lease, error) {
+	alloc := h.req.Config.alloc()
+	alloc.Avoid = h.req.Avoid
+	alloc.Rand = h.req.Rand
+
+	exact := map[netip.Prefix]Lease{}
+	var odd []netip.Prefix // keys of another length: checked by overlap
+	var mine []Lease
+	for _, kv := range kvs {
+		l := parseKV(h.r.subnetsPrefix(), kv.Key, kv.Value, kv.Lease, kv.CreateRevision, kv.ModRevision)
+		if !l.Subnet.IsValid() {
+			continue // unparseable key: cannot overlap-check it
+		}
+		if l.Subnet.Bits() == alloc.Bits {
+			exact[l.Subnet] = l
+		} else {
+			odd = append(odd, l.Subnet)
+		}
+		if l.Err == nil && l.Attrs.PublicIP == h.req.PublicIP && alloc.Eligible(l.Subnet) {
+			mine = append(mine, l)
+		}
+	}
+	alloc.Taken = func(p netip.Prefix) bool {
+		if _, ok := exact[p]; ok {
+			return true
+		}
+		for _, o := range odd {
+			if ip.Overlaps(p, o) {
+				return true
+			}
+		}
+		return false
+	}
+
+	// Our own key: at the previous subnet, else a reservation, else the oldest.
+	slices.SortFunc(mine, func(a, b Lease) int {
+		return cmp.Or(
+			cmpBool(a.Subnet == prev, b.Subnet == prev),
+			cmpBool(a.EtcdLeaseID == 0, b.EtcdLeaseID == 0),
+			cmp.Compare(a.CreateRevision, b.CreateRevision))
+	})
+	if len(mine) > 0 && (!sticky || mine[0].Subnet == prev || !alloc.Eligible(prev)) {
+		return adopt, mine[0], nil
+	}
+	if prev.IsValid() && alloc.Eligible(prev) {
+		if !alloc.Taken(prev) {
+			return create, Lease{Subnet: prev}, nil
+		}
+		if sticky {
+			return conflict, exact[prev], nil
+		}
+	}
+	p, err := alloc.Pick()
+	if err != nil {
+		var fe *ip.FullError
+		if errors.As(err, &fe) {
+			return full, Lease{}, fmt.Errorf("no free /%d left in %v between %v and %v: %d taken",
+				fe.Bits, h.req.Config.Network, fe.First, fe.Last, fe.Taken)
+		}
+		return full, Lease{}, err
+	}
+	return create, Lease{Subnet: p}, nil
+}
+
+// cmpBool orders true before false.
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return -1
+	}
+	return 1
+}
+
+// acquire gets a subnet: one prefix Get, then transactions whose Else branch
+// supplies the data for the next attempt. It retries etcd errors forever
+// (quietly) and lost races immediately. It returns an error only when no
+// subnet is free on a first acquisition, or ctx ends.
+func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (Lease, error) {
+	r := h.r
+	var granted int64 // our own etcd lease, granted once and reused across retries
+	used := false
+	defer func() {
+		if granted != 0 && !used {
+			h.revoke(granted)
+		}
+	}()
+	bo := backoff{min: r.backoffMin, max: r.backoffMax}
+	var kvs []*mvccpb.KeyValue
+	fresh := false
+	conflictLogged := false
+	retry := func(err error) bool {
+		h.outage(err)
+		fresh = false
+		return sleep(ctx, bo.next())
+	}
+	for ctx.Err() == nil {
+		if !fresh {
+			var resp *clientv3.GetResponse
+			err := r.timed("get", func() (err error) {
+				c, cancel := context.WithTimeout(ctx, requestTimeout)
+				defer cancel()
+				resp, err = r.cli.Get(c, r.subnetsPrefix(), clientv3.WithPrefix())
+				return
+			})
+			if err != nil {
+				retry(err)
+				continue
+			}
+			kvs, fresh = resp.Kvs, true
+		}
+		h.recovered()
+		what, l, err := h.decide(kvs, prev, sticky)
+		switch what {
+		case full:
+			if !sticky {
+				return Lease{}, err
+			}
+			r.log.Error("cannot re-acquire a subnet, retrying", "err", err)
+			retry(err)
+			continue
+		case conflict:
+			r.m.conflicts.Inc()
+			if !conflictLogged {
+				conflictLogged = true
+				r.log.Error("another node holds this node's subnet; waiting for it to be freed",
+					"subnet", prev, "holder", l.Attrs.PublicIP, "key", l.Key)
+			}
+			fresh = false
+			sleep(ctx, bo.next())
+			continue
+		case adopt:
+			if l.EtcdLeaseID == 0 {
+				r.log.Info("using reservation", "subnet", l.Subnet)
+			}
+			if sameAttrs(l.Attrs, h.attrs) {
+				return l, nil
+			}
+			var opts []clientv3.OpOption
+			if l.EtcdLeaseID != 0 {
+				opts = append(opts, clientv3.WithLease(clientv3.LeaseID(l.EtcdLeaseID)))
+			}
+			ok, rev, err := h.txn(ctx, clientv3.Compare(clientv3.ModRevision(l.Key), "=", l.ModRevision),
+				clientv3.OpPut(l.Key, h.value, opts...), &kvs)
+			if err != nil {
+				retry(err)
+				continue
+			}
+			if !ok {
+				continue // kvs now holds the Else branch's fresh list
+			}
+			l.Attrs, l.ModRevision = h.attrs, rev
+			return l, nil
+		case create:
+			if granted == 0 {
+				var g *clientv3.LeaseGrantResponse
+				err := r.timed("grant", func() (err error) {
+					c, cancel := context.WithTimeout(ctx, requestTimeout)
+					defer cancel()
+					g, err = r.cli.Grant(c, int64(h.req.TTL/time.Second))
+					return
+				})
+				if err != nil {
+					retry(err)
+					continue
+				}
+				granted = int64(g.ID)
+			}
+			key := r.SubnetKey(l.Subnet)
+			ok, rev, err := h.txn(ctx, clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+				clientv3.OpPut(key, h.value, clientv3.WithLease(clientv3.LeaseID(granted))), &kvs)
+			if err != nil {
+				retry(err)
+				continue
+			}
+			if !ok {
+				continue // lost the race; retry from the Else data
+			}
+			used = true
+			return Lease{Subnet: l.Subnet, Attrs: h.attrs, EtcdLeaseID: granted, Key: key,
+				CreateRevision: rev, ModRevision: rev}, nil
+		}
+	}
+	return Lease{}, ctx.Err()
+}
+
+// txn runs If(cmp).Then(then).Else(Get subnets prefix). On failure of the
+// comparison it stores the Else data in *kvs.
+func (h *holder) txn(ctx context.Context, c clientv3.Cmp, then clientv3.Op, kvs *[]*mvccpb.KeyValue) (bool, int64, error) {
+	r := h.r
+	var resp *clientv3.TxnResponse
+	err := r.timed("txn", func() (err error) {
+		tc, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		resp, err = r.cli.Txn(tc).If(c).Then(then).
+			Else(clientv3.OpGet(r.subnetsPrefix(), clientv3.WithPrefix())).Commit()
+		return
+	})
+	if err != nil {
+		return false, 0, err
+	}
+	if !resp.Succeeded {
+		*kvs = resp.Responses[0].GetResponseRange().Kvs
+	}
+	return resp.Succeeded, resp.Header.Revision, nil
+}

@@ -1,0 +1,155 @@
+package subnet
+
+import (
+	"encoding/json"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestParseKey(t *testing.T) {
+	good := map[string]string{"172.16.28.0-24": "172.16.28.0/24", "0.0.0.0-0": "0.0.0.0/0", "10.0.0.4-30": "10.0.0.4/30"}
+	for in, want := range good {
+		p, err := ParseKey(in)
+		if err != nil || p != netip.MustParsePrefix(want) {
+			t.Errorf("ParseKey(%q) = %v, %v", in, p, err)
+		}
+		if KeyName(p) != in {
+			t.Errorf("KeyName(%v) = %q", p, KeyName(p))
+		}
+	}
+	for _, in := range []string{"", "-", "172.16.28.0", "172.16.28.0/24", "172.16.28.1-24", "172.16.28.0-33",
+		"172.16.28.0-024", "172.16.28.0-+24", "172.16.028.0-24", "fd00::-64", "172.16.28.0-24&fd00::-64",
+		"172.16.28.0-24 ", " 172.16.28.0-24", "172.16.28.0--24", "172.16.28.0-99999999999999999999"} {
+		if p, err := ParseKey(in); err == nil {
+			t.Errorf("ParseKey(%q) = %v, want error", in, p)
+		}
+	}
+}
+
+// flannelLease mirrors the JSON shape of flannel's pkg/lease LeaseAttrs and
+// its vxlan backend's lease attributes (VNI is a uint16 there).
+type flannelLease struct {
+	PublicIP    string
+	PublicIPv6  *string
+	BackendType string          `json:",omitempty"`
+	BackendData json.RawMessage `json:",omitempty"`
+}
+type flannelVXLAN struct {
+	VNI     uint16
+	VtepMAC string
+}
+
+func TestLeaseAttrsFlannelCompatible(t *testing.T) {
+	mac, _ := net.ParseMAC("b2:69:2c:67:63:b8")
+	ours := LeaseAttrs{PublicIP: netip.MustParseAddr("172.17.42.31"), BackendType: "vxlan", VNI: 1, VtepMAC: mac}
+	b, err := json.Marshal(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"PublicIP":"172.17.42.31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"}}`
+	if string(b) != want {
+		t.Fatalf("marshal = %s\nwant      %s", b, want)
+	}
+	// flanneld reads ours.
+	var fl flannelLease
+	var fv flannelVXLAN
+	if err := json.Unmarshal(b, &fl); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(fl.BackendData, &fv); err != nil {
+		t.Fatal(err)
+	}
+	if fl.PublicIP != "172.17.42.31" || fl.BackendType != "vxlan" || fv.VNI != 1 || fv.VtepMAC != "b2:69:2c:67:63:b8" {
+		t.Fatalf("flannel decoded %+v %+v", fl, fv)
+	}
+	// We read what flanneld v0.2x writes.
+	flanneld := `{"PublicIP":"172.17.42.32","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6a:1f:3e:00:11:22"},"BackendV6Data":null}`
+	a, err := ParseLeaseAttrs([]byte(flanneld))
+	if err != nil || a.PublicIP != netip.MustParseAddr("172.17.42.32") || a.VNI != 1 || a.VtepMAC.String() != "6a:1f:3e:00:11:22" {
+		t.Fatalf("parsed flanneld value: %+v %v", a, err)
+	}
+	// Round trip through ours.
+	a2, err := ParseLeaseAttrs(b)
+	if err != nil || !sameAttrs(a2, ours) {
+		t.Fatalf("round trip: %+v %v", a2, err)
+	}
+}
+
+func TestParseLeaseAttrsHostile(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{``, "not flannel's JSON"},
+		{`garbage`, "not flannel's JSON"},
+		{`[]`, "not flannel's JSON"},
+		{`{"PublicIP":12}`, "not flannel's JSON"},
+		{`{}`, "PublicIP missing"},
+		{`{"PublicIP":"1.2.3"}`, `PublicIP "1.2.3"`},
+		{`{"PublicIP":"fd00::1","BackendType":"vxlan"}`, `PublicIP "fd00::1"`},
+		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan"}`, "BackendData missing"},
+		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":"x"}`, "BackendData"},
+		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":0,"VtepMAC":"b2:69:2c:67:63:b8"}}`, "VNI 0"},
+		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1e20,"VtepMAC":"b2:69:2c:67:63:b8"}}`, "BackendData"},
+		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"zz"}}`, `VtepMAC "zz"`},
+		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"00:00:00:00:fe:80:00:00:00:00:00:00:00:00:00:01:00:00:00:00"}}`, "not a 6-byte MAC"},
+	}
+	for _, c := range cases {
+		_, err := ParseLeaseAttrs([]byte(c.in))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("ParseLeaseAttrs(%s) = %v, want %q", c.in, err, c.want)
+		}
+	}
+	// Another backend type parses (the filter rejects it later).
+	a, err := ParseLeaseAttrs([]byte(`{"PublicIP":"1.2.3.4","BackendType":"udp"}`))
+	if err != nil || a.BackendType != "udp" {
+		t.Fatalf("udp lease: %+v %v", a, err)
+	}
+}
+
+func FuzzParseKey(f *testing.F) {
+	for _, s := range []string{"172.16.28.0-24", "10.0.0.0-8", "1.2.3.4-32", "fd00::-64", "172.16.28.0-24&fd00::-64", "x-y", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParseKey(s)
+		if err != nil {
+			return
+		}
+		if !p.IsValid() || p.Masked() != p || !p.Addr().Is4() || KeyName(p) != s {
+			t.Fatalf("ParseKey(%q) = %v: not canonical", s, p)
+		}
+	})
+}
+
+func FuzzParseLeaseAttrs(f *testing.F) {
+	for _, s := range []string{
+		`{"PublicIP":"172.17.42.31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"}}`,
+		`{"PublicIP":"172.17.42.32","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6a:1f:3e:00:11:22"},"BackendV6Data":null}`,
+		`{"PublicIP":"1.2.3.4","BackendType":"udp"}`, `{}`, `null`, `"x"`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, err := ParseLeaseAttrs(data)
+		if err != nil {
+			return
+		}
+		if !a.PublicIP.Is4() {
+			t.Fatalf("accepted PublicIP %v", a.PublicIP)
+		}
+		if a.BackendType != "vxlan" {
+			return
+		}
+		if len(a.VtepMAC) != 6 || a.VNI == 0 {
+			t.Fatalf("accepted vxlan attrs %+v", a)
+		}
+		b, err := a.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a2, err := ParseLeaseAttrs(b)
+		if err != nil || !sameAttrs(a, a2) {
+			t.Fatalf("round trip %+v -> %s -> %+v %v", a, b, a2, err)
+		}
+	})
+}

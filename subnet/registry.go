@@ -1,0 +1,232 @@
+// Package subnet speaks flannel's etcd v3 schema: the network config at
+// <prefix>/config, one key per node subnet at <prefix>/subnets/A.B.C.D-LEN
+// holding that node's public address and VTEP MAC, attached to an etcd lease
+// that the node keeps alive.
+//
+// Three things live here. ParseConfig, ParseKey and ParseLeaseAttrs turn
+// outside bytes into validated values; every error names the field. Hold
+// acquires this node's subnet with a constant number of etcd requests
+// whatever the cluster size (one prefix Get, then create-if-absent
+// transactions whose Else branch returns fresh data for the retry), keeps the
+// etcd lease alive, and re-acquires the same subnet when etcd forgets it
+// (lease expired, key deleted, etcd restored empty). WatchPeers lists once,
+// watches from the next revision and hands the caller a whole Snapshot of
+// usable peers after every change, so the consumer is a plain "make the kernel
+// look like this" function and never has to interpret events.
+//
+// The code never trusts etcd content: a peer value that fails validation is
+// logged once, counted, and ignored; if the key had a valid value before, that
+// value stays in effect, so a corrupt write cannot tear down a working route.
+// Only a delete removes a peer. etcd outages are waited out quietly: one log
+// line when one starts, one when it ends, and a full re-list afterwards
+// because etcd may have come back from a backup or from nothing.
+//
+// The server's clock judges lease expiry (KeepAlive), never ours. weft writes
+// leases flanneld can read and reads flanneld's leases, so the two can share a
+// network during a migration (note flannel's own default backend is "udp";
+// weft defaults to and only supports "vxlan").
+package subnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// DefaultPrefix is flannel's default etcd prefix.
+const DefaultPrefix = "/coreos.com/network"
+
+// ErrNoConfig is returned by GetConfig when <prefix>/config does not exist.
+var ErrNoConfig = errors.New("no network config in etcd")
+
+// Registry reads and writes one network's keys in etcd.
+type Registry struct {
+	cli    *clientv3.Client
+	prefix string // without trailing slash
+	log    *slog.Logger
+	m      *metrics
+
+	// Tunables; tests shorten them.
+	probeEvery   time.Duration // health probe period (WatchPeers)
+	probeTimeout time.Duration
+	verifyEvery  time.Duration // how often Hold re-reads its own key
+	backoffMin   time.Duration
+	backoffMax   time.Duration
+
+	mu       sync.Mutex // guards the fields below
+	held     Lease      // the lease Hold currently holds
+	released bool       // Release was called: Hold must not re-acquire
+}
+
+// NewRegistry returns a Registry for the network under prefix (DefaultPrefix
+// if empty). reg may be nil, then metrics are not registered.
+func NewRegistry(cli *clientv3.Client, prefix string, log *slog.Logger, reg prometheus.Registerer) *Registry {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Registry{
+		cli:          cli,
+		prefix:       strings.TrimRight(prefix, "/"),
+		log:          log.With("component", "subnet"),
+		m:            newMetrics(reg),
+		probeEvery:   3 * time.Second,
+		probeTimeout: 2 * time.Second,
+		verifyEvery:  10 * time.Second,
+		backoffMin:   200 * time.Millisecond,
+		backoffMax:   30 * time.Second,
+	}
+}
+
+func (r *Registry) configKey() string     { return r.prefix + "/config" }
+func (r *Registry) subnetsPrefix() string { return r.prefix + "/subnets/" }
+
+// SubnetKey is the full etcd key of a subnet.
+func (r *Registry) SubnetKey(p netip.Prefix) string { return r.subnetsPrefix() + KeyName(p) }
+
+// timed runs one etcd request and records its duration under op.
+func (r *Registry) timed(op string, f func() error) error {
+	start := time.Now()
+	err := f()
+	r.m.reqDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	return err
+}
+
+// GetConfig reads and parses the network config.
+func (r *Registry) GetConfig(ctx context.Context) (Config, error) {
+	var resp *clientv3.GetResponse
+	err := r.timed("get", func() (err error) { resp, err = r.cli.Get(ctx, r.configKey()); return })
+	if err != nil {
+		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), ErrNoConfig)
+	}
+	c, err := ParseConfig(resp.Kvs[0].Value)
+	if err != nil {
+		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), err)
+	}
+	return c, nil
+}
+
+// SetConfig writes the network config (defaults spelled out).
+func (r *Registry) SetConfig(ctx context.Context, c Config) error {
+	err := r.timed("put", func() error { _, err := r.cli.Put(ctx, r.configKey(), string(c.JSON())); return err })
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", r.configKey(), err)
+	}
+	return nil
+}
+
+// ListLeases returns every key under <prefix>/subnets/ with the etcd revision
+// read at, including keys that are invalid (Lease.Err says why; when the
+// config is readable, leases that don't fit it are flagged too). TTL is filled
+// in with one LeaseTimeToLive per distinct etcd lease: this is for operators,
+// not for the agent.
+func (r *Registry) ListLeases(ctx context.Context) ([]Lease, int64, error) {
+	var resp *clientv3.GetResponse
+	err := r.timed("get", func() (err error) {
+		resp, err = r.cli.Get(ctx, r.subnetsPrefix(), clientv3.WithPrefix())
+		return
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("listing %s: %w", r.subnetsPrefix(), err)
+	}
+	cfg, cfgErr := r.GetConfig(ctx)
+	ttls := map[int64]time.Duration{}
+	out := make([]Lease, 0, len(resp.Kvs))
+	seen := map[netip.Prefix]string{}
+	for _, kv := range resp.Kvs { // sorted by key, not by CreateRevision; fine for a listing
+		l := parseKV(r.subnetsPrefix(), kv.Key, kv.Value, kv.Lease, kv.CreateRevision, kv.ModRevision)
+		if l.Err == nil && cfgErr == nil {
+			l.Err = cfg.checkLease(l)
+		}
+		if l.Err == nil {
+			if other, dup := seen[l.Subnet]; dup {
+				l.Err = fmt.Errorf("subnet %v also claimed by %s", l.Subnet, other)
+			}
+			seen[l.Subnet] = l.Key
+		}
+		l.TTL = -1
+		if l.EtcdLeaseID != 0 {
+			ttl, ok := ttls[l.EtcdLeaseID]
+			if !ok {
+				ttl = -1
+				tr, err := r.cli.TimeToLive(ctx, clientv3.LeaseID(l.EtcdLeaseID))
+				if err == nil && tr.TTL >= 0 {
+					ttl = time.Duration(tr.TTL) * time.Second
+				}
+				ttls[l.EtcdLeaseID] = ttl
+			}
+			l.TTL = ttl
+		}
+		out = append(out, l)
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// Release deletes the key Hold holds and revokes its etcd lease (a
+// reservation's key is left alone), and stops Hold from re-acquiring. For
+// tools and tests: weftd keeps its lease across restarts and never releases.
+func (r *Registry) Release(ctx context.Context) error {
+	r.mu.Lock()
+	l := r.held
+	r.released = true
+	r.mu.Unlock()
+	if l.Key == "" || l.EtcdLeaseID == 0 {
+		return nil
+	}
+	var errs []error
+	if _, err := r.cli.Delete(ctx, l.Key); err != nil {
+		errs = append(errs, fmt.Errorf("deleting %s: %w", l.Key, err))
+	}
+	if _, err := r.cli.Revoke(ctx, clientv3.LeaseID(l.EtcdLeaseID)); err != nil {
+		errs = append(errs, fmt.Errorf("revoking etcd lease %x: %w", l.EtcdLeaseID, err))
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Registry) isReleased() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.released
+}
+
+// backoff is a capped exponential delay with full jitter.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur < b.min {
+		b.cur = b.min
+	} else if b.cur *= 2; b.cur > b.max {
+		b.cur = b.max
+	}
+	return b.cur/2 + rand.N(b.cur/2+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+// sleep waits d or until ctx ends; it reports whether ctx is still alive.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,289 @@
+package subnet
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/ip"
+)
+
+// PeerFilter says which leases are usable peers for this node.
+type PeerFilter struct {
+	Config Config
+	// Self returns this node's subnet and public address; either may be
+	// zero before the first lease. Called for every snapshot, so it may change.
+	Self func() (netip.Prefix, netip.Addr)
+	// Underlay lists the prefixes of the underlay network; a peer subnet
+	// overlapping one would hijack underlay traffic and is rejected.
+	Underlay []netip.Prefix
+}
+
+// Snapshot is the whole set of usable peers at an etcd revision.
+type Snapshot struct {
+	Peers    []Lease // sorted by subnet; own lease and invalid leases excluded
+	Revision int64
+}
+
+// peerState is what WatchPeers knows between snapshots.
+type peerState struct {
+	r      *Registry
+	f      PeerFilter
+	valid  map[string]Lease // key -> last value that passed the static checks
+	logged map[string]int64 // key -> ModRevision last reported invalid
+	last   map[netip.Prefix]Lease
+	rev    int64
+}
+
+// WatchPeers lists the subnet keys, then watches them, and calls out with a
+// whole Snapshot after the list and after every watch response. It re-lists
+// when the watch is compacted, fails, or etcd comes back after an outage seen
+// by a health probe (a read of the config key every few seconds). It returns
+// ctx.Err() when ctx ends.
+func (r *Registry) WatchPeers(ctx context.Context, f PeerFilter, out func(Snapshot)) error {
+	if f.Config.SubnetLen == 0 {
+		return errors.New("watching peers: config has no SubnetLen (use ParseConfig)")
+	}
+	if f.Self == nil {
+		f.Self = func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }
+	}
+	ps := &peerState{r: r, f: f, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Lease{}}
+
+	reconnect := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.probe(ctx, reconnect) })
+	defer wg.Wait()
+
+	bo := backoff{min: r.backoffMin, max: r.backoffMax}
+	for ctx.Err() == nil {
+		if err := ps.list(ctx); err != nil {
+			if ctx.Err() == nil {
+				r.log.Debug("listing peers failed", "err", err)
+			}
+			sleep(ctx, bo.next())
+			continue
+		}
+		out(ps.snapshot())
+		reason := ps.watch(ctx, reconnect, out, &bo)
+		if reason == "" {
+			break
+		}
+		r.m.watchRestarts.WithLabelValues(reason).Inc()
+		r.log.Debug("re-listing peers", "reason", reason)
+		if reason == "error" {
+			sleep(ctx, bo.next())
+		}
+	}
+	return ctx.Err()
+}
+
+// list replaces the state with one read of the subnets prefix. A key that is
+// invalid now but was valid before keeps its previous value.
+func (ps *peerState) list(ctx context.Context) error {
+	r := ps.r
+	var resp *clientv3.GetResponse
+	err := r.timed("get", func() (err error) {
+		c, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		resp, err = r.cli.Get(c, r.subnetsPrefix(), clientv3.WithPrefix())
+		return
+	})
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", r.subnetsPrefix(), err)
+	}
+	old := ps.valid
+	ps.valid = make(map[string]Lease, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		if prev, ok := old[string(kv.Key)]; ok {
+			ps.valid[string(kv.Key)] = prev
+		}
+		ps.put(kv)
+	}
+	ps.rev = resp.Header.Revision
+	return nil
+}
+
+// put applies a new value for a key.
+func (ps *peerState) put(kv *mvccpb.KeyValue) {
+	l := parseKV(ps.r.subnetsPrefix(), kv.Key, kv.Value, kv.Lease, kv.CreateRevision, kv.ModRevision)
+	if err := ps.f.Config.checkLease(l); err != nil {
+		_, kept := ps.valid[l.Key]
+		ps.invalid(l, err, kept)
+		return
+	}
+	ps.valid[l.Key] = l
+}
+
+// invalid logs and counts a rejected lease once per key and ModRevision.
+func (ps *peerState) invalid(l Lease, err error, kept bool) {
+	if ps.logged[l.Key] == l.ModRevision {
+		return
+	}
+	ps.logged[l.Key] = l.ModRevision
+	ps.r.m.peerEvents.WithLabelValues("invalid").Inc()
+	ps.r.log.Warn("ignoring invalid subnet lease", "key", l.Key, "mod_revision", l.ModRevision,
+		"err", err, "kept_previous_value", kept)
+}
+
+// watch follows changes from ps.rev+1 until the watch must be restarted; it
+// returns why ("compacted", "error", "reconnect"), or "" when ctx ends.
+func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out func(Snapshot), bo *backoff) string {
+	r := ps.r
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := r.cli.Watch(wctx, r.subnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(ps.rev+1))
+	for {
+		select {
+		case <-ctx.Done():
+			return ""
+		case <-reconnect:
+			return "reconnect"
+		case wr, ok := <-wch:
+			switch {
+			case ctx.Err() != nil:
+				return ""
+			case !ok:
+				return "error"
+			case wr.CompactRevision != 0 || errors.Is(wr.Err(), rpctypes.ErrCompacted):
+				return "compacted"
+			case wr.Err() != nil:
+				return "error"
+			case len(wr.Events) == 0:
+				continue // progress notification
+			}
+			bo.reset()
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(ps.valid, string(ev.Kv.Key))
+					delete(ps.logged, string(ev.Kv.Key))
+					continue
+				}
+				ps.put(ev.Kv)
+			}
+			ps.rev = wr.Header.Revision
+			out(ps.snapshot())
+		}
+	}
+}
+
+// snapshot applies the checks that depend on who we are and on the other
+// leases, counts changes since the last snapshot, and returns the peers.
+func (ps *peerState) snapshot() Snapshot {
+	selfNet, selfIP := ps.f.Self()
+	all := make([]Lease, 0, len(ps.valid))
+	for _, l := range ps.valid {
+		all = append(all, l)
+	}
+	// The earliest claim on a subnet wins.
+	slices.SortFunc(all, func(a, b Lease) int {
+		return cmp.Or(cmp.Compare(a.CreateRevision, b.CreateRevision), cmp.Compare(a.Key, b.Key))
+	})
+	claimed := make(map[netip.Prefix]string, len(all))
+	peers := make([]Lease, 0, len(all))
+	for _, l := range all {
+		if err := ps.checkDynamic(l, selfNet, selfIP, claimed); err != nil {
+			if !errors.Is(err, errOwn) {
+				ps.invalid(l, err, false)
+			}
+			continue
+		}
+		claimed[l.Subnet] = l.Key
+		peers = append(peers, l)
+	}
+	slices.SortFunc(peers, func(a, b Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	ps.count(peers)
+	return Snapshot{Peers: peers, Revision: ps.rev}
+}
+
+var errOwn = errors.New("own lease")
+
+func (ps *peerState) checkDynamic(l Lease, selfNet netip.Prefix, selfIP netip.Addr, claimed map[netip.Prefix]string) error {
+	if l.Subnet == selfNet && l.Attrs.PublicIP == selfIP {
+		return errOwn
+	}
+	if selfNet.IsValid() && ip.Overlaps(l.Subnet, selfNet) {
+		return fmt.Errorf("subnet %v: overlaps our own subnet %v", l.Subnet, selfNet)
+	}
+	if l.Attrs.PublicIP == selfIP {
+		return fmt.Errorf("PublicIP %v: is our own address", selfIP)
+	}
+	for _, u := range ps.f.Underlay {
+		if ip.Overlaps(l.Subnet, u) {
+			return fmt.Errorf("subnet %v: overlaps the underlay %v", l.Subnet, u)
+		}
+	}
+	if first, dup := claimed[l.Subnet]; dup {
+		return fmt.Errorf("subnet %v: already claimed by %s", l.Subnet, first)
+	}
+	return nil
+}
+
+// count updates weft_peer_events_total from the difference to the last snapshot.
+func (ps *peerState) count(peers []Lease) {
+	now := make(map[netip.Prefix]Lease, len(peers))
+	for _, p := range peers {
+		now[p.Subnet] = p
+		old, ok := ps.last[p.Subnet]
+		switch {
+		case !ok:
+			ps.r.m.peerEvents.WithLabelValues("added").Inc()
+			ps.r.log.Debug("peer added", "subnet", p.Subnet, "public_ip", p.Attrs.PublicIP)
+		case !sameAttrs(old.Attrs, p.Attrs):
+			ps.r.m.peerEvents.WithLabelValues("changed").Inc()
+			ps.r.log.Debug("peer changed", "subnet", p.Subnet, "public_ip", p.Attrs.PublicIP)
+		}
+	}
+	for s := range ps.last {
+		if _, ok := now[s]; !ok {
+			ps.r.m.peerEvents.WithLabelValues("removed").Inc()
+			ps.r.log.Debug("peer removed", "subnet", s)
+		}
+	}
+	ps.last = now
+}
+
+// probe reads the config key every probeEvery to tell whether etcd answers.
+// It sets weft_etcd_up, logs the start and end of an outage once each, and
+// asks the watch to re-list when etcd comes back: it may have been restored
+// from a backup or from nothing, so an old watch revision means nothing.
+func (r *Registry) probe(ctx context.Context, reconnect chan<- struct{}) {
+	up := true
+	for {
+		err := r.timed("probe", func() error {
+			c, cancel := context.WithTimeout(ctx, r.probeTimeout)
+			defer cancel()
+			_, err := r.cli.Get(c, r.configKey())
+			return err
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err != nil && up:
+			up = false
+			r.m.etcdUp.Set(0)
+			r.log.Warn("etcd unreachable", "err", err)
+		case err == nil && !up:
+			up = true
+			r.log.Info("etcd reachable again, re-listing peers")
+			select {
+			case reconnect <- struct{}{}:
+			default:
+			}
+			fallthrough
+		case err == nil:
+			r.m.etcdUp.Set(1)
+		}
+		if !sleep(ctx, r.probeEvery) {
+			return
+		}
+	}
+}
