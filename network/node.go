@@ -277,7 +277,7 @@ func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, out mailbox[sub
 			VtepMAC:  n.cfg.Leases.VtepMAC,
 			TTL:      n.cfg.LeaseTTL,
 			Previous: prev,
-			Avoid:    n.cfg.Avoid,
+			Avoid:    avoidExcept(n.cfg.Avoid, prev),
 			OnLease: func(l subnet.Lease) {
 				n.setLease(l)
 				out.put(l)
@@ -294,6 +294,23 @@ func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, out mailbox[sub
 		}
 		backoff = min(backoff*2, 30*time.Second)
 	}
+}
+
+// avoidExcept drops from avoid what lies inside the node's previous subnet:
+// after a restart, docker0 still carries <subnet>.1/24, which is the node's
+// own doing, not a reason to move it elsewhere.
+func avoidExcept(avoid []netip.Prefix, prev netip.Prefix) []netip.Prefix {
+	if !prev.IsValid() {
+		return avoid
+	}
+	var out []netip.Prefix
+	for _, p := range avoid {
+		if p.Bits() >= prev.Bits() && prev.Contains(p.Addr()) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // setUp makes the device and the rules for the node's subnet.
@@ -342,11 +359,13 @@ func (n *Node) startWatchers(ctx context.Context, wg *sync.WaitGroup, dp Datapla
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
+			// Subscribe returns once the subscriptions are in place; they
+			// last, renewing themselves, until ctx ends.
 			err := dp.Subscribe(ctx, func() { kicks.put(struct{}{}) })
-			if ctx.Err() != nil {
+			if err == nil || ctx.Err() != nil {
 				return
 			}
-			n.log.Warn("kernel event subscription ended, resubscribing", "err", err)
+			n.log.Warn("subscribing to kernel events, will retry", "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):

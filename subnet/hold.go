@@ -317,6 +317,9 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 				granted = int64(g.ID)
 			}
 			key := r.SubnetKey(l.Subnet)
+			if r.hookBeforeCreate != nil {
+				r.hookBeforeCreate(key)
+			}
 			ok, rev, err := h.txn(ctx, clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
 				clientv3.OpPut(key, h.value, clientv3.WithLease(clientv3.LeaseID(granted))), &kvs)
 			if err != nil {

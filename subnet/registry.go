@@ -61,6 +61,9 @@ type Registry struct {
 	verifyEvery  time.Duration // how often Hold re-reads its own key
 	backoffMin   time.Duration
 	backoffMax   time.Duration
+	// Test hooks, nil in production.
+	hookBeforeCreate func(key string) // before a create-if-absent txn
+	hookAfterList    func()           // after WatchPeers lists, before it watches
 
 	mu       sync.Mutex // guards the fields below
 	held     Lease      // the lease Hold currently holds

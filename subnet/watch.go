@@ -72,6 +72,9 @@ func (r *Registry) WatchPeers(ctx context.Context, f PeerFilter, out func(Snapsh
 			continue
 		}
 		out(ps.snapshot())
+		if r.hookAfterList != nil {
+			r.hookAfterList()
+		}
 		reason := ps.watch(ctx, reconnect, out, &bo)
 		if reason == "" {
 			break

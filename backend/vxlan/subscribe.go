@@ -47,7 +47,7 @@ func (d *Device) Subscribe(ctx context.Context, kick func()) error {
 	var all []started
 	for name, sub := range subs {
 		done := make(chan struct{})
-		ended, err := sub(done, d.subscriptionError(name), kick)
+		ended, err := sub(done, d.subscriptionError(ctx, name), kick)
 		if err != nil {
 			close(done)
 			for _, s := range all {
@@ -63,15 +63,18 @@ func (d *Device) Subscribe(ctx context.Context, kick func()) error {
 	return nil
 }
 
-func (d *Device) subscriptionError(name string) func(error) {
+func (d *Device) subscriptionError(ctx context.Context, name string) func(error) {
 	return func(err error) {
-		d.log.Warn("netlink subscription failed", "kind", name, "err", err)
+		if ctx.Err() == nil { // closing the socket at the end is no failure
+			d.log.Warn("netlink subscription failed", "kind", name, "err", err)
+		}
 	}
 }
 
 // keepSubscribed renews one subscription whenever it ends, until ctx is done.
 func (d *Device) keepSubscribed(ctx context.Context, name string, sub subscriber, done chan struct{}, ended <-chan struct{}, kick func()) {
 	backoff := resubscribeMin
+	since := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -79,6 +82,9 @@ func (d *Device) keepSubscribed(ctx context.Context, name string, sub subscriber
 			return
 		case <-ended:
 			close(done)
+		}
+		if time.Since(since) > resubscribeMax {
+			backoff = resubscribeMin // it worked for a while: not a loop
 		}
 		for {
 			t := time.NewTimer(backoff)
@@ -91,8 +97,9 @@ func (d *Device) keepSubscribed(ctx context.Context, name string, sub subscriber
 			backoff = min(2*backoff, resubscribeMax)
 			done = make(chan struct{})
 			var err error
-			ended, err = sub(done, d.subscriptionError(name), kick)
+			ended, err = sub(done, d.subscriptionError(ctx, name), kick)
 			if err == nil {
+				since = time.Now()
 				break
 			}
 			close(done)
