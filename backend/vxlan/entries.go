@@ -15,15 +15,15 @@ import (
 // way the kernel identifies each entry, so a changed peer shows up as a
 // changed value (replaced in place) or as a new key plus a stale one.
 type entries struct {
-	fdb    map[string]netip.Addr       // VTEP MAC (text form) -> peer's underlay address
-	neighs map[netip.Addr]string       // peer's VTEP address (subnet .0) -> VTEP MAC
+	fdb    map[mac]netip.Addr          // VTEP MAC -> peer's underlay address
+	neighs map[netip.Addr]mac          // peer's VTEP address (subnet .0) -> VTEP MAC
 	routes map[netip.Prefix]netip.Addr // peer subnet -> gateway (its .0)
 }
 
 func newEntries(n int) *entries {
 	return &entries{
-		fdb:    make(map[string]netip.Addr, n),
-		neighs: make(map[netip.Addr]string, n),
+		fdb:    make(map[mac]netip.Addr, n),
+		neighs: make(map[netip.Addr]mac, n),
 		routes: make(map[netip.Prefix]netip.Addr, n),
 	}
 }
@@ -45,9 +45,9 @@ func (d *Device) desired(peers []backend.Peer) (*entries, error) {
 		}
 		subnet := p.Subnet.Masked()
 		vtep := subnet.Addr()
-		mac := p.VtepMAC.String()
-		e.fdb[mac] = p.PublicIP.Unmap()
-		e.neighs[vtep] = mac
+		m, _ := macOf(p.VtepMAC)
+		e.fdb[m] = p.PublicIP.Unmap()
+		e.neighs[vtep] = m
 		e.routes[subnet] = vtep
 	}
 	return e, errors.Join(errs...)
@@ -74,13 +74,25 @@ func (d *Device) checkPeer(p backend.Peer, so *entries) error {
 	if _, dup := so.routes[subnet]; dup {
 		return errors.New("another peer has the same subnet")
 	}
-	if _, dup := so.fdb[p.VtepMAC.String()]; dup {
+	if m, _ := macOf(p.VtepMAC); so.fdb[m].IsValid() {
 		return errors.New("another peer has the same VTEP MAC")
 	}
 	return nil
 }
 
-func parseMAC(s string) net.HardwareAddr {
-	hw, _ := net.ParseMAC(s)
-	return hw
+// mac is an Ethernet address as a comparable value: a cheap map key on the
+// hot path of Set.
+type mac [6]byte
+
+func macOf(hw net.HardwareAddr) (mac, bool) {
+	var m mac
+	if len(hw) != len(m) {
+		return m, false
+	}
+	copy(m[:], hw)
+	return m, true
 }
+
+func (m mac) hw() net.HardwareAddr { return net.HardwareAddr(m[:]) }
+
+func (m mac) String() string { return m.hw().String() }

@@ -1,6 +1,7 @@
 package vxlan
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -36,12 +37,12 @@ type plan struct {
 
 type (
 	fdbEntry struct {
-		mac string
+		mac mac
 		dst netip.Addr
 	}
 	neighEntry struct {
 		ip  netip.Addr
-		mac string
+		mac mac
 	}
 	routeEntry struct {
 		dst netip.Prefix
@@ -140,7 +141,7 @@ func (d *Device) diffKernel(want *entries, routes []netlink.Route, neighs, fdb [
 		mac, wanted := want.neighs[ip]
 		permanent := n.State&netlink.NUD_PERMANENT != 0
 		switch {
-		case wanted && permanent && n.HardwareAddr.String() == mac:
+		case wanted && permanent && n.HardwareAddr.String() == mac.String():
 			okNeigh[ip] = true
 		case wanted:
 			// NeighSet below replaces it.
@@ -154,12 +155,12 @@ func (d *Device) diffKernel(want *entries, routes []netlink.Route, neighs, fdb [
 		}
 	}
 
-	okFDB := make(map[string]bool, len(want.fdb))
+	okFDB := make(map[mac]bool, len(want.fdb))
 	for _, f := range fdb {
 		if len(f.HardwareAddr) != 6 || f.HardwareAddr[0]&1 != 0 || isZeroMAC(f.HardwareAddr) {
 			continue // the default destination or a multicast entry
 		}
-		mac := f.HardwareAddr.String()
+		mac, _ := macOf(f.HardwareAddr)
 		dst, _ := netip.AddrFromSlice(f.IP)
 		dst = dst.Unmap()
 		wantDst, wanted := want.fdb[mac]
@@ -218,7 +219,7 @@ func isZeroMAC(hw net.HardwareAddr) bool {
 // sort orders each list so that the kernel sees changes in a stable order
 // (and tests see a stable op log).
 func (p *plan) sort() {
-	slices.SortFunc(p.fdbSet, func(a, b fdbEntry) int { return cmp.Compare(a.mac, b.mac) })
+	slices.SortFunc(p.fdbSet, func(a, b fdbEntry) int { return bytes.Compare(a.mac[:], b.mac[:]) })
 	slices.SortFunc(p.neighSet, func(a, b neighEntry) int { return a.ip.Compare(b.ip) })
 	slices.SortFunc(p.routeSet, func(a, b routeEntry) int { return comparePrefix(a.dst, b.dst) })
 	slices.SortFunc(p.routeDel, func(a, b routeDel) int { return comparePrefix(routeDst(a.r), routeDst(b.r)) })
@@ -306,7 +307,7 @@ func (d *Device) applyLocked(p *plan) (done Repairs, err error) {
 	for _, e := range p.fdbDel {
 		if err := d.nl.NeighDel(&e.n); isMissing(err) {
 			if e.forget {
-				delete(rec.fdb, e.n.HardwareAddr.String())
+				delete(rec.fdb, must(macOf(e.n.HardwareAddr)))
 			}
 			continue
 		} else if err != nil {
@@ -315,7 +316,7 @@ func (d *Device) applyLocked(p *plan) (done Repairs, err error) {
 		}
 		d.log.Debug("removed FDB entry", "mac", e.n.HardwareAddr, "dst", e.n.IP)
 		if e.forget {
-			delete(rec.fdb, e.n.HardwareAddr.String())
+			delete(rec.fdb, must(macOf(e.n.HardwareAddr)))
 		}
 		done.FDB++
 	}
@@ -323,19 +324,19 @@ func (d *Device) applyLocked(p *plan) (done Repairs, err error) {
 }
 
 // fdb is the permanent FDB entry sending mac to dst through the device.
-func (d *Device) fdb(mac string, dst netip.Addr) *netlink.Neigh {
+func (d *Device) fdb(mac mac, dst netip.Addr) *netlink.Neigh {
 	return &netlink.Neigh{
 		LinkIndex:    d.index,
 		Family:       unix.AF_BRIDGE,
 		State:        netlink.NUD_PERMANENT,
 		Flags:        netlink.NTF_SELF,
 		IP:           dst.AsSlice(),
-		HardwareAddr: parseMAC(mac),
+		HardwareAddr: mac.hw(),
 	}
 }
 
 // neigh is the permanent neighbour giving ip the link-layer address mac.
-func (d *Device) neigh(ip netip.Addr, mac string) *netlink.Neigh {
+func (d *Device) neigh(ip netip.Addr, mac mac) *netlink.Neigh {
 	family := unix.AF_INET
 	if ip.Is6() {
 		family = unix.AF_INET6
@@ -345,7 +346,7 @@ func (d *Device) neigh(ip netip.Addr, mac string) *netlink.Neigh {
 		Family:       family,
 		State:        netlink.NUD_PERMANENT,
 		IP:           ip.AsSlice(),
-		HardwareAddr: parseMAC(mac),
+		HardwareAddr: mac.hw(),
 	}
 }
 
@@ -362,3 +363,5 @@ func (d *Device) route(dst netip.Prefix, gw netip.Addr) *netlink.Route {
 		Type:      unix.RTN_UNICAST,
 	}
 }
+
+func must(m mac, _ bool) mac { return m }
