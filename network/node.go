@@ -178,6 +178,14 @@ func (n *Node) Run(ctx context.Context) error {
 
 	snaps := newMailbox[snapshotIn]()
 	kicks := newMailbox[struct{}]()
+	ruleKicks := newMailbox[struct{}]()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := WatchRuleChanges(ctx, func() { ruleKicks.put(struct{}{}) }); err != nil {
+			n.log.Info("no nf_tables events; iptables rules are checked every --iptables-resync only", "err", err)
+		}
+	}()
 	subCtx, stopSub := context.WithCancel(ctx)
 	n.startWatchers(subCtx, &wg, dp, lease, snaps, kicks)
 
@@ -187,7 +195,7 @@ func (n *Node) Run(ctx context.Context) error {
 	defer rulesTick.Stop()
 	heartbeat := time.NewTicker(time.Second)
 	defer heartbeat.Stop()
-	var debounce <-chan time.Time
+	var debounce, ruleDebounce <-chan time.Time
 
 	for {
 		select {
@@ -242,6 +250,15 @@ func (n *Node) Run(ctx context.Context) error {
 			if synced && !n.envWritten() {
 				n.writeEnv(dp, lease)
 			}
+
+		case <-ruleKicks.ch:
+			if ruleDebounce == nil {
+				ruleDebounce = time.After(50 * time.Millisecond)
+			}
+
+		case <-ruleDebounce:
+			ruleDebounce = nil
+			n.ensureRules(rules)
 
 		case <-rulesTick.C:
 			n.ensureRules(rules)

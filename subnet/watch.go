@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -41,6 +42,7 @@ type peerState struct {
 	logged map[string]int64 // key -> ModRevision last reported invalid
 	last   map[netip.Prefix]Lease
 	rev    int64
+	seen   atomic.Int64 // rev, for the probe goroutine
 }
 
 // WatchPeers lists the subnet keys, then watches them, and calls out with a
@@ -59,7 +61,7 @@ func (r *Registry) WatchPeers(ctx context.Context, f PeerFilter, out func(Snapsh
 
 	reconnect := make(chan struct{}, 1)
 	var wg sync.WaitGroup
-	wg.Go(func() { r.probe(ctx, reconnect) })
+	wg.Go(func() { r.probe(ctx, reconnect, &ps.seen) })
 	defer wg.Wait()
 
 	bo := backoff{min: r.backoffMin, max: r.backoffMax}
@@ -111,6 +113,7 @@ func (ps *peerState) list(ctx context.Context) error {
 		ps.put(kv)
 	}
 	ps.rev = resp.Header.Revision
+	ps.seen.Store(ps.rev)
 	return nil
 }
 
@@ -172,6 +175,7 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 				ps.put(ev.Kv)
 			}
 			ps.rev = wr.Header.Revision
+			ps.seen.Store(ps.rev)
 			out(ps.snapshot())
 		}
 	}
@@ -256,18 +260,30 @@ func (ps *peerState) count(peers []Lease) {
 // probe reads the config key every probeEvery to tell whether etcd answers.
 // It sets weft_etcd_up, logs the start and end of an outage once each, and
 // asks the watch to re-list when etcd comes back: it may have been restored
-// from a backup or from nothing, so an old watch revision means nothing.
-func (r *Registry) probe(ctx context.Context, reconnect chan<- struct{}) {
+// from a backup or from nothing, so an old watch revision means nothing. A
+// restart quicker than the probe period is caught by etcd's revision going
+// below the one the watch has seen.
+func (r *Registry) probe(ctx context.Context, reconnect chan<- struct{}, seen *atomic.Int64) {
 	up := true
 	for {
-		err := r.timed("probe", func() error {
+		var resp *clientv3.GetResponse
+		err := r.timed("probe", func() (err error) {
 			c, cancel := context.WithTimeout(ctx, r.probeTimeout)
 			defer cancel()
-			_, err := r.cli.Get(c, r.configKey())
-			return err
+			resp, err = r.cli.Get(c, r.configKey())
+			return
 		})
 		if ctx.Err() != nil {
 			return
+		}
+		if err == nil && up && resp.Header.Revision < seen.Load() {
+			r.log.Warn("etcd revision went backwards (restored?), re-listing peers",
+				"revision", resp.Header.Revision, "seen", seen.Load())
+			seen.Store(resp.Header.Revision)
+			select {
+			case reconnect <- struct{}{}:
+			default:
+			}
 		}
 		switch {
 		case err != nil && up:

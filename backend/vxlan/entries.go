@@ -35,8 +35,16 @@ func (e *entries) clone() *entries {
 // desired turns peers into entries. Peers that cannot be programmed (invalid
 // fields, a subnet overlapping ours or another peer's, a MAC already used by
 // another peer) are left out and reported; the others are still returned.
-func (d *Device) desired(peers []backend.Peer) (*entries, error) {
-	e := newEntries(len(peers))
+// e is reused if not nil, saving the allocation (and the garbage) of three
+// big maps on every Set.
+func (d *Device) desired(peers []backend.Peer, e *entries) (*entries, error) {
+	if e == nil {
+		e = newEntries(len(peers))
+	} else {
+		clear(e.fdb)
+		clear(e.neighs)
+		clear(e.routes)
+	}
 	var errs []error
 	for _, p := range peers {
 		if err := d.checkPeer(p, e); err != nil {
@@ -45,7 +53,7 @@ func (d *Device) desired(peers []backend.Peer) (*entries, error) {
 		}
 		subnet := p.Subnet.Masked()
 		vtep := subnet.Addr()
-		m, _ := macOf(p.VtepMAC)
+		m := macOf(p.VtepMAC)
 		e.fdb[m] = p.PublicIP.Unmap()
 		e.neighs[vtep] = m
 		e.routes[subnet] = vtep
@@ -74,7 +82,7 @@ func (d *Device) checkPeer(p backend.Peer, so *entries) error {
 	if _, dup := so.routes[subnet]; dup {
 		return errors.New("another peer has the same subnet")
 	}
-	if m, _ := macOf(p.VtepMAC); so.fdb[m].IsValid() {
+	if _, dup := so.fdb[macOf(p.VtepMAC)]; dup {
 		return errors.New("another peer has the same VTEP MAC")
 	}
 	return nil
@@ -84,13 +92,14 @@ func (d *Device) checkPeer(p backend.Peer, so *entries) error {
 // hot path of Set.
 type mac [6]byte
 
-func macOf(hw net.HardwareAddr) (mac, bool) {
+// macOf converts hw; callers check its length first (a wrong one gives the
+// zero mac).
+func macOf(hw net.HardwareAddr) mac {
 	var m mac
-	if len(hw) != len(m) {
-		return m, false
+	if len(hw) == len(m) {
+		copy(m[:], hw)
 	}
-	copy(m[:], hw)
-	return m, true
+	return m
 }
 
 func (m mac) hw() net.HardwareAddr { return net.HardwareAddr(m[:]) }

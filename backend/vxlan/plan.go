@@ -141,7 +141,7 @@ func (d *Device) diffKernel(want *entries, routes []netlink.Route, neighs, fdb [
 		mac, wanted := want.neighs[ip]
 		permanent := n.State&netlink.NUD_PERMANENT != 0
 		switch {
-		case wanted && permanent && n.HardwareAddr.String() == mac.String():
+		case wanted && permanent && macOf(n.HardwareAddr) == mac:
 			okNeigh[ip] = true
 		case wanted:
 			// NeighSet below replaces it.
@@ -160,7 +160,7 @@ func (d *Device) diffKernel(want *entries, routes []netlink.Route, neighs, fdb [
 		if len(f.HardwareAddr) != 6 || f.HardwareAddr[0]&1 != 0 || isZeroMAC(f.HardwareAddr) {
 			continue // the default destination or a multicast entry
 		}
-		mac, _ := macOf(f.HardwareAddr)
+		mac := macOf(f.HardwareAddr)
 		dst, _ := netip.AddrFromSlice(f.IP)
 		dst = dst.Unmap()
 		wantDst, wanted := want.fdb[mac]
@@ -307,7 +307,7 @@ func (d *Device) applyLocked(p *plan) (done Repairs, err error) {
 	for _, e := range p.fdbDel {
 		if err := d.nl.NeighDel(&e.n); isMissing(err) {
 			if e.forget {
-				delete(rec.fdb, must(macOf(e.n.HardwareAddr)))
+				delete(rec.fdb, macOf(e.n.HardwareAddr))
 			}
 			continue
 		} else if err != nil {
@@ -316,7 +316,7 @@ func (d *Device) applyLocked(p *plan) (done Repairs, err error) {
 		}
 		d.log.Debug("removed FDB entry", "mac", e.n.HardwareAddr, "dst", e.n.IP)
 		if e.forget {
-			delete(rec.fdb, must(macOf(e.n.HardwareAddr)))
+			delete(rec.fdb, macOf(e.n.HardwareAddr))
 		}
 		done.FDB++
 	}
@@ -363,5 +363,3 @@ func (d *Device) route(dst netip.Prefix, gw netip.Addr) *netlink.Route {
 		Type:      unix.RTN_UNICAST,
 	}
 }
-
-func must(m mac, _ bool) mac { return m }

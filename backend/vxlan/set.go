@@ -17,7 +17,6 @@ var errNoDevice = errors.New("device not set up; call Ensure first")
 // Reconcile). Peers that cannot be programmed are reported in the error and
 // skipped; the others are still applied.
 func (d *Device) Set(ctx context.Context, peers []backend.Peer) error {
-	want, werr := d.desired(peers)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -26,7 +25,8 @@ func (d *Device) Set(ctx context.Context, peers []backend.Peer) error {
 	if d.index == 0 {
 		return errNoDevice
 	}
-	d.want = want
+	want, werr := d.desired(peers, d.spare)
+	d.want, d.spare = want, d.want
 	if d.record == nil {
 		rep, err := d.reconcileLocked(ctx)
 		if rep.Total() > 0 {

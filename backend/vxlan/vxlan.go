@@ -101,6 +101,8 @@ type Device struct {
 	// want is the desired entries of the last Set; nil before the first Set,
 	// so that Reconcile does not delete entries before it knows the peers.
 	want *entries
+	// spare is the previous want, reused by the next Set.
+	spare *entries
 }
 
 var _ backend.Backend = (*Device)(nil)

@@ -436,8 +436,8 @@ func TestReconcileRepairs(t *testing.T) {
 	delete(f.routes, routeKey{netip.MustParsePrefix("172.16.2.0/24"), 0})
 	delete(f.neighs, neighKey{idx, netip.MustParseAddr("172.16.3.0")})
 	// Peer 4's MAC pointed elsewhere, and an FDB entry nobody wants.
-	f.fdb[fdbKey{idx, "0a:00:00:00:00:04"}] = []netlink.Neigh{*d.fdb("0a:00:00:00:00:04", netip.MustParseAddr("172.17.42.99"))}
-	f.fdb[fdbKey{idx, "0a:00:00:00:00:77"}] = []netlink.Neigh{*d.fdb("0a:00:00:00:00:77", netip.MustParseAddr("172.17.42.77"))}
+	f.fdb[fdbKey{idx, "0a:00:00:00:00:04"}] = []netlink.Neigh{*d.fdb(mustMAC("0a:00:00:00:00:04"), netip.MustParseAddr("172.17.42.99"))}
+	f.fdb[fdbKey{idx, "0a:00:00:00:00:77"}] = []netlink.Neigh{*d.fdb(mustMAC("0a:00:00:00:00:77"), netip.MustParseAddr("172.17.42.77"))}
 
 	rep, err := d.Reconcile(ctx)
 	if err != nil {
@@ -567,4 +567,12 @@ func TestNewValidates(t *testing.T) {
 	if err != nil || d.Name() != "flannel.4" || d.cfg.Port != 8472 {
 		t.Errorf("defaults: %v, %+v", err, d)
 	}
+}
+
+func mustMAC(s string) mac {
+	hw, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return macOf(hw)
 }
