@@ -373,4 +373,3 @@ func (d *demo) teardown() error {
 	}
 	return errors.Join(errs...)
 }
-
