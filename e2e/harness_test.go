@@ -327,3 +327,5 @@ func (e *env) eventually(what string, timeout time.Duration, cond func() (bool, 
 	}
 	return time.Since(start)
 }
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

@@ -64,6 +64,9 @@ type NodeConfig struct {
 
 	Holder  leaseHolder
 	Watcher peerWatcher
+	// EtcdSynced says when the node's view of etcd was last current (for
+	// /readyz); subnet.Registry.LastSync.
+	EtcdSynced func() time.Time
 	// NewDataplane makes the backend for the node's subnet. It is called again
 	// if the node ever has to move to another subnet.
 	NewDataplane func(own netip.Prefix) (Dataplane, error)

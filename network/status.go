@@ -29,8 +29,12 @@ type Status struct {
 // Status returns a copy of the node's current status.
 func (n *Node) Status() Status {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.st
+	st := n.st
+	n.mu.Unlock()
+	if n.cfg.EtcdSynced != nil {
+		st.LastEtcdSync = n.cfg.EtcdSynced()
+	}
+	return st
 }
 
 // NotReady lists, one line each, why the node is not ready to carry traffic;
@@ -102,13 +106,5 @@ func (n *Node) envWritten() bool {
 func (n *Node) setSynced(v bool) {
 	n.mu.Lock()
 	n.st.InSync = v
-	n.mu.Unlock()
-}
-
-// EtcdSynced records that the node's view of etcd was current at t; the subnet
-// watcher calls it after each listing, event and successful health probe.
-func (n *Node) EtcdSynced(t time.Time) {
-	n.mu.Lock()
-	n.st.LastEtcdSync = t
 	n.mu.Unlock()
 }

@@ -292,7 +292,7 @@ func (c Config) checkLease(l Lease) error {
 	switch {
 	case a.BackendType != "vxlan":
 		return fmt.Errorf("BackendType %q: %w", a.BackendType, errNotVXLAN)
-	case a.VNI != c.Backend.VNI:
+	case a.VNI != 0 && a.VNI != c.Backend.VNI:
 		return fmt.Errorf("VNI %d: network uses VNI %d", a.VNI, c.Backend.VNI)
 	case len(a.VtepMAC) != 6:
 		return fmt.Errorf("VtepMAC %q: not a 6-byte MAC", a.VtepMAC)

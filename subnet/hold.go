@@ -151,6 +151,7 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	alloc := h.req.Config.alloc()
 	alloc.Avoid = h.req.Avoid
 	alloc.Rand = h.req.Rand
+	inRange := h.req.Config.alloc()
 
 	exact := map[netip.Prefix]Lease{}
 	var odd []netip.Prefix // keys of another length: checked by overlap
@@ -165,7 +166,10 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 		} else {
 			odd = append(odd, l.Subnet)
 		}
-		if l.Err == nil && l.Attrs.PublicIP == h.req.PublicIP && alloc.Eligible(l.Subnet) {
+		// Our own key is adopted even if Avoid covers it: addresses inside it
+		// (docker0's .1 after a reboot wiped subnet.env) are most likely ours,
+		// and it was not avoided when we took it.
+		if l.Err == nil && l.Attrs.PublicIP == h.req.PublicIP && inRange.Eligible(l.Subnet) {
 			mine = append(mine, l)
 		}
 	}

@@ -133,6 +133,18 @@ func TestHoldRestartKeepsSubnetAndLease(t *testing.T) {
 	if n := countLeases(t, cli); n != 1 {
 		t.Fatalf("%d etcd leases after restart, want 1", n)
 	}
+	// After a reboot (no Previous, docker0 still holding .1 of our subnet in
+	// Avoid), the own key is still adopted.
+	req.Avoid = []netip.Prefix{netip.PrefixFrom(netip.MustParseAddr(l1.Subnet.Addr().Next().String()), 24)}
+	c3, cancel3 := context.WithCancel(context.Background())
+	defer cancel3()
+	got := make(chan Lease, 1)
+	req3 := req
+	req3.OnLease = func(l Lease) { got <- l; cancel3() }
+	_ = fastRegistry(t, e.Client(t)).Hold(c3, req3)
+	if l3 := <-got; l3.Subnet != l1.Subnet {
+		t.Fatalf("reboot with own subnet in Avoid moved to %v", l3.Subnet)
+	}
 	ls, _, err := r2.ListLeases(context.Background())
 	if err != nil || len(ls) != 1 || ls[0].Err != nil || ls[0].TTL <= 0 {
 		t.Fatalf("ListLeases = %+v %v", ls, err)

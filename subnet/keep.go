@@ -40,6 +40,7 @@ func (h *holder) keep(ctx context.Context, l Lease) string {
 	wch, wcancel := watch(l.ModRevision)
 	tick := time.NewTicker(r.verifyEvery)
 	defer tick.Stop()
+	comeback := r.comebackSignal()
 	bo := backoff{min: r.backoffMin, max: r.backoffMax}
 
 	for {
@@ -70,6 +71,12 @@ func (h *holder) keep(ctx context.Context, l Lease) string {
 				return reason
 			}
 			wch, wcancel = watch(rev)
+		case <-comeback:
+			// etcd is back or was restored: our key may be gone.
+			comeback = r.comebackSignal()
+			if _, reason := h.verify(ctx, l); reason != "" {
+				return reason
+			}
 		case <-tick.C:
 			if _, reason := h.verify(ctx, l); reason != "" {
 				return reason

@@ -17,7 +17,7 @@ import (
 type LeaseAttrs struct {
 	PublicIP    netip.Addr // the node's underlay address
 	BackendType string     // "vxlan"
-	VNI         uint32
+	VNI         uint32     // 0: not stated (old flanneld), taken as the network's VNI
 	VtepMAC     net.HardwareAddr
 }
 
@@ -121,7 +121,8 @@ func ParseLeaseAttrs(data []byte) (LeaseAttrs, error) {
 	if err := json.Unmarshal(w.BackendData, &v); err != nil {
 		return a, fmt.Errorf("lease value: BackendData: %w", err)
 	}
-	if v.VNI == 0 || v.VNI > maxVNI {
+	// VNI 0 (absent) is what flanneld before v0.8 writes: it never stated the VNI.
+	if v.VNI > maxVNI {
 		return a, fmt.Errorf("lease value: BackendData.VNI %d: must be between 1 and %d", v.VNI, maxVNI)
 	}
 	mac, err := net.ParseMAC(v.VtepMAC)

@@ -70,6 +70,11 @@ func TestLeaseAttrsFlannelCompatible(t *testing.T) {
 	if err != nil || a.PublicIP != netip.MustParseAddr("172.17.42.32") || a.VNI != 1 || a.VtepMAC.String() != "6a:1f:3e:00:11:22" {
 		t.Fatalf("parsed flanneld value: %+v %v", a, err)
 	}
+	// Old flanneld (before v0.8) wrote no VNI.
+	a, err = ParseLeaseAttrs([]byte(`{"PublicIP":"172.17.42.33","BackendType":"vxlan","BackendData":{"VtepMAC":"6a:1f:3e:00:11:22"}}`))
+	if err != nil || a.VNI != 0 || mustConfig(t, testNet).checkLease(Lease{Subnet: netip.MustParsePrefix("172.16.3.0/24"), Attrs: a}) != nil {
+		t.Fatalf("old flanneld value: %+v %v", a, err)
+	}
 	// Round trip through ours.
 	a2, err := ParseLeaseAttrs(b)
 	if err != nil || !sameAttrs(a2, ours) {
@@ -88,7 +93,7 @@ func TestParseLeaseAttrsHostile(t *testing.T) {
 		{`{"PublicIP":"fd00::1","BackendType":"vxlan"}`, `PublicIP "fd00::1"`},
 		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan"}`, "BackendData missing"},
 		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":"x"}`, "BackendData"},
-		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":0,"VtepMAC":"b2:69:2c:67:63:b8"}}`, "VNI 0"},
+		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":16777216,"VtepMAC":"b2:69:2c:67:63:b8"}}`, "VNI 16777216"},
 		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1e20,"VtepMAC":"b2:69:2c:67:63:b8"}}`, "BackendData"},
 		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"zz"}}`, `VtepMAC "zz"`},
 		{`{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"00:00:00:00:fe:80:00:00:00:00:00:00:00:00:00:01:00:00:00:00"}}`, "not a 6-byte MAC"},
@@ -140,7 +145,7 @@ func FuzzParseLeaseAttrs(f *testing.F) {
 		if a.BackendType != "vxlan" {
 			return
 		}
-		if len(a.VtepMAC) != 6 || a.VNI == 0 {
+		if len(a.VtepMAC) != 6 || a.VNI > maxVNI {
 			t.Fatalf("accepted vxlan attrs %+v", a)
 		}
 		b, err := a.MarshalJSON()

@@ -65,9 +65,46 @@ type Registry struct {
 	hookBeforeCreate func(key string) // before a create-if-absent txn
 	hookAfterList    func()           // after WatchPeers lists, before it watches
 
-	mu       sync.Mutex // guards the fields below
-	held     Lease      // the lease Hold currently holds
-	released bool       // Release was called: Hold must not re-acquire
+	mu       sync.Mutex    // guards the fields below
+	held     Lease         // the lease Hold currently holds
+	released bool          // Release was called: Hold must not re-acquire
+	lastSync time.Time     // when etcd last answered the watch or the probe
+	comeback chan struct{} // closed (and replaced) when etcd returns from an outage or a restore
+}
+
+// LastSync is when this node's view of etcd was last known to be current: the
+// last listing, watch event or successful health probe of WatchPeers.
+func (r *Registry) LastSync() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastSync
+}
+
+func (r *Registry) markSync() {
+	r.mu.Lock()
+	r.lastSync = time.Now()
+	r.mu.Unlock()
+}
+
+// comebackSignal returns a channel closed the next time etcd comes back from
+// an outage or is seen restored, so that Hold checks its own key at once
+// instead of at its next periodic read.
+func (r *Registry) comebackSignal() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.comeback == nil {
+		r.comeback = make(chan struct{})
+	}
+	return r.comeback
+}
+
+func (r *Registry) signalComeback() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.comeback != nil {
+		close(r.comeback)
+	}
+	r.comeback = make(chan struct{})
 }
 
 // NewRegistry returns a Registry for the network under prefix (DefaultPrefix

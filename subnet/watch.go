@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -43,7 +44,20 @@ type peerState struct {
 	last   map[netip.Prefix]Lease
 	rev    int64
 	seen   atomic.Int64 // rev, for the probe goroutine
+	// held keeps, for restoreGrace, the peers an etcd restored from a
+	// backup or from nothing no longer lists: their nodes are alive and will
+	// register again within seconds, and dropping them meanwhile would cut
+	// traffic that still works. A new value or a delete event ends the hold.
+	held map[string]heldLease
 }
+
+type heldLease struct {
+	Lease
+	until time.Time
+}
+
+// restoreGrace is how long peers missing from a restored etcd stay programmed.
+const restoreGrace = 30 * time.Second
 
 // WatchPeers lists the subnet keys, then watches them, and calls out with a
 // whole Snapshot after the list and after every watch response. It re-lists
@@ -57,7 +71,7 @@ func (r *Registry) WatchPeers(ctx context.Context, f PeerFilter, out func(Snapsh
 	if f.Self == nil {
 		f.Self = func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }
 	}
-	ps := &peerState{r: r, f: f, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Lease{}}
+	ps := &peerState{r: r, f: f, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Lease{}, held: map[string]heldLease{}}
 
 	reconnect := make(chan struct{}, 1)
 	var wg sync.WaitGroup
@@ -112,9 +126,38 @@ func (ps *peerState) list(ctx context.Context) error {
 		}
 		ps.put(kv)
 	}
+	if restored := resp.Header.Revision < ps.rev; restored {
+		until := time.Now().Add(restoreGrace)
+		for k, l := range old {
+			if _, listed := ps.valid[k]; !listed {
+				ps.held[k] = heldLease{Lease: l, until: until}
+			}
+		}
+		if len(ps.held) > 0 {
+			r.log.Warn("etcd was restored: keeping peers it no longer lists until they register again",
+				"peers", len(ps.held), "grace", restoreGrace)
+		}
+	}
 	ps.rev = resp.Header.Revision
 	ps.seen.Store(ps.rev)
+	r.markSync()
 	return nil
+}
+
+// expireHeld drops held peers whose grace is over and returns the time the
+// next one ends (zero if none is held).
+func (ps *peerState) expireHeld(now time.Time) time.Time {
+	var next time.Time
+	for k, h := range ps.held {
+		if !now.Before(h.until) {
+			delete(ps.held, k)
+			continue
+		}
+		if next.IsZero() || h.until.Before(next) {
+			next = h.until
+		}
+	}
+	return next
 }
 
 // put applies a new value for a key.
@@ -126,6 +169,7 @@ func (ps *peerState) put(kv *mvccpb.KeyValue) {
 		return
 	}
 	ps.valid[l.Key] = l
+	delete(ps.held, l.Key)
 }
 
 // invalid logs and counts a rejected lease once per key and ModRevision.
@@ -147,11 +191,18 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 	defer cancel()
 	wch := r.cli.Watch(wctx, r.subnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(ps.rev+1))
 	for {
+		var expire <-chan time.Time
+		if next := ps.expireHeld(time.Now()); !next.IsZero() {
+			expire = time.After(time.Until(next))
+		}
 		select {
 		case <-ctx.Done():
 			return ""
 		case <-reconnect:
 			return "reconnect"
+		case <-expire:
+			ps.expireHeld(time.Now())
+			out(ps.snapshot())
 		case wr, ok := <-wch:
 			switch {
 			case ctx.Err() != nil:
@@ -169,6 +220,7 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 			for _, ev := range wr.Events {
 				if ev.Type == clientv3.EventTypeDelete {
 					delete(ps.valid, string(ev.Kv.Key))
+					delete(ps.held, string(ev.Kv.Key))
 					delete(ps.logged, string(ev.Kv.Key))
 					continue
 				}
@@ -176,6 +228,7 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 			}
 			ps.rev = wr.Header.Revision
 			ps.seen.Store(ps.rev)
+			r.markSync()
 			out(ps.snapshot())
 		}
 	}
@@ -185,9 +238,14 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 // leases, counts changes since the last snapshot, and returns the peers.
 func (ps *peerState) snapshot() Snapshot {
 	selfNet, selfIP := ps.f.Self()
-	all := make([]Lease, 0, len(ps.valid))
+	all := make([]Lease, 0, len(ps.valid)+len(ps.held))
 	for _, l := range ps.valid {
 		all = append(all, l)
+	}
+	for k, h := range ps.held {
+		if _, ok := ps.valid[k]; !ok {
+			all = append(all, h.Lease)
+		}
 	}
 	// The earliest claim on a subnet wins.
 	slices.SortFunc(all, func(a, b Lease) int {
@@ -276,10 +334,14 @@ func (r *Registry) probe(ctx context.Context, reconnect chan<- struct{}, seen *a
 		if ctx.Err() != nil {
 			return
 		}
+		if err == nil {
+			r.markSync()
+		}
 		if err == nil && up && resp.Header.Revision < seen.Load() {
 			r.log.Warn("etcd revision went backwards (restored?), re-listing peers",
 				"revision", resp.Header.Revision, "seen", seen.Load())
 			seen.Store(resp.Header.Revision)
+			r.signalComeback()
 			select {
 			case reconnect <- struct{}{}:
 			default:
@@ -293,6 +355,7 @@ func (r *Registry) probe(ctx context.Context, reconnect chan<- struct{}, seen *a
 		case err == nil && !up:
 			up = true
 			r.log.Info("etcd reachable again, re-listing peers")
+			r.signalComeback()
 			select {
 			case reconnect <- struct{}{}:
 			default:

@@ -16,7 +16,7 @@ type vxlanDataplane struct{ *vxlan.Device }
 var _ network.Dataplane = vxlanDataplane{}
 
 func newVXLAN(cfg vxlan.Config, log *slog.Logger, _ prometheus.Registerer) (network.Dataplane, error) {
-	d, err := vxlan.New(cfg, log.With("component", "vxlan"))
+	d, err := vxlan.New(cfg, log)
 	if err != nil {
 		return nil, err
 	}

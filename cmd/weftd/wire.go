@@ -61,7 +61,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		return nil, fmt.Errorf("connecting to etcd: %w", err)
 	}
 	a := &agent{log: log, opts: o, cli: cli}
-	a.reg = subnet.NewRegistry(cli, o.etcdPrefix, log.With("component", "subnet"), promReg)
+	a.reg = subnet.NewRegistry(cli, o.etcdPrefix, log, promReg)
 
 	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP})
 	if err != nil {
@@ -112,6 +112,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
 		Holder:         a.reg,
 		Watcher:        a.reg,
+		EtcdSynced:     a.reg.LastSync,
 		NewDataplane: func(own netip.Prefix) (network.Dataplane, error) {
 			return newVXLAN(vxlan.Config{
 				Name:        devName,
@@ -125,7 +126,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 			}, log, promReg)
 		},
 		NewRules: func(rc network.RulesConfig) (network.RuleSet, error) {
-			r, err := network.NewRules(rc, log.With("component", "iptables"))
+			r, err := network.NewRules(rc, log)
 			if err != nil {
 				return nil, err
 			}
