@@ -32,6 +32,7 @@ func fastRegistry(t testing.TB, cli *clientv3.Client) *Registry {
 	r := NewRegistry(cli, "", testLogger(t), prometheus.NewRegistry())
 	r.probeEvery, r.probeTimeout, r.verifyEvery = 150*time.Millisecond, 300*time.Millisecond, 200*time.Millisecond
 	r.backoffMin, r.backoffMax = 20*time.Millisecond, 300*time.Millisecond
+	r.restoreGrace = 2 * time.Second
 	return r
 }
 

@@ -59,6 +59,7 @@ type Registry struct {
 	probeEvery   time.Duration // health probe period (WatchPeers)
 	probeTimeout time.Duration
 	verifyEvery  time.Duration // how often Hold re-reads its own key
+	restoreGrace time.Duration // how long peers a restored etcd forgot stay programmed
 	backoffMin   time.Duration
 	backoffMax   time.Duration
 	// Test hooks, nil in production.
@@ -124,6 +125,7 @@ func NewRegistry(cli *clientv3.Client, prefix string, log *slog.Logger, reg prom
 		probeEvery:   3 * time.Second,
 		probeTimeout: 2 * time.Second,
 		verifyEvery:  10 * time.Second,
+		restoreGrace: 30 * time.Second,
 		backoffMin:   200 * time.Millisecond,
 		backoffMax:   30 * time.Second,
 	}

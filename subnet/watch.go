@@ -56,9 +56,6 @@ type heldLease struct {
 	until time.Time
 }
 
-// restoreGrace is how long peers missing from a restored etcd stay programmed.
-const restoreGrace = 30 * time.Second
-
 // WatchPeers lists the subnet keys, then watches them, and calls out with a
 // whole Snapshot after the list and after every watch response. It re-lists
 // when the watch is compacted, fails, or etcd comes back after an outage seen
@@ -127,7 +124,7 @@ func (ps *peerState) list(ctx context.Context) error {
 		ps.put(kv)
 	}
 	if restored := resp.Header.Revision < ps.rev; restored {
-		until := time.Now().Add(restoreGrace)
+		until := time.Now().Add(r.restoreGrace)
 		for k, l := range old {
 			if _, listed := ps.valid[k]; !listed {
 				ps.held[k] = heldLease{Lease: l, until: until}
@@ -135,7 +132,7 @@ func (ps *peerState) list(ctx context.Context) error {
 		}
 		if len(ps.held) > 0 {
 			r.log.Warn("etcd was restored: keeping peers it no longer lists until they register again",
-				"peers", len(ps.held), "grace", restoreGrace)
+				"peers", len(ps.held), "grace", r.restoreGrace)
 		}
 	}
 	ps.rev = resp.Header.Revision

@@ -153,12 +153,14 @@ func TestWatchPeersEtcdPausedAndRestarted(t *testing.T) {
 		t.Fatalf("reconnect restarts = %v", n)
 	}
 
-	// etcd comes back empty: the peers disappear, new ones appear, even though
-	// the new etcd's revisions are lower than the watch's.
+	// etcd comes back empty: new peers appear even though the new etcd's
+	// revisions are lower than the watch's; the peers it forgot stay for the
+	// restore grace (their nodes are alive and will register again), then go.
 	e.Restart(true)
 	if _, err := cli.Put(ctx, r.subnetsPrefix()+"172.16.7.0-24", val("172.17.0.7", mac1, 1)); err != nil {
 		t.Fatal(err)
 	}
+	w.waitPeers(t, "172.16.5.0/24 172.17.0.5\n172.16.6.0/24 172.17.0.6\n172.16.7.0/24 172.17.0.7\n")
 	w.waitPeers(t, "172.16.7.0/24 172.17.0.7\n")
 }
 
