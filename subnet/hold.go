@@ -195,6 +195,16 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	if len(mine) > 0 && (!sticky || mine[0].Subnet == prev || !alloc.Eligible(prev)) {
 		return adopt, mine[0], nil
 	}
+	// The previous subnet's key names another address: this node's address
+	// changed (subnet.env, the node's own record, says the subnet is ours).
+	// Take the key over, as flanneld does, so peers switch to the new
+	// address instead of keeping a dead lease for a day. Reservations are
+	// never taken over: they belong to the address they name.
+	if l, ok := exact[prev]; ok && !sticky && l.Err == nil && l.EtcdLeaseID != 0 && inRange.Eligible(prev) {
+		h.r.log.Info("taking over the previous subnet's lease for this node's new address",
+			"subnet", prev, "old_public_ip", l.Attrs.PublicIP, "public_ip", h.req.PublicIP)
+		return adopt, l, nil
+	}
 	if prev.IsValid() && alloc.Eligible(prev) {
 		if !alloc.Taken(prev) {
 			return create, Lease{Subnet: prev}, nil

@@ -380,3 +380,43 @@ func counterValue(t testing.TB, m prometheus.Metric) float64 {
 	}
 	return d.Gauge.GetValue()
 }
+
+// A node whose address changed finds its subnet through subnet.env and takes
+// the lease over, keeping the subnet and leaking no etcd lease; a reservation
+// for another address is never taken over that way.
+func TestHoldTakesOverPreviousSubnetAfterAddressChange(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cfg := mustConfig(t, testNet)
+	cli := e.Client(t)
+	old := node(31, cfg)
+	h1 := startHold(t, fastRegistry(t, cli), old)
+	first := h1.next(t)
+	h1.cancel()
+	h1.done <- <-h1.done // stopped; leave the result for the cleanup
+
+	moved := node(51, cfg)
+	moved.Previous = first.Subnet
+	h2 := startHold(t, fastRegistry(t, cli), moved)
+	got := h2.next(t)
+	if got.Subnet != first.Subnet || got.EtcdLeaseID != first.EtcdLeaseID {
+		t.Fatalf("after the address change got %v (etcd lease %x), want %v (etcd lease %x)", got.Subnet, got.EtcdLeaseID, first.Subnet, first.EtcdLeaseID)
+	}
+	attrs, _, ok := getKey(t, cli, first.Key)
+	if !ok || attrs.PublicIP != moved.PublicIP || attrs.VtepMAC.String() != moved.VtepMAC.String() {
+		t.Fatalf("key holds %+v, want the new address and MAC", attrs)
+	}
+	if n := countLeases(t, cli); n != 1 {
+		t.Errorf("%d etcd leases, want 1", n)
+	}
+
+	// A reservation names its owner; subnet.env elsewhere does not override it.
+	res := netip.MustParsePrefix("172.16.99.0/24")
+	if _, err := cli.Put(context.Background(), fastRegistry(t, cli).SubnetKey(res), val("172.17.0.77", mac1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	other := node(52, cfg)
+	other.Previous = res
+	if l := startHold(t, fastRegistry(t, cli), other).next(t); l.Subnet == res {
+		t.Fatalf("took over the reservation for 172.17.0.77")
+	}
+}
