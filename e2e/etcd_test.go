@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -36,10 +37,10 @@ func (e *env) leaseKey(n *node) string {
 }
 
 // hasPeer reports whether n's kernel has all three entries for peer subnet s.
-func (n *node) hasPeer(ctx context.Context, s fmt.Stringer, gw string) (bool, string) {
+func (n *node) hasPeer(ctx context.Context, s netip.Prefix, gw string) (bool, string) {
 	routes, _ := n.Routes(ctx)
 	neigh, _ := n.Neigh(ctx)
-	ok := strings.Contains(routes, s.String()+" via "+gw+" dev flannel.1 onlink") && strings.Contains(neigh, gw+" lladdr")
+	ok := hasRoute(routes, s) && strings.Contains(neigh, gw+" lladdr")
 	return ok, routes + neigh
 }
 
@@ -268,3 +269,5 @@ func TestLeaseConflict(t *testing.T) {
 		t.Errorf("weft_lease_conflicts_total = %v, want >= 1", v)
 	}
 }
+
+func withLeaseID(id int64) clientv3.OpOption { return clientv3.WithLease(clientv3.LeaseID(id)) }

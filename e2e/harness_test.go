@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -329,3 +330,11 @@ func (e *env) eventually(what string, timeout time.Duration, cond func() (bool, 
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// hasRoute reports whether routes (`ip route` output) hold the overlay route
+// to subnet s: "<s> via <s.0> dev flannel.1 onlink", with the fixed per-subnet
+// metric weft gives it so that the kernel hashes peers' routes apart.
+func hasRoute(routes string, s netip.Prefix) bool {
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(s.String()) + ` via ` + regexp.QuoteMeta(s.Addr().String()) + ` dev flannel\.1 (metric \d+ )?onlink`)
+	return re.MatchString(routes)
+}

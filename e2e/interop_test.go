@@ -119,7 +119,7 @@ func TestFlannelInterop(t *testing.T) {
 			routes, _ := n.Routes(ctx)
 			neigh, _ := n.Neigh(ctx)
 			fdb, _ := n.FDB(ctx)
-			ok := strings.Contains(routes, fmt.Sprintf("%s via %s dev flannel.1 onlink", sub, gw)) &&
+			ok := hasRoute(routes, sub) &&
 				strings.Contains(neigh, gw+" lladdr "+mac+" PERMANENT") &&
 				strings.Contains(fdb, mac+" dst 172.17.42.40 self permanent")
 			return ok, routes + neigh + fdb
