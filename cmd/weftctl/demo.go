@@ -66,7 +66,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if _, err := os.Stat(o.weftd); err != nil {
 		return fmt.Errorf("weftd binary: %w (run make build)", err)
 	}
-	d := &demo{o: o, out: stdout}
+	d := &demo{o: o, out: stdout, tty: isTerminal(stdout)}
 	err := d.run(ctx)
 	if cerr := d.teardown(); cerr != nil {
 		err = errors.Join(err, cerr)
@@ -80,6 +80,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 type demo struct {
 	o       demoOptions
 	out     io.Writer
+	tty     bool // out is a terminal: progress rewrites one line
 	c       *cluster.Cluster
 	etcd    *embed.Etcd
 	relay   net.Listener
@@ -346,9 +347,15 @@ func (d *demo) pingAll(ctx context.Context) error {
 			status = "FAILED"
 			failed = append(failed, fmt.Sprintf("%s -> %s (%s): %v", p.from, p.to, p.addr, err))
 		}
-		fmt.Fprintf(d.out, "\rdemo: ping %d/%d %-14s -> %-10s %-15s %s   ", i+1, len(pairs), p.from, p.to, p.addr, status)
+		if d.tty {
+			fmt.Fprintf(d.out, "\rdemo: ping %d/%d %-14s -> %-10s %-15s %s   ", i+1, len(pairs), p.from, p.to, p.addr, status)
+		} else if status != "ok" || (i+1)%6 == 0 || i+1 == len(pairs) {
+			fmt.Fprintf(d.out, "demo: ping %d/%d done, %d failed\n", i+1, len(pairs), len(failed))
+		}
 	}
-	fmt.Fprintln(d.out)
+	if d.tty {
+		fmt.Fprintln(d.out)
+	}
 	if len(failed) > 0 {
 		return fmt.Errorf("%d of %d pings failed:\n%s", len(failed), len(pairs), strings.Join(failed, "\n"))
 	}
@@ -372,4 +379,13 @@ func (d *demo) teardown() error {
 		os.RemoveAll(filepath.Join(d.dir, "etcd"))
 	}
 	return errors.Join(errs...)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
