@@ -72,6 +72,8 @@ type NodeConfig struct {
 	NewDataplane func(own netip.Prefix) (Dataplane, error)
 	// NewRules makes the iptables side.
 	NewRules func(RulesConfig) (RuleSet, error)
+	// Forwarding turns on IP forwarding; EnableForwarding when nil.
+	Forwarding func() error
 
 	Log     *slog.Logger
 	Metrics *Metrics
@@ -100,6 +102,9 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Forwarding == nil {
+		cfg.Forwarding = EnableForwarding
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
@@ -335,7 +340,7 @@ func avoidExcept(avoid []netip.Prefix, prev netip.Prefix) []netip.Prefix {
 
 // setUp makes the device and the rules for the node's subnet.
 func (n *Node) setUp(ctx context.Context, l subnet.Lease) (Dataplane, RuleSet, error) {
-	if err := EnableForwarding(); err != nil {
+	if err := n.cfg.Forwarding(); err != nil {
 		return nil, nil, err
 	}
 	dp, err := n.cfg.NewDataplane(l.Subnet)

@@ -1,0 +1,211 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/subnet"
+)
+
+// fakeHolder hands out one lease.
+type fakeHolder struct{ lease subnet.Lease }
+
+func (f *fakeHolder) Hold(ctx context.Context, req subnet.HoldRequest) error {
+	req.OnLease(f.lease)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// fakeWatcher forwards snapshots the test sends.
+type fakeWatcher struct{ snaps chan subnet.Snapshot }
+
+func (f *fakeWatcher) WatchPeers(ctx context.Context, _ subnet.PeerFilter, out func(subnet.Snapshot)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case s := <-f.snaps:
+			out(s)
+		}
+	}
+}
+
+// fakeDataplane records what it was asked to program.
+type fakeDataplane struct {
+	mu        sync.Mutex // guards the fields below
+	peers     []backend.Peer
+	sets      int
+	failSet   error
+	repairs   map[string]int
+	reconcile int
+	kick      func()
+}
+
+var _ Dataplane = (*fakeDataplane)(nil)
+
+func (f *fakeDataplane) Set(_ context.Context, p []backend.Peer) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sets++
+	if f.failSet != nil {
+		return f.failSet
+	}
+	f.peers = p
+	return nil
+}
+func (f *fakeDataplane) Ensure(context.Context) (bool, error) { return false, nil }
+func (f *fakeDataplane) Reconcile(context.Context) (map[string]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reconcile++
+	r := f.repairs
+	f.repairs = nil
+	return r, nil
+}
+func (f *fakeDataplane) Subscribe(_ context.Context, kick func()) error {
+	f.mu.Lock()
+	f.kick = kick
+	f.mu.Unlock()
+	return nil
+}
+func (f *fakeDataplane) MTU() int     { return 1450 }
+func (f *fakeDataplane) Name() string { return "flannel.1" }
+
+type fakeRules struct{}
+
+func (fakeRules) Ensure() (int, error)     { return 0, nil }
+func (fakeRules) Update(RulesConfig) error { return nil }
+
+type loop struct {
+	node  *Node
+	dp    *fakeDataplane
+	snaps chan subnet.Snapshot
+	file  string
+	reg   *prometheus.Registry
+}
+
+func startLoop(t *testing.T, dp *fakeDataplane) *loop {
+	t.Helper()
+	cfg, err := subnet.ParseConfig([]byte(`{"Network":"172.16.0.0/12"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &loop{dp: dp, snaps: make(chan subnet.Snapshot), file: filepath.Join(t.TempDir(), "subnet.env"), reg: prometheus.NewRegistry()}
+	n, err := NewNode(NodeConfig{
+		Config:       cfg,
+		PublicIP:     netip.MustParseAddr("172.17.42.31"),
+		SubnetFile:   l.file,
+		IPMasq:       true,
+		Leases:       subnet.LeaseAttrs{VtepMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}},
+		Holder:       &fakeHolder{lease: subnet.Lease{Subnet: netip.MustParsePrefix("172.16.28.0/24")}},
+		Watcher:      &fakeWatcher{snaps: l.snaps},
+		NewDataplane: func(netip.Prefix) (Dataplane, error) { return dp, nil },
+		NewRules:     func(RulesConfig) (RuleSet, error) { return fakeRules{}, nil },
+		Forwarding:   func() error { return nil },
+		EtcdSynced:   time.Now,
+		Metrics:      NewMetrics(l.reg),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.node = n
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return l
+}
+
+func peer(s string) subnet.Lease {
+	p := netip.MustParsePrefix(s)
+	return subnet.Lease{Subnet: p, Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("172.17.42.32"), VtepMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}}}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// subnet.env appears only once the first snapshot is in the kernel, and the
+// node is ready from then on.
+func TestSubnetFileWaitsForTheDataPlane(t *testing.T) {
+	dp := &fakeDataplane{failSet: errors.New("kernel says no")}
+	l := startLoop(t, dp)
+	l.snaps <- subnet.Snapshot{Peers: []subnet.Lease{peer("172.16.78.0/24")}}
+	waitFor(t, "a failed Set", func() bool { dp.mu.Lock(); defer dp.mu.Unlock(); return dp.sets > 0 })
+	time.Sleep(50 * time.Millisecond)
+	if _, err := os.Stat(l.file); err == nil {
+		t.Fatal("subnet.env written although programming the peers failed")
+	}
+	why := strings.Join(l.node.Status().NotReady(time.Now(), time.Minute), "\n")
+	if !strings.Contains(why, "subnet file not written") || !strings.Contains(why, "data plane does not match") {
+		t.Errorf("not-ready reasons: %q", why)
+	}
+
+	dp.mu.Lock()
+	dp.failSet = nil
+	dp.mu.Unlock()
+	l.snaps <- subnet.Snapshot{Peers: []subnet.Lease{peer("172.16.78.0/24")}}
+	waitFor(t, "subnet.env", func() bool { _, err := os.Stat(l.file); return err == nil })
+	env, err := ReadSubnetEnv(l.file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.Subnet.String() != "172.16.28.1/24" || env.MTU != 1450 || !env.IPMasq {
+		t.Errorf("subnet.env = %+v", env)
+	}
+	waitFor(t, "ready", func() bool { return len(l.node.Status().NotReady(time.Now(), time.Minute)) == 0 })
+	if got := value(l.node.m.peersProgrammed); got != 1 {
+		t.Errorf("weft_peers{state=programmed} = %v, want 1", got)
+	}
+}
+
+// A kernel event leads to a reconcile, and what it repaired is counted.
+func TestKernelEventRepairsAreCounted(t *testing.T) {
+	dp := &fakeDataplane{}
+	l := startLoop(t, dp)
+	l.snaps <- subnet.Snapshot{Peers: []subnet.Lease{peer("172.16.78.0/24")}}
+	waitFor(t, "subscription", func() bool { dp.mu.Lock(); defer dp.mu.Unlock(); return dp.kick != nil })
+	dp.mu.Lock()
+	dp.repairs = map[string]int{"route": 1}
+	kick := dp.kick
+	dp.mu.Unlock()
+	kick()
+	waitFor(t, "repair counted", func() bool {
+		return value(l.node.m.repairs.WithLabelValues("route")) == 1
+	})
+}
+
+func value(m prometheus.Metric) float64 {
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		return -1
+	}
+	if d.Gauge != nil {
+		return d.Gauge.GetValue()
+	}
+	return d.Counter.GetValue()
+}
