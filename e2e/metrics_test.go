@@ -248,7 +248,11 @@ func TestReadiness(t *testing.T) {
 	}
 	var target atomic.Pointer[node]
 	notify := listenNotify(t, func() int {
-		code, _ := target.Load().weftdGet(context.Background(), "/readyz")
+		n := target.Load()
+		if n == nil {
+			return 0
+		}
+		code, _ := n.weftdGet(context.Background(), "/readyz")
 		return code
 	})
 	// For weftd alone: etcd speaks sd_notify too.

@@ -12,6 +12,7 @@ import (
 // their number stays fixed however large the cluster grows.
 type Metrics struct {
 	leaseInfo         *prometheus.GaugeVec
+	leaseExpiry       *prometheus.GaugeVec // no labels: a vector so that it can be absent
 	peersDesired      prometheus.Gauge
 	peersProgrammed   prometheus.Gauge
 	programLatency    prometheus.Histogram
@@ -31,6 +32,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "weft_lease_info",
 			Help: "The node's lease; the value is always 1.",
 		}, []string{"subnet", "public_ip", "vtep_mac"}),
+		leaseExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "weft_lease_expiry_timestamp_seconds",
+			Help: "When the node's etcd lease expires unless renewed: the last keep-alive plus the TTL etcd reported. Absent for a reservation.",
+		}, nil),
 		peersDesired:    peers.WithLabelValues("desired"),
 		peersProgrammed: peers.WithLabelValues("programmed"),
 		programLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -56,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.repairs.WithLabelValues(k)
 	}
 	if reg != nil {
-		reg.MustRegister(m.leaseInfo, peers, m.programLatency, m.reconcileDuration, m.repairs, m.lastReconcile)
+		reg.MustRegister(m.leaseInfo, m.leaseExpiry, peers, m.programLatency, m.reconcileDuration, m.repairs, m.lastReconcile)
 	}
 	return m
 }

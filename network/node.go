@@ -307,6 +307,7 @@ func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, out mailbox[sub
 				n.setLease(l)
 				out.put(l)
 			},
+			OnRenew: n.setLeaseExpiry,
 		})
 		if ctx.Err() != nil {
 			return

@@ -74,8 +74,19 @@ func (n *Node) setLease(l subnet.Lease) {
 	n.mu.Lock()
 	n.st.Subnet = l.Subnet
 	n.st.HasLease = true
+	if l.EtcdLeaseID == 0 { // a reservation never expires
+		n.st.LeaseExpiry = time.Time{}
+		n.m.leaseExpiry.Reset()
+	}
 	n.mu.Unlock()
 	n.m.setLease(l, n.cfg.PublicIP, n.cfg.Leases.VtepMAC.String())
+}
+
+func (n *Node) setLeaseExpiry(t time.Time) {
+	n.mu.Lock()
+	n.st.LeaseExpiry = t
+	n.mu.Unlock()
+	n.m.leaseExpiry.WithLabelValues().Set(float64(t.UnixNano()) / 1e9)
 }
 
 // setPeers records how many peers are desired and programmed; programmed < 0

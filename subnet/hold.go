@@ -40,6 +40,10 @@ type HoldRequest struct {
 	// OnLease is called with the lease after every (re-)acquisition, from
 	// Hold's goroutine.
 	OnLease func(Lease)
+	// OnRenew is called after each keep-alive etcd answered, with when the
+	// etcd lease expires unless renewed again (now plus the TTL etcd
+	// reports), from Hold's goroutine. Never called for a reservation.
+	OnRenew func(expiry time.Time)
 	// Rand chooses among free subnets; nil uses a random source.
 	Rand *rand.Rand
 }

@@ -47,9 +47,12 @@ func (h *holder) keep(ctx context.Context, l Lease) string {
 		select {
 		case <-ctx.Done():
 			return ""
-		case _, ok := <-ka:
+		case resp, ok := <-ka:
 			if !ok {
 				return "etcd lease expired or revoked"
+			}
+			if h.req.OnRenew != nil {
+				h.req.OnRenew(time.Now().Add(time.Duration(resp.TTL) * time.Second))
 			}
 		case wr, ok := <-wch:
 			if ok && wr.Err() == nil {

@@ -38,6 +38,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Times another node's address was found on this node's subnet key.",
 		}),
 	}
+	// Every label value exists from the start, so that increase() sees the
+	// first event too.
+	for _, r := range []string{"compacted", "error", "reconnect"} {
+		m.watchRestarts.WithLabelValues(r)
+	}
+	for _, t := range []string{"added", "removed", "changed", "invalid"} {
+		m.peerEvents.WithLabelValues(t)
+	}
 	if reg == nil {
 		return m
 	}

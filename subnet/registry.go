@@ -152,6 +152,9 @@ func (r *Registry) GetConfig(ctx context.Context) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), err)
 	}
+	// etcd answered: it is up even if the config is missing or bad.
+	r.m.etcdUp.Set(1)
+	r.markSync()
 	if len(resp.Kvs) == 0 {
 		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), ErrNoConfig)
 	}

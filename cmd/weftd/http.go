@@ -11,26 +11,45 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// routes serves /metrics, /healthz (the loop is turning), /readyz (the node
-// carries traffic) and /status (the node's state as JSON, for weftctl status).
+// starting is the one reason weftd is not ready before the loop exists: it is
+// still waiting for etcd and the network config.
+const starting = "starting: waiting for etcd and the network config"
+
+// routes serves /metrics, /healthz (the process is working: waiting for etcd,
+// or its loop turning), /readyz (the node carries traffic) and /status (the
+// node's state as JSON, for weftctl status). It registers weft_ready on reg,
+// so that what /readyz answers can be alerted on.
+//
+// /healthz is a liveness check and stays 200 while weftd waits for etcd or
+// the config at start: restarting it would not bring etcd back, and a
+// supervisor that did so would only add a crash loop to an etcd outage.
 func (a *agent) routes(reg *prometheus.Registry) http.Handler {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "weft_ready",
+		Help: "1 when /readyz answers 200: lease held, subnet file written, last snapshot programmed, etcd in sync within --ready-etcd-grace.",
+	}, func() float64 {
+		if len(a.notReady(time.Now())) == 0 {
+			return 1
+		}
+		return 0
+	}))
+
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		node := a.node.Load()
-		if node == nil || !node.Status().Alive(time.Now()) {
+		if node == nil {
+			fmt.Fprintln(w, starting)
+			return
+		}
+		if !node.Status().Alive(time.Now()) {
 			http.Error(w, "main loop not turning", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		node := a.node.Load()
-		if node == nil {
-			http.Error(w, "starting: waiting for etcd and the network config", http.StatusServiceUnavailable)
-			return
-		}
-		if why := node.Status().NotReady(time.Now(), a.opts.readyEtcdGrace); len(why) > 0 {
+		if why := a.notReady(time.Now()); len(why) > 0 {
 			http.Error(w, strings.Join(why, "\n"), http.StatusServiceUnavailable)
 			return
 		}
@@ -41,7 +60,7 @@ func (a *agent) routes(reg *prometheus.Registry) http.Handler {
 		node := a.node.Load()
 		if node == nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_ = json.NewEncoder(w).Encode(map[string]any{"ready": false, "notReady": []string{"starting"}})
+			_ = json.NewEncoder(w).Encode(map[string]any{"ready": false, "notReady": []string{starting}})
 			return
 		}
 		st := node.Status()
@@ -53,4 +72,13 @@ func (a *agent) routes(reg *prometheus.Registry) http.Handler {
 		}{st, len(why) == 0, why})
 	})
 	return mux
+}
+
+// notReady lists, one line each, why the node does not carry traffic yet.
+func (a *agent) notReady(now time.Time) []string {
+	node := a.node.Load()
+	if node == nil {
+		return []string{starting}
+	}
+	return node.Status().NotReady(now, a.opts.readyEtcdGrace)
 }

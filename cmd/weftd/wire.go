@@ -56,24 +56,17 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(ecfg)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to etcd: %w", err)
-	}
-	a := &agent{log: log, opts: o, cli: cli}
-	a.reg = subnet.NewRegistry(cli, o.etcdPrefix, log, promReg)
-
 	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP})
 	if err != nil {
-		cli.Close()
 		return nil, err
 	}
 
+	// Serve /healthz and /readyz while waiting for etcd.
+	a := &agent{log: log, opts: o}
 	a.server = &http.Server{Addr: o.metricsAddr, Handler: a.routes(promReg), ReadHeaderTimeout: 5 * time.Second}
 	if o.metricsAddr != "" {
 		ln, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {
-			cli.Close()
 			return nil, fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
 		}
 		go func() {
@@ -82,6 +75,13 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 			}
 		}()
 	}
+
+	cli, err := connectEtcd(ctx, ecfg, log)
+	if err != nil {
+		return nil, err
+	}
+	a.cli = cli
+	a.reg = subnet.NewRegistry(cli, o.etcdPrefix, log, promReg)
 
 	cfg, err := a.waitConfig(ctx)
 	if err != nil {
@@ -173,9 +173,35 @@ func (a *agent) waitConfig(ctx context.Context) (subnet.Config, error) {
 	}
 }
 
+// connectEtcd makes the etcd client. With a user name clientv3.New logs in at
+// once, so an etcd that is down makes it fail: wait for etcd then, as
+// waitConfig does, but give up on a refused password.
+func connectEtcd(ctx context.Context, cfg clientv3.Config, log *slog.Logger) (*clientv3.Client, error) {
+	logged := false
+	for {
+		cli, err := clientv3.New(cfg)
+		if err == nil {
+			return cli, nil
+		}
+		if !isUnavailable(err) || ctx.Err() != nil {
+			return nil, fmt.Errorf("connecting to etcd: %w", err)
+		}
+		if !logged {
+			log.Warn("waiting for etcd", "endpoints", cfg.Endpoints, "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // isUnavailable reports whether err means etcd could not be reached.
 func isUnavailable(err error) bool {
-	return status.Code(err) == codes.Unavailable || errors.Is(err, context.DeadlineExceeded)
+	c := status.Code(err)
+	return c == codes.Unavailable || c == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded)
 }
 
 func (a *agent) run(ctx context.Context) error {

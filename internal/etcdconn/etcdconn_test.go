@@ -308,7 +308,9 @@ func TestRotation(t *testing.T) {
 }
 
 // fakeKV answers every Range with an empty result.
-type fakeKV struct{ etcdserverpb.UnimplementedKVServer }
+type fakeKV struct {
+	etcdserverpb.UnimplementedKVServer
+}
 
 func (fakeKV) Range(context.Context, *etcdserverpb.RangeRequest) (*etcdserverpb.RangeResponse, error) {
 	return &etcdserverpb.RangeResponse{Header: &etcdserverpb.ResponseHeader{Revision: 1}}, nil
