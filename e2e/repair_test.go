@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -106,6 +108,20 @@ func sh(t *testing.T, ctx context.Context, n *node, args ...string) {
 	}
 }
 
+// replaceDevice swaps flannel.1 for a VXLAN device with other attributes in
+// one `ip -batch`, so that weftd cannot recreate flannel.1 in between.
+func replaceDevice(t *testing.T, ctx context.Context, n *node, vxlanArgs string) {
+	t.Helper()
+	batch := "link add weftwrong type vxlan " + vxlanArgs + "\n" +
+		"link del flannel.1\n" +
+		"link set weftwrong name flannel.1\n"
+	f := filepath.Join(t.TempDir(), "batch")
+	if err := os.WriteFile(f, []byte(batch), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, ctx, n, "ip", "-batch", f)
+}
+
 // TestRepairs breaks node1's data plane in every way issue 3 lists, one at a
 // time, and checks that weftd puts back exactly what was there, within the
 // fault's budget, that the other node was not disturbed, and that the repair
@@ -150,16 +166,13 @@ func TestRepairs(t *testing.T) {
 			sh(t, ctx, n, "ip", "link", "set", "flannel.1", "type", "vxlan", "learning")
 		}},
 		{"flannel.1 recreated with another VNI", 2 * time.Second, "link", func(t *testing.T, e *env, n, p *node) {
-			sh(t, ctx, n, "ip", "link", "del", "flannel.1")
-			sh(t, ctx, n, "ip", "link", "add", "flannel.1", "type", "vxlan", "id", "2", "local", n.Addr.Addr().String(), "dev", "eth0", "dstport", "8472", "nolearning")
+			replaceDevice(t, ctx, n, "id 2 local "+n.Addr.Addr().String()+" dev eth0 dstport 8472 nolearning")
 		}},
 		{"flannel.1 recreated with another port", 2 * time.Second, "link", func(t *testing.T, e *env, n, p *node) {
-			sh(t, ctx, n, "ip", "link", "del", "flannel.1")
-			sh(t, ctx, n, "ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", n.Addr.Addr().String(), "dev", "eth0", "dstport", "4789", "nolearning")
+			replaceDevice(t, ctx, n, "id 1 local "+n.Addr.Addr().String()+" dev eth0 dstport 4789 nolearning")
 		}},
 		{"flannel.1 recreated with another local address", 2 * time.Second, "link", func(t *testing.T, e *env, n, p *node) {
-			sh(t, ctx, n, "ip", "link", "del", "flannel.1")
-			sh(t, ctx, n, "ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", "172.17.42.99", "dev", "eth0", "dstport", "8472", "nolearning")
+			replaceDevice(t, ctx, n, "id 1 local 172.17.42.99 dev eth0 dstport 8472 nolearning")
 		}},
 		{"masquerade chain flushed", 5 * time.Second, "rule", func(t *testing.T, e *env, n, p *node) {
 			sh(t, ctx, n, "iptables", "-t", "nat", "-F", "WEFT-POSTRTG")
