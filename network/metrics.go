@@ -19,6 +19,7 @@ type Metrics struct {
 	reconcileDuration prometheus.Histogram
 	repairs           *prometheus.CounterVec
 	lastReconcile     prometheus.Gauge
+	netlinkErrors     *prometheus.CounterVec
 }
 
 // NewMetrics makes the loop's metrics and registers them on reg when it is not nil.
@@ -57,11 +58,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "When the last full comparison with the kernel succeeded.",
 		}),
 	}
+	m.netlinkErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "weft_netlink_errors_total",
+		Help: "Data-plane operations the kernel refused, by operation (ensure, set, reconcile, subscribe).",
+	}, []string{"op"})
+	for _, op := range []string{"ensure", "set", "reconcile", "subscribe"} {
+		m.netlinkErrors.WithLabelValues(op)
+	}
 	for _, k := range []string{"route", "neigh", "fdb", "link", "rule"} {
 		m.repairs.WithLabelValues(k)
 	}
 	if reg != nil {
-		reg.MustRegister(m.leaseInfo, m.leaseExpiry, peers, m.programLatency, m.reconcileDuration, m.repairs, m.lastReconcile)
+		reg.MustRegister(m.leaseInfo, m.leaseExpiry, peers, m.programLatency, m.reconcileDuration, m.repairs, m.lastReconcile, m.netlinkErrors)
 	}
 	return m
 }

@@ -391,6 +391,7 @@ func (n *Node) startWatchers(ctx context.Context, wg *sync.WaitGroup, dp Datapla
 			if err == nil || ctx.Err() != nil {
 				return
 			}
+			n.m.netlinkErrors.WithLabelValues("subscribe").Inc()
 			n.log.Warn("subscribing to kernel events, will retry", "err", err)
 			select {
 			case <-ctx.Done():
@@ -412,6 +413,7 @@ func peersOf(s subnet.Snapshot) []backend.Peer {
 func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, received time.Time) bool {
 	err := dp.Set(ctx, peers)
 	if err != nil {
+		n.m.netlinkErrors.WithLabelValues("set").Inc()
 		n.log.Error("programming peers", "peers", len(peers), "err", err)
 		n.setPeers(len(peers), -1)
 		return false
@@ -427,6 +429,7 @@ func (n *Node) check(ctx context.Context, dp Dataplane, peers []backend.Peer, ha
 	start := time.Now()
 	changed, err := dp.Ensure(ctx)
 	if err != nil {
+		n.m.netlinkErrors.WithLabelValues("ensure").Inc()
 		n.log.Error("checking the VXLAN device", "err", err)
 		return false
 	}
@@ -440,6 +443,7 @@ func (n *Node) check(ctx context.Context, dp Dataplane, peers []backend.Peer, ha
 	if changed {
 		// A new device starts empty: program every peer again.
 		if err := dp.Set(ctx, peers); err != nil {
+			n.m.netlinkErrors.WithLabelValues("set").Inc()
 			n.log.Error("reprogramming peers on the new device", "err", err)
 			return false
 		}
@@ -463,6 +467,7 @@ func (n *Node) check(ctx context.Context, dp Dataplane, peers []backend.Peer, ha
 		n.log.Info("repaired the data plane", args...)
 	}
 	if err != nil {
+		n.m.netlinkErrors.WithLabelValues("reconcile").Inc()
 		n.log.Error("reconciling the data plane", "err", err)
 		return false
 	}

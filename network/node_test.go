@@ -160,6 +160,9 @@ func TestSubnetFileWaitsForTheDataPlane(t *testing.T) {
 	if _, err := os.Stat(l.file); err == nil {
 		t.Fatal("subnet.env written although programming the peers failed")
 	}
+	if got := value(l.node.m.netlinkErrors.WithLabelValues("set")); got < 1 {
+		t.Errorf("weft_netlink_errors_total{op=set} = %v after a refused Set", got)
+	}
 	why := strings.Join(l.node.Status().NotReady(time.Now(), time.Minute), "\n")
 	if !strings.Contains(why, "subnet file not written") || !strings.Contains(why, "data plane does not match") {
 		t.Errorf("not-ready reasons: %q", why)
