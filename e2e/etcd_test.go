@@ -269,5 +269,3 @@ func TestLeaseConflict(t *testing.T) {
 		t.Errorf("weft_lease_conflicts_total = %v, want >= 1", v)
 	}
 }
-
-func withLeaseID(id int64) clientv3.OpOption { return clientv3.WithLease(clientv3.LeaseID(id)) }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -244,5 +243,3 @@ func TestRestartKeepsSubnetWithoutLoss(t *testing.T) {
 	}
 	t.Logf("%d pings across the restart, none lost", res.Sent)
 }
-
-var macRE = regexp.MustCompile(`^([0-9a-f]{2}:){5}[0-9a-f]{2}$`)

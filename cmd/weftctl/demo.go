@@ -34,7 +34,6 @@ type demoOptions struct {
 	once      bool
 	endpoints []string
 	weftd     string
-	keep      bool
 }
 
 // runDemo is `weftctl demo`: REFERENCE.md's deployment rebuilt in network

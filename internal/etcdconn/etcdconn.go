@@ -265,7 +265,7 @@ func (c *transportCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthIn
 }
 
 func (c *transportCreds) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.2"}
+	return credentials.ProtocolInfo{SecurityProtocol: "tls"}
 }
 
 func (c *transportCreds) Clone() credentials.TransportCredentials { return &transportCreds{r: c.r} }
