@@ -113,8 +113,10 @@ func sh(t *testing.T, ctx context.Context, n *node, args ...string) {
 func replaceDevice(t *testing.T, ctx context.Context, n *node, vxlanArgs string) {
 	t.Helper()
 	batch := "link add weftwrong type vxlan " + vxlanArgs + "\n" +
-		"link del flannel.1\n" +
-		"link set weftwrong name flannel.1\n"
+		"link set flannel.1 down\n" +
+		"link set flannel.1 name weftold\n" +
+		"link set weftwrong name flannel.1\n" +
+		"link del weftold\n"
 	f := filepath.Join(t.TempDir(), "batch")
 	if err := os.WriteFile(f, []byte(batch), 0o644); err != nil {
 		t.Fatal(err)
@@ -171,8 +173,8 @@ func TestRepairs(t *testing.T) {
 		{"flannel.1 recreated with another port", 2 * time.Second, "link", func(t *testing.T, e *env, n, p *node) {
 			replaceDevice(t, ctx, n, "id 1 local "+n.Addr.Addr().String()+" dev eth0 dstport 4789 nolearning")
 		}},
-		{"flannel.1 recreated with another local address", 2 * time.Second, "link", func(t *testing.T, e *env, n, p *node) {
-			replaceDevice(t, ctx, n, "id 1 local 172.17.42.99 dev eth0 dstport 8472 nolearning")
+		{"flannel.1 local address changed", 2 * time.Second, "link", func(t *testing.T, e *env, n, p *node) {
+			sh(t, ctx, n, "ip", "link", "set", "flannel.1", "type", "vxlan", "local", "172.17.42.99")
 		}},
 		{"masquerade chain flushed", 5 * time.Second, "rule", func(t *testing.T, e *env, n, p *node) {
 			sh(t, ctx, n, "iptables", "-t", "nat", "-F", "WEFT-POSTRTG")
@@ -187,6 +189,8 @@ func TestRepairs(t *testing.T) {
 	src, dst := n.containers[0], peer.containers[0]
 	for _, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
+			// Let checks the last repair scheduled run first.
+			time.Sleep(300 * time.Millisecond)
 			before, peerBefore := n.dataplane(ctx), peer.dataplane(ctx)
 			repairs := n.metric(ctx, "weft_reconcile_repairs_total", fmt.Sprintf("kind=%q", f.kind))
 			logs := n.logCount("repaired")

@@ -259,11 +259,11 @@ func TestEtcdCertRotation(t *testing.T) {
 		t.Fatal("a client of the old CA still reaches etcd: etcd did not move to the new CA")
 	}
 
-	route := e.putPeer(cli, "172.16.250.0/24", "172.17.42.99", "0e:5d:9f:0a:0b:99")
+	e.putPeer(cli, "172.16.250.0/24", "172.17.42.99", "0e:5d:9f:0a:0b:99")
 	for _, n := range []*node{a, b} {
 		e.eventually(n.Name+" programs the peer added after the rotation", 20*time.Second, func() (bool, string) {
 			routes, _ := n.Routes(e.ctx)
-			return strings.Contains(routes, route), routes + n.proc.Tail(10)
+			return hasRoute(routes, mustPrefix("172.16.250.0/24")), routes + n.proc.Tail(10)
 		})
 		select {
 		case <-n.proc.Done():

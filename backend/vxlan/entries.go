@@ -1,95 +1,13 @@
 package vxlan
 
 import (
-	"errors"
-	"fmt"
-	"maps"
 	"net"
 	"net/netip"
 
-	"github.com/weft-net/weft/backend"
+	"golang.org/x/sys/unix"
 )
 
-// entries is a set of per-peer kernel entries in canonical form: what Set
-// wants, or what the record says was programmed. The three maps are keyed the
-// way the kernel identifies each entry, so a changed peer shows up as a
-// changed value (replaced in place) or as a new key plus a stale one.
-type entries struct {
-	fdb    map[mac]netip.Addr          // VTEP MAC -> peer's underlay address
-	neighs map[netip.Addr]mac          // peer's VTEP address (subnet .0) -> VTEP MAC
-	routes map[netip.Prefix]netip.Addr // peer subnet -> gateway (its .0)
-}
-
-func newEntries(n int) *entries {
-	return &entries{
-		fdb:    make(map[mac]netip.Addr, n),
-		neighs: make(map[netip.Addr]mac, n),
-		routes: make(map[netip.Prefix]netip.Addr, n),
-	}
-}
-
-func (e *entries) clone() *entries {
-	return &entries{fdb: maps.Clone(e.fdb), neighs: maps.Clone(e.neighs), routes: maps.Clone(e.routes)}
-}
-
-// desired turns peers into entries. Peers that cannot be programmed (invalid
-// fields, a subnet overlapping ours or another peer's, a MAC already used by
-// another peer) are left out and reported; the others are still returned.
-// e is reused if not nil, saving the allocation (and the garbage) of three
-// big maps on every Set.
-func (d *Device) desired(peers []backend.Peer, e *entries) (*entries, error) {
-	if e == nil {
-		e = newEntries(len(peers))
-	} else {
-		clear(e.fdb)
-		clear(e.neighs)
-		clear(e.routes)
-	}
-	var errs []error
-	for _, p := range peers {
-		if err := d.checkPeer(p, e); err != nil {
-			errs = append(errs, fmt.Errorf("skipping peer %v (%v, %v): %w", p.Subnet, p.PublicIP, p.VtepMAC, err))
-			continue
-		}
-		subnet := p.Subnet.Masked()
-		vtep := subnet.Addr()
-		m := macOf(p.VtepMAC)
-		e.fdb[m] = p.PublicIP.Unmap()
-		e.neighs[vtep] = m
-		e.routes[subnet] = vtep
-	}
-	return e, errors.Join(errs...)
-}
-
-func (d *Device) checkPeer(p backend.Peer, so *entries) error {
-	switch {
-	case !p.Subnet.IsValid():
-		return errors.New("invalid subnet")
-	case !p.PublicIP.IsValid():
-		return errors.New("invalid public IP")
-	case len(p.VtepMAC) != 6:
-		return errors.New("VTEP MAC is not a 6-byte Ethernet address")
-	case p.VtepMAC[0]&1 != 0:
-		return errors.New("VTEP MAC is a multicast address")
-	case p.PublicIP.Unmap().Is4() != d.cfg.Local.Is4():
-		return fmt.Errorf("public IP family differs from the local address %v", d.cfg.Local)
-	case p.Subnet.Addr().Is4() != d.cfg.Subnet.Addr().Is4():
-		return fmt.Errorf("subnet family differs from our subnet %v", d.cfg.Subnet)
-	case p.Subnet.Overlaps(d.cfg.Subnet):
-		return fmt.Errorf("subnet overlaps our own subnet %v", d.cfg.Subnet)
-	}
-	subnet := p.Subnet.Masked()
-	if _, dup := so.routes[subnet]; dup {
-		return errors.New("another peer has the same subnet")
-	}
-	if _, dup := so.fdb[macOf(p.VtepMAC)]; dup {
-		return errors.New("another peer has the same VTEP MAC")
-	}
-	return nil
-}
-
-// mac is an Ethernet address as a comparable value: a cheap map key on the
-// hot path of Set.
+// mac is an Ethernet address as a comparable value: a cheap map key.
 type mac [6]byte
 
 // macOf converts hw; callers check its length first (a wrong one gives the
@@ -105,3 +23,149 @@ func macOf(hw net.HardwareAddr) mac {
 func (m mac) hw() net.HardwareAddr { return net.HardwareAddr(m[:]) }
 
 func (m mac) String() string { return m.hw().String() }
+
+// unicast reports whether m can be a peer's VTEP MAC (and an FDB entry this
+// package manages): not multicast, not all zeros (the default destination).
+func (m mac) unicast() bool { return m[0]&1 == 0 && m != mac{} }
+
+// The kernel's entries on the device, as a dump or an event shows them: only
+// the fields that decide whether an entry is ours and right.
+type (
+	kRoute struct {
+		dst    netip.Prefix
+		gw     netip.Addr
+		metric uint32
+		tos    uint8
+		proto  uint8
+		scope  uint8
+		typ    uint8
+		onlink bool
+		nhid   uint32
+		table  uint32
+		index  int
+		// other is set when the route has something we never install:
+		// a preferred source, several next hops, encapsulation, metrics
+		// (mtu, window...), an expiry or a next hop through RTA_VIA.
+		other bool
+	}
+	kNeigh struct {
+		ip    netip.Addr
+		mac   mac
+		state uint16
+		index int
+	}
+	kFDB struct {
+		mac      mac
+		dst      netip.Addr // invalid for a remote without an address
+		state    uint16
+		port     uint16
+		vni      uint32
+		hasVNI   bool
+		remoteIf uint32
+		nhid     bool // the remote is a nexthop group
+		index    int
+	}
+)
+
+func (n kNeigh) permanent() bool { return n.state&unix.NUD_PERMANENT != 0 }
+func (f kFDB) permanent() bool   { return f.state&unix.NUD_PERMANENT != 0 }
+
+// parseRoute reads an RTM_NEWROUTE or RTM_DELROUTE body.
+func parseRoute(b []byte) (kRoute, error) {
+	if len(b) < rtMsgLen {
+		return kRoute{}, errShort
+	}
+	r := kRoute{tos: b[3], table: uint32(b[4]), proto: b[5], scope: b[6], typ: b[7], onlink: ne.Uint32(b[8:])&unix.RTNH_F_ONLINK != 0}
+	fam, bits := b[0], int(b[1])
+	var dst netip.Addr
+	attrs(b[rtMsgLen:], func(typ uint16, v []byte) {
+		switch typ {
+		case unix.RTA_DST:
+			dst, _ = netip.AddrFromSlice(v)
+		case unix.RTA_GATEWAY:
+			r.gw, _ = netip.AddrFromSlice(v)
+		case unix.RTA_PRIORITY:
+			if len(v) == 4 {
+				r.metric = ne.Uint32(v)
+			}
+		case unix.RTA_OIF:
+			if len(v) == 4 {
+				r.index = int(ne.Uint32(v))
+			}
+		case unix.RTA_TABLE:
+			if len(v) == 4 {
+				r.table = ne.Uint32(v)
+			}
+		case rtaNHID:
+			if len(v) == 4 {
+				r.nhid = ne.Uint32(v)
+			}
+		case unix.RTA_PREFSRC, unix.RTA_MULTIPATH, unix.RTA_ENCAP, unix.RTA_METRICS, unix.RTA_EXPIRES, unix.RTA_VIA:
+			r.other = true
+		}
+	})
+	if !dst.IsValid() {
+		dst = netip.IPv4Unspecified()
+		if fam == unix.AF_INET6 {
+			dst = netip.IPv6Unspecified()
+		}
+	}
+	r.dst = netip.PrefixFrom(dst, bits)
+	return r, nil
+}
+
+// parseNeigh reads an RTM_NEWNEIGH or RTM_DELNEIGH body of the IPv4 or IPv6
+// neighbour table.
+func parseNeigh(b []byte) (kNeigh, error) {
+	if len(b) < ndMsgLen {
+		return kNeigh{}, errShort
+	}
+	n := kNeigh{index: int(int32(ne.Uint32(b[4:]))), state: ne.Uint16(b[8:])}
+	attrs(b[ndMsgLen:], func(typ uint16, v []byte) {
+		switch typ {
+		case unix.NDA_DST:
+			a, _ := netip.AddrFromSlice(v)
+			n.ip = a.Unmap()
+		case unix.NDA_LLADDR:
+			if len(v) == 6 {
+				n.mac = mac(v)
+			}
+		}
+	})
+	return n, nil
+}
+
+// parseFDB reads an RTM_NEWNEIGH or RTM_DELNEIGH body of the VXLAN FDB
+// (family AF_BRIDGE): one remote of one MAC.
+func parseFDB(b []byte) (kFDB, error) {
+	if len(b) < ndMsgLen {
+		return kFDB{}, errShort
+	}
+	f := kFDB{index: int(int32(ne.Uint32(b[4:]))), state: ne.Uint16(b[8:])}
+	attrs(b[ndMsgLen:], func(typ uint16, v []byte) {
+		switch typ {
+		case unix.NDA_LLADDR:
+			if len(v) == 6 {
+				f.mac = mac(v)
+			}
+		case unix.NDA_DST:
+			a, _ := netip.AddrFromSlice(v)
+			f.dst = a.Unmap()
+		case unix.NDA_PORT:
+			if len(v) == 2 {
+				f.port = uint16(v[0])<<8 | uint16(v[1])
+			}
+		case unix.NDA_VNI:
+			if len(v) == 4 {
+				f.vni, f.hasVNI = ne.Uint32(v), true
+			}
+		case unix.NDA_IFINDEX:
+			if len(v) == 4 {
+				f.remoteIf = ne.Uint32(v)
+			}
+		case ndaNHID:
+			f.nhid = true
+		}
+	})
+	return f, nil
+}

@@ -19,23 +19,25 @@ type fakeNL struct {
 	links     map[int]netlink.Link
 	nextIndex int
 	addrs     map[int][]netip.Prefix
-	routes    map[routeKey]netlink.Route
-	neighs    map[neighKey]netlink.Neigh
-	fdb       map[fdbKey][]netlink.Neigh // the remote of a MAC (one for unicast)
+	routeTab  map[routeKey]kRoute
+	neighTab  map[neighKey]kNeigh
+	fdbTab    map[fdbKey][]kFDB // the remotes of a MAC (one for unicast)
 
 	ops   []string
 	dumps int
 	// fail, when it returns an error for an op (as logged), fails that op.
 	fail func(op string) error
-	// interrupt makes that many dumps return ErrDumpInterrupted.
+	// interrupt makes that many dumps return errDumpInterrupted.
 	interrupt int
 }
 
 var _ nlAPI = (*fakeNL)(nil)
 
+// routeKey is how the kernel tells routes apart in one table.
 type routeKey struct {
-	dst      netip.Prefix
-	priority int
+	dst    netip.Prefix
+	metric uint32
+	tos    uint8
 }
 
 type neighKey struct {
@@ -45,7 +47,7 @@ type neighKey struct {
 
 type fdbKey struct {
 	index int
-	mac   string
+	mac   mac
 }
 
 // newFakeNL returns a fake with an uplink "eth0" (index 2, MTU 1500).
@@ -54,9 +56,9 @@ func newFakeNL() *fakeNL {
 		links:     map[int]netlink.Link{},
 		nextIndex: 10,
 		addrs:     map[int][]netip.Prefix{},
-		routes:    map[routeKey]netlink.Route{},
-		neighs:    map[neighKey]netlink.Neigh{},
-		fdb:       map[fdbKey][]netlink.Neigh{},
+		routeTab:  map[routeKey]kRoute{},
+		neighTab:  map[neighKey]kNeigh{},
+		fdbTab:    map[fdbKey][]kFDB{},
 	}
 	f.links[2] = &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: 2, Name: "eth0", MTU: 1500, Flags: net.FlagUp}}
 	return f
@@ -144,19 +146,19 @@ func (f *fakeNL) LinkDel(link netlink.Link) error {
 	}
 	delete(f.links, idx)
 	delete(f.addrs, idx)
-	for k, r := range f.routes {
-		if r.LinkIndex == idx {
-			delete(f.routes, k)
+	for k, r := range f.routeTab {
+		if r.index == idx {
+			delete(f.routeTab, k)
 		}
 	}
-	for k := range f.neighs {
+	for k := range f.neighTab {
 		if k.index == idx {
-			delete(f.neighs, k)
+			delete(f.neighTab, k)
 		}
 	}
-	for k := range f.fdb {
+	for k := range f.fdbTab {
 		if k.index == idx {
-			delete(f.fdb, k)
+			delete(f.fdbTab, k)
 		}
 	}
 	return nil
@@ -226,130 +228,120 @@ func (f *fakeNL) dump() error {
 	f.dumps++
 	if f.interrupt > 0 {
 		f.interrupt--
-		return netlink.ErrDumpInterrupted
+		return errDumpInterrupted
 	}
 	return nil
 }
 
-func (f *fakeNL) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+// routes shows the whole main table, as the kernel's dump filtered by
+// table does.
+func (f *fakeNL) routes(index int, each func(*kRoute)) error {
 	if err := f.dump(); err != nil {
-		return nil, err
+		return err
 	}
-	var res []netlink.Route
-	for _, r := range f.routes {
-		if mask&netlink.RT_FILTER_OIF != 0 && r.LinkIndex != filter.LinkIndex {
-			continue
+	for _, r := range f.routeTab {
+		each(&r)
+	}
+	return nil
+}
+
+func (f *fakeNL) neighs(index int, each func(*kNeigh)) error {
+	if err := f.dump(); err != nil {
+		return err
+	}
+	for k, n := range f.neighTab {
+		if k.index == index {
+			each(&n)
 		}
-		res = append(res, r)
 	}
-	return res, nil
-}
-
-func (f *fakeNL) RouteReplace(r *netlink.Route) error {
-	dst, _ := prefixOf(r.Dst)
-	if _, ok := f.links[r.LinkIndex]; !ok {
-		return unix.ENODEV
-	}
-	if err := f.do("route replace " + dst.String()); err != nil {
-		return err
-	}
-	c := *r
-	c.Family = unix.AF_INET
-	if dst.Addr().Is6() {
-		c.Family = unix.AF_INET6
-	}
-	f.routes[routeKey{dst, r.Priority}] = c
 	return nil
 }
 
-func (f *fakeNL) RouteDel(r *netlink.Route) error {
-	dst := routeDst(*r)
-	k := routeKey{dst, r.Priority}
-	if _, ok := f.routes[k]; !ok {
-		return unix.ESRCH
-	}
-	if err := f.do("route del " + dst.String()); err != nil {
-		return err
-	}
-	delete(f.routes, k)
-	return nil
-}
-
-func (f *fakeNL) NeighListExecute(msg netlink.Ndmsg) ([]netlink.Neigh, error) {
+func (f *fakeNL) fdb(index int, each func(*kFDB)) error {
 	if err := f.dump(); err != nil {
-		return nil, err
+		return err
 	}
-	var res []netlink.Neigh
-	if msg.Family == unix.AF_BRIDGE {
-		for k, remotes := range f.fdb {
-			if msg.Index == 0 || k.index == int(msg.Index) {
-				res = append(res, remotes...)
+	for k, remotes := range f.fdbTab {
+		if k.index == index {
+			for _, r := range remotes {
+				each(&r)
 			}
 		}
-		return res, nil
 	}
-	for k, n := range f.neighs {
-		if msg.Index == 0 || k.index == int(msg.Index) {
-			res = append(res, n)
-		}
-	}
-	return res, nil
-}
-
-func (f *fakeNL) NeighSet(n *netlink.Neigh) error {
-	ip, _ := netip.AddrFromSlice(n.IP)
-	ip = ip.Unmap()
-	c := *n
-	if n.Family == unix.AF_BRIDGE {
-		if err := f.do(fmt.Sprintf("fdb replace %v dst %v", n.HardwareAddr, ip)); err != nil {
-			return err
-		}
-		// A unicast MAC has one remote, which replace rewrites in place.
-		f.fdb[fdbKey{n.LinkIndex, n.HardwareAddr.String()}] = []netlink.Neigh{c}
-		return nil
-	}
-	if err := f.do(fmt.Sprintf("neigh replace %v lladdr %v", ip, n.HardwareAddr)); err != nil {
-		return err
-	}
-	f.neighs[neighKey{n.LinkIndex, ip}] = c
 	return nil
 }
 
-func (f *fakeNL) NeighDel(n *netlink.Neigh) error {
-	ip, _ := netip.AddrFromSlice(n.IP)
-	ip = ip.Unmap()
-	if n.Family == unix.AF_BRIDGE {
-		k := fdbKey{n.LinkIndex, n.HardwareAddr.String()}
-		remotes := f.fdb[k]
-		i := slices.IndexFunc(remotes, func(r netlink.Neigh) bool { return r.IP.Equal(n.IP) })
-		switch {
-		case len(remotes) == 0:
+func (f *fakeNL) write(index int, ops []op, fail func(i int, err error)) {
+	for i := range ops {
+		if err := f.apply(index, &ops[i]); err != nil {
+			fail(i, err)
+		}
+	}
+}
+
+// apply makes one change with the kernel's semantics: replacements create
+// or overwrite, removals of what is not there fail with ENOENT or ESRCH.
+func (f *fakeNL) apply(index int, o *op) error {
+	if _, ok := f.links[index]; !ok {
+		return unix.ENODEV
+	}
+	switch o.kind {
+	case routeDel:
+		dev := index
+		if o.oif != 0 {
+			dev = o.oif
+		}
+		k := routeKey{o.dst, o.metric, o.tos}
+		if r, ok := f.routeTab[k]; !ok || (dev > 0 && r.index != dev) {
+			return unix.ESRCH
+		}
+	case neighDel:
+		if _, ok := f.neighTab[neighKey{index, o.ip}]; !ok {
 			return unix.ENOENT
-		case i < 0:
+		}
+	case fdbDel:
+		remotes := f.fdbTab[fdbKey{index, o.mac}]
+		if len(remotes) == 0 {
+			return unix.ENOENT
+		}
+		if !slices.ContainsFunc(remotes, func(r kFDB) bool { return sameRemote(r, o) }) {
 			// Like vxlan_fdb_delete: a known MAC with another
-			// destination is "deleted" successfully, untouched.
+			// remote is "deleted" successfully, untouched.
 			return nil
 		}
-		if err := f.do(fmt.Sprintf("fdb del %v dst %v", n.HardwareAddr, ip)); err != nil {
-			return err
-		}
-		remotes = slices.Delete(remotes, i, i+1)
-		if len(remotes) == 0 {
-			delete(f.fdb, k)
-		} else {
-			f.fdb[k] = remotes
-		}
-		return nil
 	}
-	k := neighKey{n.LinkIndex, ip}
-	if _, ok := f.neighs[k]; !ok {
-		return unix.ENOENT
-	}
-	if err := f.do(fmt.Sprintf("neigh del %v", ip)); err != nil {
+	if err := f.do(o.String()); err != nil {
 		return err
 	}
-	delete(f.neighs, k)
+	switch o.kind {
+	case fdbSet:
+		// A unicast MAC has one remote, which replace rewrites in place.
+		f.fdbTab[fdbKey{index, o.mac}] = []kFDB{{mac: o.mac, dst: o.ip, state: unix.NUD_PERMANENT, index: index}}
+	case neighSet:
+		f.neighTab[neighKey{index, o.ip}] = kNeigh{ip: o.ip, mac: o.mac, state: unix.NUD_PERMANENT, index: index}
+	case routeSet:
+		f.routeTab[routeKey{o.dst, o.metric, 0}] = kRoute{
+			dst: o.dst, gw: o.ip, metric: o.metric, proto: routeProtocol, scope: unix.RT_SCOPE_UNIVERSE,
+			typ: unix.RTN_UNICAST, onlink: true, table: unix.RT_TABLE_MAIN, index: index,
+		}
+	case routeDel:
+		delete(f.routeTab, routeKey{o.dst, o.metric, o.tos})
+	case neighDel:
+		delete(f.neighTab, neighKey{index, o.ip})
+	case fdbDel:
+		k := fdbKey{index, o.mac}
+		remotes := slices.DeleteFunc(f.fdbTab[k], func(r kFDB) bool { return sameRemote(r, o) })
+		if len(remotes) == 0 {
+			delete(f.fdbTab, k)
+		} else {
+			f.fdbTab[k] = remotes
+		}
+	}
 	return nil
+}
+
+func sameRemote(r kFDB, o *op) bool {
+	return r.dst == o.ip && r.port == o.port && r.hasVNI == o.hasVNI && r.vni == o.vni && r.remoteIf == o.remoteIf
 }
 
 // String prints the links and addresses, then entries.
@@ -381,24 +373,24 @@ func (f *fakeNL) String() string {
 // entries prints the FDB entries, neighbours and routes, one per line.
 func (f *fakeNL) entries() string {
 	var fdb, neighs, routes []string
-	for k, remotes := range f.fdb {
+	for k, remotes := range f.fdbTab {
 		for _, r := range remotes {
-			fdb = append(fdb, fmt.Sprintf("bridge fdb add %s dev %s dst %v self%s", k.mac, f.name(k.index), r.IP, state(r.State, " permanent")))
+			fdb = append(fdb, fmt.Sprintf("bridge fdb add %v dev %s dst %v self%s", k.mac, f.name(k.index), r.dst, state(r.state, " permanent")))
 		}
 	}
-	for k, n := range f.neighs {
-		neighs = append(neighs, fmt.Sprintf("ip neigh add %v lladdr %v dev %s%s", k.ip, n.HardwareAddr, f.name(k.index), state(n.State, " nud permanent")))
+	for k, n := range f.neighTab {
+		neighs = append(neighs, fmt.Sprintf("ip neigh add %v lladdr %v dev %s%s", k.ip, n.mac, f.name(k.index), state(n.state, " nud permanent")))
 	}
-	for k, r := range f.routes {
-		s := fmt.Sprintf("ip route add %v via %v dev %s", k.dst, r.Gw, f.name(r.LinkIndex))
-		if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
+	for _, r := range f.routeTab {
+		s := fmt.Sprintf("ip route add %v via %v dev %s", r.dst, r.gw, f.name(r.index))
+		if r.onlink {
 			s += " onlink"
 		}
-		if r.Priority != 0 {
-			s += fmt.Sprintf(" metric %d", r.Priority)
+		if r.metric != 0 {
+			s += fmt.Sprintf(" metric %d", r.metric)
 		}
-		if r.Protocol != unix.RTPROT_BOOT {
-			s += fmt.Sprintf(" proto %d", r.Protocol)
+		if r.proto != unix.RTPROT_BOOT {
+			s += fmt.Sprintf(" proto %d", r.proto)
 		}
 		routes = append(routes, s)
 	}
@@ -410,8 +402,8 @@ func (f *fakeNL) entries() string {
 	return strings.Join(out, "\n")
 }
 
-func state(s int, permanent string) string {
-	if s&netlink.NUD_PERMANENT != 0 {
+func state(s uint16, permanent string) string {
+	if s&unix.NUD_PERMANENT != 0 {
 		return permanent
 	}
 	return fmt.Sprintf(" nud %#x", s)

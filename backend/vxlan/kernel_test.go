@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -161,6 +162,13 @@ func (n *node) wantEntries(t *testing.T, routes, neighs, fdb string) {
 
 const uplinkRoute = "172.17.0.0/16 dev eth0 proto kernel scope link src 172.17.42.31"
 
+// The peers' routes as "ip route" prints them: the metric is metricOf's,
+// 1 + the low 16 bits of the /24's number (0xAC104E, 0xAC105D).
+const (
+	route78 = "172.16.78.0/24 via 172.16.78.0 dev flannel.1 metric 4175 onlink"
+	route93 = "172.16.93.0/24 via 172.16.93.0 dev flannel.1 metric 4190 onlink"
+)
+
 func TestKernelEnsureAndSet(t *testing.T) {
 	skipUnlessRoot(t)
 	n := newNode(t, "172.17.42.31", "172.16.28.0/24", mac1)
@@ -195,8 +203,8 @@ func TestKernelEnsureAndSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.wantEntries(t,
-		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+
-			"172.16.93.0/24 via 172.16.93.0 dev flannel.1 onlink\n"+
+		route78+"\n"+
+			route93+"\n"+
 			uplinkRoute,
 		"172.16.78.0 lladdr b2:69:2c:67:63:02 PERMANENT\n"+
 			"172.16.93.0 lladdr b2:69:2c:67:63:03 PERMANENT",
@@ -208,7 +216,7 @@ func TestKernelEnsureAndSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.wantEntries(t,
-		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+uplinkRoute,
+		route78+"\n"+uplinkRoute,
 		"172.16.78.0 lladdr b2:69:2c:67:63:02 PERMANENT",
 		"b2:69:2c:67:63:02 dst 172.17.42.32 self permanent")
 
@@ -220,7 +228,7 @@ func TestKernelEnsureAndSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.wantEntries(t,
-		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+uplinkRoute,
+		route78+"\n"+uplinkRoute,
 		"172.16.78.0 lladdr b2:69:2c:67:63:04 PERMANENT",
 		"b2:69:2c:67:63:04 dst 172.17.42.42 self permanent")
 
@@ -230,7 +238,7 @@ func TestKernelEnsureAndSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.wantEntries(t,
-		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+uplinkRoute,
+		route78+"\n"+uplinkRoute,
 		"172.16.78.0 lladdr b2:69:2c:67:63:04 PERMANENT",
 		"b2:69:2c:67:63:04 dst 172.17.42.43 self permanent")
 
@@ -259,17 +267,20 @@ func TestKernelReconcileRepairs(t *testing.T) {
 	sh(t, "ip", "-n", n.ns, "neigh", "add", "172.16.55.0", "lladdr", "b2:69:2c:67:63:55", "dev", "flannel.1", "nud", "permanent")
 	sh(t, "bridge", "-n", n.ns, "fdb", "replace", "b2:69:2c:67:63:02", "dev", "flannel.1", "dst", "172.17.42.99", "self", "permanent")
 	sh(t, "bridge", "-n", n.ns, "fdb", "add", "b2:69:2c:67:63:55", "dev", "flannel.1", "dst", "172.17.42.55", "self", "permanent")
+	// What "ip route replace" of a peer's subnet does now that our route
+	// has its own metric: a route through eth0 that would win over ours.
+	sh(t, "ip", "-n", n.ns, "route", "replace", "172.16.93.0/24", "dev", "eth0")
 
 	rep, err := d.Reconcile(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Repairs{Route: 2, Neigh: 2, FDB: 3}); rep != want {
+	if want := (Repairs{Route: 3, Neigh: 2, FDB: 3}); rep != want {
 		t.Errorf("repairs = %+v, want %+v", rep, want)
 	}
 	n.wantEntries(t,
-		"172.16.78.0/24 via 172.16.78.0 dev flannel.1 onlink\n"+
-			"172.16.93.0/24 via 172.16.93.0 dev flannel.1 onlink\n"+
+		route78+"\n"+
+			route93+"\n"+
 			uplinkRoute,
 		"172.16.78.0 lladdr b2:69:2c:67:63:02 PERMANENT\n"+
 			"172.16.93.0 lladdr b2:69:2c:67:63:03 PERMANENT",
@@ -386,6 +397,7 @@ func TestKernelSubscribeKicks(t *testing.T) {
 		{"ip", "-n", n.ns, "neigh", "del", "172.16.78.0", "dev", "flannel.1"},
 		{"bridge", "-n", n.ns, "fdb", "del", "b2:69:2c:67:63:02", "dev", "flannel.1", "dst", "172.17.42.32", "self"},
 		{"ip", "-n", n.ns, "link", "set", "eth0", "mtu", "1400"},
+		{"ip", "-n", n.ns, "route", "add", "172.16.78.0/24", "dev", "eth0", "metric", "5"}, // would win over ours
 	} {
 		sh(t, cmd...)
 		select {
@@ -403,7 +415,7 @@ func TestKernelSubscribeKicks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Repairs{Link: 1, Route: 1, Neigh: 1, FDB: 1}); rep != want {
+	if want := (Repairs{Link: 1, Route: 2, Neigh: 1, FDB: 1}); rep != want {
 		t.Errorf("repairs = %+v, want %+v", rep, want)
 	}
 	if d.MTU() != 1350 {
@@ -440,5 +452,50 @@ func TestKernelTwoNodesPing(t *testing.T) {
 	rx := strings.TrimSpace(sh(t, "ip", "netns", "exec", ns2, "cat", "/sys/class/net/flannel.1/statistics/rx_packets"))
 	if rx == "0" {
 		t.Errorf("node2's flannel.1 received no packets although ping succeeded")
+	}
+}
+
+// TestKernelOwnChangesDoNotKick programs hundreds of peers, then changes
+// and removes some, with a subscription running: the Device's own changes
+// agree with its peers and do not kick, while a hand-made change does.
+func TestKernelOwnChangesDoNotKick(t *testing.T) {
+	skipUnlessRoot(t)
+	n := newNode(t, "172.17.42.31", "10.127.0.0/24", mac1)
+	d := n.device(t, mac1)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := d.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kicks := make(chan struct{}, 10000)
+	if err := d.Subscribe(ctx, func() { kicks <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	ps := bigPeers(500)
+	for i := range ps {
+		ps[i].PublicIP = netip.AddrFrom4([4]byte{172, 17, byte(100 + i/250), byte(1 + i%250)})
+	}
+	if err := d.Set(ctx, ps); err != nil {
+		t.Fatal(err)
+	}
+	moved := slices.Clone(ps[:400])
+	moved[7].PublicIP = netip.MustParseAddr("172.17.99.7")
+	moved[8].VtepMAC = net.HardwareAddr{0x0a, 0, 0, 0, 0x99, 8}
+	if err := d.Set(ctx, moved); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-kicks:
+		t.Fatalf("the Device's own changes kicked (%d kicks)", 1+len(kicks))
+	case <-time.After(500 * time.Millisecond):
+	}
+	if got := n.show(t, "ip", "-4", "route", "show", "dev", "flannel.1"); strings.Count(got, "\n")+1 != 400 {
+		t.Errorf("%d routes on flannel.1, want 400", strings.Count(got, "\n")+1)
+	}
+	sh(t, "ip", "-n", n.ns, "route", "del", ps[3].Subnet.String(), "dev", "flannel.1", "metric", fmt.Sprint(metricOf(ps[3].Subnet)))
+	select {
+	case <-kicks:
+	case <-time.After(time.Second):
+		t.Errorf("no kick within 1s of a route deleted by hand")
 	}
 }

@@ -3,7 +3,7 @@ package vxlan
 import (
 	"context"
 	"errors"
-	"fmt"
+	"time"
 
 	"github.com/weft-net/weft/backend"
 )
@@ -12,10 +12,12 @@ import (
 var errNoDevice = errors.New("device not set up; call Ensure first")
 
 // Set makes the device forward to exactly peers. It applies only the
-// difference to what it programmed before; the first call after New or after
-// the device was recreated compares against the kernel instead (see
-// Reconcile). Peers that cannot be programmed are reported in the error and
-// skipped; the others are still applied.
+// difference to the peers of the previous Set; the first call after New,
+// after the device was recreated or after a change failed compares against
+// the kernel instead (see Reconcile). Peers that cannot be programmed are
+// reported in the error and skipped; the others are still applied. Peers
+// sorted by subnet, as snapshots from etcd are, cost least; Set does not
+// keep the slice (or the VtepMACs in it) after it returns.
 func (d *Device) Set(ctx context.Context, peers []backend.Peer) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -25,23 +27,23 @@ func (d *Device) Set(ctx context.Context, peers []backend.Peer) error {
 	if d.index == 0 {
 		return errNoDevice
 	}
-	want, werr := d.desired(peers, d.spare)
-	d.want, d.spare = want, d.want
-	if d.record == nil {
+	start := time.Now()
+	changes, werr := d.updateLocked(peers)
+	d.changes = keepSmall(changes)
+	if !d.synced {
 		rep, err := d.reconcileLocked(ctx)
-		if rep.Total() > 0 {
-			d.log.Info("programmed peers", "peers", len(want.routes), "fdb", rep.FDB, "neigh", rep.Neigh, "route", rep.Route, "link", rep.Link)
+		if rep.Total() > 0 || err != nil {
+			d.log.Info("programmed peers", "peers", len(d.want), "fdb", rep.FDB, "neigh", rep.Neigh,
+				"route", rep.Route, "link", rep.Link, "took", time.Since(start).Round(time.Microsecond))
 		}
 		return errors.Join(werr, err)
 	}
-	p := d.diffRecord(d.record, want)
-	if p.empty() {
-		return werr
+	d.planChanges(changes, &d.ops)
+	done, err := d.applyLocked(&d.ops, nil)
+	if done.Total() > 0 || err != nil {
+		d.log.Debug("programmed peers", "peers", len(d.want), "changed", len(changes),
+			"fdb", done.FDB, "neigh", done.Neigh, "route", done.Route, "took", time.Since(start).Round(time.Microsecond))
 	}
-	done, err := d.applyLocked(p)
-	d.log.Info("programmed peers", "peers", len(want.routes),
-		"added", len(p.routeSet), "removed", len(p.routeDel),
-		"fdb", done.FDB, "neigh", done.Neigh, "route", done.Route)
 	return errors.Join(werr, err)
 }
 
@@ -67,27 +69,18 @@ func (d *Device) reconcileLocked(ctx context.Context) (Repairs, error) {
 	if changed {
 		rep.Link++
 	}
-	if d.index == 0 || ctx.Err() != nil {
+	if d.index == 0 || ctx.Err() != nil || d.want == nil {
 		return rep, eerr
 	}
-	if d.want == nil {
-		return rep, eerr
-	}
-	routes, err := listRoutes(d.nl, d.index)
+	st, err := d.compareLocked(&d.ops)
 	if err != nil {
-		return rep, errors.Join(eerr, fmt.Errorf("reading routes of %s: %w", d.cfg.Name, err))
+		d.synced = false
+		for k := range d.ops {
+			d.ops[k] = d.ops[k][:0]
+		}
+		return rep, errors.Join(eerr, err)
 	}
-	neighs, err := listNeighs(d.nl, d.index)
-	if err != nil {
-		return rep, errors.Join(eerr, fmt.Errorf("reading neighbours of %s: %w", d.cfg.Name, err))
-	}
-	fdb, err := listFDB(d.nl, d.index)
-	if err != nil {
-		return rep, errors.Join(eerr, fmt.Errorf("reading FDB of %s: %w", d.cfg.Name, err))
-	}
-	p := d.diffKernel(d.want, routes, neighs, fdb)
-	d.record = d.want.clone()
-	done, aerr := d.applyLocked(p)
+	done, aerr := d.applyLocked(&d.ops, &st)
 	rep.FDB, rep.Neigh, rep.Route = done.FDB, done.Neigh, done.Route
 	return rep, errors.Join(eerr, aerr)
 }

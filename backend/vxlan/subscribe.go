@@ -2,87 +2,135 @@ package vxlan
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
+	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
-// subscribeBuffer is the receive buffer asked for on each subscription
-// socket: a full reprogram of thousands of peers makes three events per peer,
-// and an overflow costs a resubscription.
-const subscribeBuffer = 4 << 20
-
-// Resubscription backoff after a subscription fails.
+// Resubscription backoff after the subscription fails.
 const (
 	resubscribeMin = 100 * time.Millisecond
 	resubscribeMax = 10 * time.Second
 )
 
-// subscriber starts one netlink subscription whose events go through the
-// filter to kick. It returns a channel closed when the subscription ends on
-// its own (an error); done ends it from outside.
-type subscriber func(done <-chan struct{}, onErr func(error), kick func()) (ended <-chan struct{}, err error)
+// subscribeGroups are the multicast groups of the subscription: links,
+// addresses, routes and neighbours (the FDB included).
+const subscribeGroups = 1<<(unix.RTNLGRP_LINK-1) |
+	1<<(unix.RTNLGRP_IPV4_IFADDR-1) | 1<<(unix.RTNLGRP_IPV6_IFADDR-1) |
+	1<<(unix.RTNLGRP_IPV4_ROUTE-1) | 1<<(unix.RTNLGRP_IPV6_ROUTE-1) |
+	1<<(unix.RTNLGRP_NEIGH-1)
 
-// Subscribe calls kick whenever a link, address, route or neighbour
-// (including FDB) change touches the device or its uplink, in the Device's
-// namespace. It returns once the subscriptions are in place; they last until
-// ctx is done and are renewed (with a kick, since events may have been
-// missed) when one fails. kick must not block for long; debouncing and the
-// Reconcile that follows are the caller's job. The Device's own changes kick
-// too.
+// Subscribe calls kick whenever the kernel reports a change that may need a
+// repair, in the Device's namespace: a change of the device or its uplink
+// (link or address), a route, neighbour or FDB entry on the device that
+// disagrees with the peers of the last Set (one that is missing, altered or
+// not wanted), and a route elsewhere that would take a peer's traffic. The Device's own changes agree with its peers, so they do not
+// kick: programming thousands of peers causes no Reconcile.
+//
+// Subscribe returns once the subscription is in place. It lasts until ctx is
+// done and is renewed, with a kick since events may have been missed, when it
+// fails; events the kernel drops for lack of buffer space also cause a kick.
+// kick must not block for long; debouncing and the Reconcile that follows
+// are the caller's job.
 func (d *Device) Subscribe(ctx context.Context, kick func()) error {
-	subs := map[string]subscriber{
-		"link":      d.subscribeLinks,
-		"address":   d.subscribeAddrs,
-		"route":     d.subscribeRoutes,
-		"neighbour": d.subscribeNeighs,
+	s, err := d.subscribe()
+	if err != nil {
+		return fmt.Errorf("subscribing to kernel changes: %w", err)
 	}
-	type started struct {
-		name  string
-		done  chan struct{}
-		ended <-chan struct{}
+	go d.keepSubscribed(ctx, s, kick)
+	return nil
+}
+
+// subscription is a netlink socket joined to subscribeGroups, read through
+// the runtime's poller so that closing it ends a blocked read.
+type subscription struct {
+	f   *os.File
+	rc  syscall.RawConn
+	buf []byte
+}
+
+func (d *Device) subscribe() (*subscription, error) {
+	fd, _, err := openRoute(d.ns, subscribeGroups, subscribeSockBuf, true)
+	if err != nil {
+		return nil, err
 	}
-	var all []started
-	for name, sub := range subs {
-		done := make(chan struct{})
-		ended, err := sub(done, d.subscriptionError(ctx, name), kick)
-		if err != nil {
-			close(done)
-			for _, s := range all {
-				close(s.done)
-			}
-			return fmt.Errorf("subscribing to %s changes: %w", name, err)
+	if d.kernel != nil {
+		if err := dropOwnEvents(fd, d.kernel.pid); err != nil {
+			unix.Close(fd)
+			return nil, err
 		}
-		all = append(all, started{name, done, ended})
 	}
-	for _, s := range all {
-		go d.keepSubscribed(ctx, s.name, subs[s.name], s.done, s.ended, kick)
+	// Dropped events are reported as ENOBUFS (then handled with a kick),
+	// not hidden.
+	f := os.NewFile(uintptr(fd), "netlink-subscription")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &subscription{f: f, rc: rc, buf: make([]byte, 64<<10)}, nil
+}
+
+// dropOwnEvents attaches a socket filter that drops, in the kernel, the
+// notifications of changes made through the socket with port id pid: the
+// kernel stamps route and neighbour notifications with the port id of the
+// request that caused them. When thousands of peers are programmed, this
+// spares the subscription most of its events (and the writer the cost of
+// waking the reader for them). FDB notifications carry no port id; they
+// still arrive and are judged by disagrees.
+func dropOwnEvents(fd int, pid uint32) error {
+	// Classic BPF loads words in network order.
+	be := uint32(pid>>24) | uint32(pid>>8)&0xff00 | uint32(pid<<8)&0xff0000 | pid<<24
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		be = pid // big-endian host
+	}
+	prog := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 12}, // nlmsg_pid
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 1, K: be},
+		{Code: unix.BPF_RET | unix.BPF_K, K: 0},          // ours: drop
+		{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff}, // keep
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog); err != nil {
+		return fmt.Errorf("attaching a socket filter: %w", err)
 	}
 	return nil
 }
 
-func (d *Device) subscriptionError(ctx context.Context, name string) func(error) {
-	return func(err error) {
-		if ctx.Err() == nil { // closing the socket at the end is no failure
-			d.log.Warn("netlink subscription failed", "kind", name, "err", err)
-		}
+// read returns the next datagram of events.
+func (s *subscription) read() ([]byte, error) {
+	var n int
+	var rerr error
+	err := s.rc.Read(func(fd uintptr) bool {
+		n, _, rerr = unix.Recvfrom(int(fd), s.buf, 0)
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	})
+	if err != nil {
+		return nil, err
 	}
+	if rerr != nil {
+		return nil, rerr
+	}
+	return s.buf[:n], nil
 }
 
-// keepSubscribed renews one subscription whenever it ends, until ctx is done.
-func (d *Device) keepSubscribed(ctx context.Context, name string, sub subscriber, done chan struct{}, ended <-chan struct{}, kick func()) {
+// keepSubscribed follows s, and renews the subscription whenever it fails,
+// until ctx is done.
+func (d *Device) keepSubscribed(ctx context.Context, s *subscription, kick func()) {
 	backoff := resubscribeMin
-	since := time.Now()
 	for {
-		select {
-		case <-ctx.Done():
-			close(done)
+		since := time.Now()
+		err := d.follow(ctx, s, kick)
+		s.f.Close()
+		if ctx.Err() != nil {
 			return
-		case <-ended:
-			close(done)
 		}
+		d.log.Warn("netlink subscription failed", "err", err)
 		if time.Since(since) > resubscribeMax {
 			backoff = resubscribeMin // it worked for a while: not a loop
 		}
@@ -95,110 +143,146 @@ func (d *Device) keepSubscribed(ctx context.Context, name string, sub subscriber
 			case <-t.C:
 			}
 			backoff = min(2*backoff, resubscribeMax)
-			done = make(chan struct{})
-			var err error
-			ended, err = sub(done, d.subscriptionError(ctx, name), kick)
-			if err == nil {
-				since = time.Now()
+			if s, err = d.subscribe(); err == nil {
 				break
 			}
-			close(done)
-			d.log.Warn("renewing netlink subscription", "kind", name, "err", err)
+			d.log.Warn("renewing netlink subscription", "err", err)
 		}
-		d.log.Info("renewed netlink subscription", "kind", name)
+		d.log.Info("renewed netlink subscription")
 		kick()
 	}
 }
 
-func (d *Device) ns() *netns.NsHandle {
-	if d.subNS != nil {
-		return d.subNS
+// follow reads events until ctx is done (then it returns nil) or the socket
+// fails.
+func (d *Device) follow(ctx context.Context, s *subscription, kick func()) error {
+	stop := context.AfterFunc(ctx, func() { s.f.Close() })
+	defer stop()
+	for {
+		b, err := s.read()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, unix.ENOBUFS):
+			d.log.Debug("kernel events were dropped; asking for a check")
+			kick()
+			continue
+		case err != nil:
+			return err
+		}
+		if d.disagrees(b) {
+			kick()
+		}
 	}
-	none := netns.None()
-	return &none
+}
+
+// disagrees reports whether any event in the datagram b may need a repair.
+func (d *Device) disagrees(b []byte) bool {
+	idx := int(d.curIndex.Load())
+	d.wantMu.RLock()
+	defer d.wantMu.RUnlock()
+	found := false
+	_ = splitMsgs(b, func(m nlMsg) bool {
+		found = d.eventDisagrees(m, idx)
+		return !found
+	})
+	return found
+}
+
+func (d *Device) eventDisagrees(m nlMsg, idx int) bool {
+	switch m.typ {
+	case unix.RTM_NEWLINK, unix.RTM_DELLINK:
+		if len(m.body) < unix.SizeofIfInfomsg {
+			return false
+		}
+		if d.mine(int(int32(ne.Uint32(m.body[4:])))) {
+			return true
+		}
+		named := false
+		attrs(m.body[unix.SizeofIfInfomsg:], func(typ uint16, v []byte) {
+			if typ == unix.IFLA_IFNAME && string(trimNul(v)) == d.cfg.Name {
+				named = true
+			}
+		})
+		return named
+	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
+		return len(m.body) >= unix.SizeofIfAddrmsg && idx != 0 && int(ne.Uint32(m.body[4:])) == idx
+	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
+		r, err := parseRoute(m.body)
+		if err != nil || idx == 0 || r.table != unix.RT_TABLE_MAIN || r.proto == unix.RTPROT_KERNEL {
+			return false
+		}
+		w := d.want[r.dst.Addr()]
+		wanted := w != nil && w.subnet == r.dst
+		if !routeUsesDevice(m.body, idx) {
+			return m.typ == unix.RTM_NEWROUTE && wanted && shadows(&r)
+		}
+		if m.typ == unix.RTM_DELROUTE {
+			return wanted && r.metric == metricOf(r.dst)
+		}
+		return !wanted || !routeIsCanonical(&r)
+	case unix.RTM_NEWNEIGH, unix.RTM_DELNEIGH:
+		if len(m.body) < ndMsgLen || idx == 0 || int(int32(ne.Uint32(m.body[4:]))) != idx {
+			return false
+		}
+		if m.body[0] == unix.AF_BRIDGE {
+			f, _ := parseFDB(m.body)
+			if !f.mac.unicast() {
+				return false
+			}
+			w := d.macs[f.mac]
+			if m.typ == unix.RTM_DELNEIGH {
+				return w != nil && f.dst == w.public
+			}
+			if w == nil {
+				return f.permanent()
+			}
+			return !fdbIsCanonical(&f, w)
+		}
+		n, _ := parseNeigh(m.body)
+		w := d.want[n.ip]
+		if m.typ == unix.RTM_DELNEIGH {
+			return w != nil
+		}
+		if w == nil {
+			return n.permanent()
+		}
+		return !n.permanent() || n.mac != w.mac
+	}
+	return false
+}
+
+// routeUsesDevice reports whether the route message b goes through device
+// idx, directly or as one of several next hops.
+func routeUsesDevice(b []byte, idx int) bool {
+	uses := false
+	attrs(b[rtMsgLen:], func(typ uint16, v []byte) {
+		switch typ {
+		case unix.RTA_OIF:
+			uses = uses || len(v) == 4 && int(ne.Uint32(v)) == idx
+		case unix.RTA_MULTIPATH:
+			// struct rtnexthop: len u16, flags u8, hops u8, ifindex i32.
+			for len(v) >= 8 {
+				l := int(ne.Uint16(v))
+				uses = uses || int(int32(ne.Uint32(v[4:]))) == idx
+				if l < 8 || l > len(v) {
+					break
+				}
+				v = v[min(align4(l), len(v)):]
+			}
+		}
+	})
+	return uses
+}
+
+func trimNul(b []byte) []byte {
+	for len(b) > 0 && b[len(b)-1] == 0 {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 // mine reports whether an interface index is the device's or the uplink's.
 func (d *Device) mine(index int) bool {
 	return index != 0 && (index == int(d.curIndex.Load()) || index == d.cfg.UplinkIndex)
-}
-
-// forward reads updates until the channel closes, kicking for those the
-// filter accepts, and closes ended then.
-func forward[T any](ch <-chan T, accept func(T) bool, kick func()) <-chan struct{} {
-	ended := make(chan struct{})
-	go func() {
-		defer close(ended)
-		for u := range ch {
-			if accept(u) {
-				kick()
-			}
-		}
-	}()
-	return ended
-}
-
-func (d *Device) subscribeLinks(done <-chan struct{}, onErr func(error), kick func()) (<-chan struct{}, error) {
-	ch := make(chan netlink.LinkUpdate, 64)
-	err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
-		Namespace: d.ns(), ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return forward(ch, func(u netlink.LinkUpdate) bool {
-		a := u.Attrs()
-		return a != nil && (d.mine(a.Index) || a.Name == d.cfg.Name)
-	}, kick), nil
-}
-
-func (d *Device) subscribeAddrs(done <-chan struct{}, onErr func(error), kick func()) (<-chan struct{}, error) {
-	ch := make(chan netlink.AddrUpdate, 64)
-	err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{
-		Namespace: d.ns(), ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return forward(ch, func(u netlink.AddrUpdate) bool {
-		return u.LinkIndex != 0 && u.LinkIndex == int(d.curIndex.Load())
-	}, kick), nil
-}
-
-func (d *Device) subscribeRoutes(done <-chan struct{}, onErr func(error), kick func()) (<-chan struct{}, error) {
-	ch := make(chan netlink.RouteUpdate, 256)
-	err := netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{
-		Namespace: d.ns(), ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return forward(ch, func(u netlink.RouteUpdate) bool {
-		idx := int(d.curIndex.Load())
-		if idx == 0 {
-			return false
-		}
-		if u.LinkIndex == idx {
-			return true
-		}
-		for _, nh := range u.MultiPath {
-			if nh.LinkIndex == idx {
-				return true
-			}
-		}
-		return false
-	}, kick), nil
-}
-
-func (d *Device) subscribeNeighs(done <-chan struct{}, onErr func(error), kick func()) (<-chan struct{}, error) {
-	ch := make(chan netlink.NeighUpdate, 256)
-	err := netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{
-		Namespace: d.ns(), ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return forward(ch, func(u netlink.NeighUpdate) bool {
-		return u.LinkIndex != 0 && u.LinkIndex == int(d.curIndex.Load())
-	}, kick), nil
 }

@@ -56,19 +56,15 @@ type Config struct {
 type Option func(*options)
 
 type options struct {
-	ns    netns.NsHandle
-	nl    nlAPI // tests only
-	subNS *netns.NsHandle
+	ns netns.NsHandle
+	nl nlAPI // tests only
 }
 
 // WithNamespace makes the Device work in the network namespace ns instead of
 // the caller's one. The Device does not close ns; it must stay open until
 // Close.
 func WithNamespace(ns netns.NsHandle) Option {
-	return func(o *options) {
-		o.ns = ns
-		o.subNS = &ns
-	}
+	return func(o *options) { o.ns = ns }
 }
 
 // withNL replaces the kernel with a fake (tests).
@@ -82,10 +78,10 @@ type Device struct {
 	cfg    Config
 	log    *slog.Logger
 	nl     nlAPI
-	kernel *kernel         // nil with a fake; closed by Close
-	subNS  *netns.NsHandle // namespace for subscriptions; nil = caller's
+	kernel *kernel        // nil with a fake; closed by Close
+	ns     netns.NsHandle // where the device lives; None = the caller's
 
-	// curIndex mirrors index for the subscription filters, which must not
+	// curIndex mirrors index for the subscription filter, which must not
 	// wait for mu while a long Set holds it.
 	curIndex atomic.Int32
 
@@ -94,21 +90,36 @@ type Device struct {
 	index int
 	mtu   int
 	mac   net.HardwareAddr
-	// record is what this Device programmed; nil means unknown (after New,
-	// or after the link was recreated), so the next Set compares against
-	// the kernel instead.
-	record *entries
-	// want is the desired entries of the last Set; nil before the first Set,
-	// so that Reconcile does not delete entries before it knows the peers.
-	want *entries
-	// spare is the previous want, reused by the next Set.
-	spare *entries
+	// synced means the kernel holds exactly the entries of want, as far as
+	// this Device knows. It is false after New, after the device was
+	// (re)created and after any change failed; the next Set then compares
+	// with the kernel instead of trusting its own diff.
+	synced bool
+	stamp  uint64 // counts comparisons with the kernel; wantedPeer.*OK
+	// last is the input of the last Set, sorted by subnet; next is the
+	// buffer the following Set fills (they swap).
+	last, next []entry
+	// Scratch space reused by Set and Reconcile.
+	changes []change
+	ops     [numOpKinds][]op
+	fill    []op
+
+	// wantMu guards the maps below against the subscription's filter, which
+	// reads them; they change only with mu held too, so mu's holder reads
+	// them freely.
+	wantMu sync.RWMutex
+	// want is the wanted peers by VTEP address (their subnet's address);
+	// nil before the first Set, so that Reconcile does not delete entries
+	// before it knows the peers.
+	want map[netip.Addr]*wantedPeer
+	// macs is the wanted peers by VTEP MAC.
+	macs map[mac]*wantedPeer
 }
 
 var _ backend.Backend = (*Device)(nil)
 
-// New checks cfg, fills in defaults and opens a netlink handle. It does not
-// touch the kernel's configuration; call Ensure for that.
+// New checks cfg, fills in defaults and opens its netlink sockets. It does
+// not touch the kernel's configuration; call Ensure for that.
 func New(cfg Config, log *slog.Logger, opts ...Option) (*Device, error) {
 	var o options
 	o.ns = netns.None()
@@ -133,11 +144,11 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Device, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &Device{
-		cfg:   cfg,
-		log:   log.With("component", "vxlan", "device", cfg.Name),
-		nl:    o.nl,
-		subNS: o.subNS,
-		mac:   cfg.MAC,
+		cfg: cfg,
+		log: log.With("component", "vxlan", "device", cfg.Name),
+		nl:  o.nl,
+		ns:  o.ns,
+		mac: cfg.MAC,
 	}
 	if d.nl == nil {
 		k, err := newKernel(o.ns)
@@ -179,8 +190,8 @@ func (c Config) validate() error {
 	return nil
 }
 
-// Close releases the netlink handle. It leaves the device and its entries in
-// place, so packets keep flowing while weftd restarts.
+// Close releases the netlink sockets. It leaves the device and its entries
+// in place, so packets keep flowing while weftd restarts.
 func (d *Device) Close() {
 	if d.kernel != nil {
 		d.kernel.close()
@@ -246,7 +257,7 @@ func (d *Device) ensureLocked(ctx context.Context) (changed bool, err error) {
 	case errors.As(err, &notFound):
 		link = nil
 		d.setIndexLocked(0)
-		d.record = nil
+		d.synced = false
 	case err != nil:
 		return false, fmt.Errorf("looking up device %s: %w", d.cfg.Name, err)
 	}
@@ -260,7 +271,7 @@ func (d *Device) ensureLocked(ctx context.Context) (changed bool, err error) {
 				return false, fmt.Errorf("deleting device %s (%s): %w", d.cfg.Name, why, err)
 			}
 			d.setIndexLocked(0)
-			d.record = nil
+			d.synced = false
 			link = nil
 		}
 	}
@@ -270,7 +281,7 @@ func (d *Device) ensureLocked(ctx context.Context) (changed bool, err error) {
 			return true, err
 		}
 		changed = true
-		d.record = nil
+		d.synced = false
 	}
 	d.setIndexLocked(link.Attrs().Index)
 	if d.mac == nil {

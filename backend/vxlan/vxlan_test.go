@@ -53,7 +53,7 @@ func entriesFor(ns ...int) string {
 	for _, n := range ns {
 		fdb = append(fdb, fmt.Sprintf("bridge fdb add 0a:00:00:00:00:%02x dev flannel.1 dst 172.17.42.%d self permanent", n, n))
 		neigh = append(neigh, fmt.Sprintf("ip neigh add 172.16.%d.0 lladdr 0a:00:00:00:00:%02x dev flannel.1 nud permanent", n, n))
-		route = append(route, fmt.Sprintf("ip route add 172.16.%d.0/24 via 172.16.%d.0 dev flannel.1 onlink", n, n))
+		route = append(route, fmt.Sprintf("ip route add 172.16.%d.0/24 via 172.16.%d.0 dev flannel.1 onlink metric %d", n, n, 0x1000+n+1))
 	}
 	slices.Sort(fdb)
 	slices.Sort(neigh)
@@ -224,7 +224,7 @@ func TestSetStates(t *testing.T) {
 		for _, p := range ps {
 			fdb = append(fdb, fmt.Sprintf("bridge fdb add %v dev flannel.1 dst %v self permanent", p.VtepMAC, p.PublicIP))
 			neigh = append(neigh, fmt.Sprintf("ip neigh add %v lladdr %v dev flannel.1 nud permanent", p.Subnet.Addr(), p.VtepMAC))
-			route = append(route, fmt.Sprintf("ip route add %v via %v dev flannel.1 onlink", p.Subnet, p.Subnet.Addr()))
+			route = append(route, fmt.Sprintf("ip route add %v via %v dev flannel.1 onlink metric %d", p.Subnet, p.Subnet.Addr(), metricOf(p.Subnet)))
 		}
 		slices.Sort(fdb)
 		slices.Sort(neigh)
@@ -387,15 +387,16 @@ func TestFirstSetAdopts(t *testing.T) {
 	}
 	idx := old.Index()
 	// Peer 4's neighbour was altered, peer 3's route hand-deleted, and a
-	// stray route with a metric points into the device.
-	f.neighs[neighKey{idx, netip.MustParseAddr("172.16.4.0")}] = netlink.Neigh{
-		LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_STALE,
-		IP: net.ParseIP("172.16.4.0"), HardwareAddr: net.HardwareAddr{0x0a, 0, 0, 0, 0, 0x44},
+	// stray route with another metric points into the device.
+	f.neighTab[neighKey{idx, netip.MustParseAddr("172.16.4.0")}] = kNeigh{
+		ip: netip.MustParseAddr("172.16.4.0"), mac: mustMAC("0a:00:00:00:00:44"), state: unix.NUD_STALE, index: idx,
 	}
-	delete(f.routes, routeKey{netip.MustParsePrefix("172.16.3.0/24"), 0})
-	stray := *old.route(netip.MustParsePrefix("172.16.2.0/24"), netip.MustParseAddr("172.16.2.0"))
-	stray.Priority = 100
-	f.routes[routeKey{netip.MustParsePrefix("172.16.2.0/24"), 100}] = stray
+	p3 := netip.MustParsePrefix("172.16.3.0/24")
+	delete(f.routeTab, routeKey{p3, metricOf(p3), 0})
+	p2 := netip.MustParsePrefix("172.16.2.0/24")
+	stray := f.routeTab[routeKey{p2, metricOf(p2), 0}]
+	stray.metric = 100
+	f.routeTab[routeKey{p2, 100, 0}] = stray
 	f.takeOps()
 
 	// Restart: peer 9 left while weftd was down.
@@ -433,17 +434,33 @@ func TestReconcileRepairs(t *testing.T) {
 		t.Fatal(err)
 	}
 	idx := d.Index()
-	delete(f.routes, routeKey{netip.MustParsePrefix("172.16.2.0/24"), 0})
-	delete(f.neighs, neighKey{idx, netip.MustParseAddr("172.16.3.0")})
+	p2 := netip.MustParsePrefix("172.16.2.0/24")
+	delete(f.routeTab, routeKey{p2, metricOf(p2), 0})
+	delete(f.neighTab, neighKey{idx, netip.MustParseAddr("172.16.3.0")})
 	// Peer 4's MAC pointed elsewhere, and an FDB entry nobody wants.
-	f.fdb[fdbKey{idx, "0a:00:00:00:00:04"}] = []netlink.Neigh{*d.fdb(mustMAC("0a:00:00:00:00:04"), netip.MustParseAddr("172.17.42.99"))}
-	f.fdb[fdbKey{idx, "0a:00:00:00:00:77"}] = []netlink.Neigh{*d.fdb(mustMAC("0a:00:00:00:00:77"), netip.MustParseAddr("172.17.42.77"))}
+	for _, e := range []struct{ mac, dst string }{{"0a:00:00:00:00:04", "172.17.42.99"}, {"0a:00:00:00:00:77", "172.17.42.77"}} {
+		m := mustMAC(e.mac)
+		f.fdbTab[fdbKey{idx, m}] = []kFDB{{mac: m, dst: netip.MustParseAddr(e.dst), state: unix.NUD_PERMANENT, index: idx}}
+	}
+
+	// A route to peer 3's subnet through the uplink, with a lower metric
+	// than ours, would take its traffic; one with a higher metric would not.
+	p3 := netip.MustParsePrefix("172.16.3.0/24")
+	f.routeTab[routeKey{p3, 0, 0}] = kRoute{dst: p3, proto: unix.RTPROT_BOOT, typ: unix.RTN_UNICAST, table: unix.RT_TABLE_MAIN, index: 2}
+	f.routeTab[routeKey{p3, 65537, 0}] = kRoute{dst: p3, metric: 65537, proto: unix.RTPROT_BOOT, typ: unix.RTN_UNICAST, table: unix.RT_TABLE_MAIN, index: 2}
 
 	rep, err := d.Reconcile(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Repairs{Route: 1, Neigh: 1, FDB: 2}); rep != want {
+	if _, ok := f.routeTab[routeKey{p3, 0, 0}]; ok {
+		t.Errorf("the route shadowing peer 3's is still there")
+	}
+	if _, ok := f.routeTab[routeKey{p3, 65537, 0}]; !ok {
+		t.Errorf("a route behind peer 3's was removed")
+	}
+	delete(f.routeTab, routeKey{p3, 65537, 0})
+	if want := (Repairs{Route: 2, Neigh: 1, FDB: 2}); rep != want {
 		t.Errorf("repairs = %+v, want %+v", rep, want)
 	}
 	if got := f.entries(); got != entriesFor(2, 3, 4) {
@@ -528,13 +545,19 @@ func TestSetSkipsBadPeers(t *testing.T) {
 
 func TestRetryDump(t *testing.T) {
 	f := newFakeNL()
+	d := newFakeDevice(t, f)
+	ctx := context.Background()
+	if err := d.Set(ctx, peers(2, 3)); err != nil {
+		t.Fatal(err)
+	}
+	// Interrupted dumps are retried: the comparison sees the whole table.
 	f.interrupt = 3
-	if _, err := listRoutes(f, 1); err != nil {
-		t.Errorf("3 interruptions: %v", err)
+	if rep, err := d.Reconcile(ctx); err != nil || rep.Total() != 0 {
+		t.Errorf("3 interruptions: Reconcile = %+v, %v; want no repairs", rep, err)
 	}
 	f.interrupt = dumpAttempts
-	if _, err := listFDB(f, 1); !errors.Is(err, netlink.ErrDumpInterrupted) {
-		t.Errorf("%d interruptions: err = %v, want ErrDumpInterrupted", dumpAttempts, err)
+	if _, err := d.Reconcile(ctx); !errors.Is(err, errDumpInterrupted) {
+		t.Errorf("%d interruptions: err = %v, want errDumpInterrupted", dumpAttempts, err)
 	}
 }
 

@@ -1,0 +1,178 @@
+package vxlan
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"syscall"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Socket buffer sizes. A batch's replies (one error per failed request at
+// worst) and a subscription's backlog while a big Set runs (three events per
+// peer) must fit, or the kernel drops them and reports ENOBUFS. Root can force
+// sizes above net.core.[rw]mem_max; otherwise the kernel caps them.
+const (
+	writeSockBuf     = 4 << 20
+	subscribeSockBuf = 32 << 20
+)
+
+// inNamespace runs fn on a fresh goroutine whose locked OS thread has entered
+// ns (or directly, when ns is not open). A socket keeps the namespace it was
+// made in, so it is usable from any goroutine afterwards. If the thread cannot
+// be switched back it stays locked and the runtime discards it when the
+// goroutine exits: no goroutine ever runs in a namespace by accident.
+func inNamespace(ns netns.NsHandle, fn func() error) error {
+	if !ns.IsOpen() {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("reading the current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("entering network namespace: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("leaving network namespace: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// openRoute opens a NETLINK_ROUTE socket in ns, bound to the multicast groups
+// in the bit mask groups (0 for none), with a receive buffer of rcvbuf bytes.
+func openRoute(ns netns.NsHandle, groups uint32, rcvbuf int, nonblock bool) (fd int, pid uint32, err error) {
+	flags := unix.SOCK_RAW | unix.SOCK_CLOEXEC
+	if nonblock {
+		flags |= unix.SOCK_NONBLOCK
+	}
+	err = inNamespace(ns, func() (err error) {
+		fd, err = unix.Socket(unix.AF_NETLINK, flags, unix.NETLINK_ROUTE)
+		return err
+	})
+	if err != nil {
+		return -1, 0, fmt.Errorf("opening netlink socket: %w", err)
+	}
+	fail := func(what string, err error) (int, uint32, error) {
+		unix.Close(fd)
+		return -1, 0, fmt.Errorf("%s on netlink socket: %w", what, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
+			return fail("setting the receive buffer", err)
+		}
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
+		return fail("binding", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fail("reading the address", err)
+	}
+	nl, ok := sa.(*unix.SockaddrNetlink)
+	if !ok {
+		return fail("reading the address", errors.New("not a netlink address"))
+	}
+	return fd, nl.Pid, nil
+}
+
+// Offsets and sizes of the netlink structures this package reads and writes
+// by hand (include/uapi/linux/netlink.h, rtnetlink.h, neighbour.h).
+const (
+	nlHdrLen  = unix.SizeofNlMsghdr // 16
+	rtMsgLen  = unix.SizeofRtMsg    // 12
+	ndMsgLen  = unix.SizeofNdMsg    // 12
+	errMsgLen = unix.SizeofNlMsgerr // 20: error code, then the request's header
+	rtaHdrLen = unix.SizeofRtAttr   // 4
+
+	rtaNHID = 30 // RTA_NH_ID, not in x/sys/unix
+	ndaNHID = 13 // NDA_NH_ID, not in x/sys/unix
+)
+
+var ne = binary.NativeEndian
+
+func align4(n int) int { return (n + 3) &^ 3 }
+
+// nlMsg is one message of a receive buffer.
+type nlMsg struct {
+	typ   uint16
+	flags uint16
+	seq   uint32
+	body  []byte // after the header
+}
+
+// splitMsgs calls f for each complete message in b, until f returns false.
+func splitMsgs(b []byte, f func(m nlMsg) bool) error {
+	for len(b) >= nlHdrLen {
+		l := int(ne.Uint32(b))
+		if l < nlHdrLen || l > len(b) {
+			return fmt.Errorf("malformed netlink message of length %d in %d bytes", l, len(b))
+		}
+		m := nlMsg{typ: ne.Uint16(b[4:]), flags: ne.Uint16(b[6:]), seq: ne.Uint32(b[8:]), body: b[nlHdrLen:l]}
+		if !f(m) {
+			return nil
+		}
+		b = b[min(align4(l), len(b)):]
+	}
+	return nil
+}
+
+// attrs calls f for each attribute in b.
+func attrs(b []byte, f func(typ uint16, v []byte)) {
+	for len(b) >= rtaHdrLen {
+		l := int(ne.Uint16(b))
+		if l < rtaHdrLen || l > len(b) {
+			return
+		}
+		f(ne.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[rtaHdrLen:l])
+		b = b[min(align4(l), len(b)):]
+	}
+}
+
+// nlError turns the body of an NLMSG_ERROR message into the request's
+// sequence number and its error (nil for an acknowledgement), with the
+// kernel's extended message when it sent one.
+func nlError(m nlMsg) error {
+	if len(m.body) < 4 {
+		return errors.New("truncated netlink error message")
+	}
+	code := int32(ne.Uint32(m.body))
+	if code == 0 {
+		return nil
+	}
+	err := error(syscall.Errno(-code))
+	if m.flags&unix.NLM_F_ACK_TLVS == 0 {
+		return err
+	}
+	tlvs := m.body[min(errMsgLen, len(m.body)):]
+	if m.flags&unix.NLM_F_CAPPED == 0 && len(m.body) >= errMsgLen {
+		// The whole request was echoed before the TLVs.
+		reqLen := int(ne.Uint32(m.body[4:]))
+		tlvs = m.body[min(4+align4(reqLen), len(m.body)):]
+	}
+	attrs(tlvs, func(typ uint16, v []byte) {
+		if typ == unix.NLMSGERR_ATTR_MSG && len(v) > 1 {
+			msg := string(v)
+			if i := len(msg) - 1; msg[i] == 0 {
+				msg = msg[:i]
+			}
+			err = fmt.Errorf("%w (%s)", err, msg)
+		}
+	})
+	return err
+}
