@@ -157,6 +157,15 @@ func (n *Node) Run(ctx context.Context) error {
 		n.holdLease(ctx, prev, leases)
 	}()
 
+	// The peer watch starts with the lease acquisition rather than after it:
+	// its listing then overlaps Hold's and the device set-up at a cold start.
+	snaps := newMailbox[snapshotIn]()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n.watchPeers(ctx, snaps)
+	}()
+
 	n.beat()
 	var lease subnet.Lease
 	select {
@@ -184,7 +193,6 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 
-	snaps := newMailbox[snapshotIn]()
 	kicks := newMailbox[struct{}]()
 	ruleKicks := newMailbox[struct{}]()
 	wg.Add(1)
@@ -195,7 +203,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}()
 	subCtx, stopSub := context.WithCancel(ctx)
-	n.startWatchers(subCtx, &wg, dp, lease, snaps, kicks)
+	n.subscribe(subCtx, &wg, dp, kicks)
 
 	resync := time.NewTicker(n.cfg.ResyncInterval)
 	defer resync.Stop()
@@ -234,10 +242,10 @@ func (n *Node) Run(ctx context.Context) error {
 			synced, haveSnap = false, false
 			n.markEnvWritten(false)
 			subCtx, stopSub = context.WithCancel(ctx)
-			n.startWatchers(subCtx, &wg, dp, lease, snaps, kicks)
+			n.subscribe(subCtx, &wg, dp, kicks)
 
 		case in := <-snaps.ch:
-			desired = peersOf(in.snap)
+			desired = peersOf(desired[:0], in.snap)
 			haveSnap = true
 			synced = n.apply(ctx, dp, desired, in.at)
 			if synced && !n.envWritten() {
@@ -362,26 +370,29 @@ func (n *Node) setUp(ctx context.Context, l subnet.Lease) (Dataplane, RuleSet, e
 	return dp, rules, nil
 }
 
-// startWatchers starts the etcd peer watch and the kernel event subscription.
-func (n *Node) startWatchers(ctx context.Context, wg *sync.WaitGroup, dp Dataplane, own subnet.Lease,
-	snaps mailbox[snapshotIn], kicks mailbox[struct{}]) {
+// watchPeers feeds whole peer snapshots from etcd into snaps until ctx ends.
+// The node's own lease is told apart by Self, which follows the lease.
+func (n *Node) watchPeers(ctx context.Context, snaps mailbox[snapshotIn]) {
 	filter := subnet.PeerFilter{
 		Config:   n.cfg.Config,
 		Underlay: n.cfg.Underlay,
 		Self: func() (netip.Prefix, netip.Addr) {
-			return own.Subnet, n.cfg.PublicIP
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			return n.st.Subnet, n.cfg.PublicIP
 		},
 	}
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		err := n.cfg.Watcher.WatchPeers(ctx, filter, func(s subnet.Snapshot) {
-			snaps.put(snapshotIn{snap: s, at: time.Now()})
-		})
-		if err != nil && ctx.Err() == nil {
-			n.log.Error("peer watch stopped", "err", err)
-		}
-	}()
+	err := n.cfg.Watcher.WatchPeers(ctx, filter, func(s subnet.Snapshot) {
+		snaps.put(snapshotIn{snap: s, at: time.Now()})
+	})
+	if err != nil && ctx.Err() == nil {
+		n.log.Error("peer watch stopped", "err", err)
+	}
+}
+
+// subscribe has the data plane kick the loop on kernel changes until ctx ends.
+func (n *Node) subscribe(ctx context.Context, wg *sync.WaitGroup, dp Dataplane, kicks mailbox[struct{}]) {
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
@@ -401,12 +412,13 @@ func (n *Node) startWatchers(ctx context.Context, wg *sync.WaitGroup, dp Datapla
 	}()
 }
 
-func peersOf(s subnet.Snapshot) []backend.Peer {
-	out := make([]backend.Peer, 0, len(s.Peers))
+// peersOf appends the snapshot's peers to dst. The loop reuses one buffer:
+// Set does not keep the slice it is given.
+func peersOf(dst []backend.Peer, s subnet.Snapshot) []backend.Peer {
 	for _, l := range s.Peers {
-		out = append(out, backend.Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
+		dst = append(dst, backend.Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
 	}
-	return out
+	return dst
 }
 
 // apply programs a snapshot and reports whether the kernel now matches it.

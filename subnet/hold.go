@@ -1,6 +1,7 @@
 package subnet
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -150,6 +152,9 @@ const (
 	full                     // nothing free
 )
 
+// errNotDecoded marks a lease whose value decide did not need to read.
+var errNotDecoded = errors.New("value not decoded")
+
 // decide chooses what to do given every subnet key (one consistent read).
 func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) (decision, Lease, error) {
 	alloc := h.req.Config.alloc()
@@ -160,10 +165,20 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	exact := map[netip.Prefix]Lease{}
 	var odd []netip.Prefix // keys of another length: checked by overlap
 	var mine []Lease
+	// Only values that can matter are decoded: those naming our address, and
+	// the previous subnet's. Every other key counts as taken by its name
+	// alone, which keeps a start at 4,000 peers from decoding 4,000 values.
+	ours := []byte(`"` + h.req.PublicIP.String() + `"`)
 	for _, kv := range kvs {
-		l := parseKV(h.r.subnetsPrefix(), kv.Key, kv.Value, kv.Lease, kv.CreateRevision, kv.ModRevision)
-		if !l.Subnet.IsValid() {
+		name, _ := strings.CutPrefix(string(kv.Key), h.r.subnetsPrefix())
+		sub, err := ParseKey(name)
+		if err != nil {
 			continue // unparseable key: cannot overlap-check it
+		}
+		l := Lease{Subnet: sub, Key: string(kv.Key), EtcdLeaseID: kv.Lease, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision,
+			Err: errNotDecoded}
+		if sub == prev || bytes.Contains(kv.Value, ours) {
+			l = parseKV(h.r.subnetsPrefix(), kv.Key, kv.Value, kv.Lease, kv.CreateRevision, kv.ModRevision)
 		}
 		if l.Subnet.Bits() == alloc.Bits {
 			exact[l.Subnet] = l

@@ -49,6 +49,17 @@ type peerState struct {
 	// register again within seconds, and dropping them meanwhile would cut
 	// traffic that still works. A new value or a delete event ends the hold.
 	held map[string]heldLease
+
+	// sorted is valid and held by subnet, the earliest claim of a subnet
+	// only, kept up to date by put and delete while clean (else the next
+	// snapshot rebuilds it); touched are the subnets changed since the last
+	// snapshot, for count (nil: count everything).
+	sorted  []Lease
+	clean   bool
+	dups    int // claims of an already claimed subnet that sorted left out
+	touched map[netip.Prefix]bool
+	selfNet netip.Prefix // Self() at the last snapshot
+	selfIP  netip.Addr
 }
 
 type heldLease struct {
@@ -116,6 +127,7 @@ func (ps *peerState) list(ctx context.Context) error {
 		return fmt.Errorf("listing %s: %w", r.subnetsPrefix(), err)
 	}
 	old := ps.valid
+	ps.clean, ps.touched = false, nil // rebuilt and counted whole by the next snapshot
 	ps.valid = make(map[string]Lease, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		if prev, ok := old[string(kv.Key)]; ok {
@@ -138,6 +150,7 @@ func (ps *peerState) list(ctx context.Context) error {
 	ps.rev = resp.Header.Revision
 	ps.seen.Store(ps.rev)
 	r.markSync()
+	ps.clean, ps.touched = false, nil
 	return nil
 }
 
@@ -148,6 +161,7 @@ func (ps *peerState) expireHeld(now time.Time) time.Time {
 	for k, h := range ps.held {
 		if !now.Before(h.until) {
 			delete(ps.held, k)
+			ps.clean, ps.touched = false, nil
 			continue
 		}
 		if next.IsZero() || h.until.Before(next) {
@@ -166,7 +180,62 @@ func (ps *peerState) put(kv *mvccpb.KeyValue) {
 		return
 	}
 	ps.valid[l.Key] = l
-	delete(ps.held, l.Key)
+	if _, held := ps.held[l.Key]; held {
+		delete(ps.held, l.Key)
+		ps.clean = false
+	}
+	ps.upsert(l)
+}
+
+// upsert puts l into sorted at its subnet.
+func (ps *peerState) upsert(l Lease) {
+	if ps.touched != nil {
+		ps.touched[l.Subnet] = true
+	}
+	if !ps.clean {
+		return
+	}
+	i, found := slices.BinarySearchFunc(ps.sorted, l.Subnet, func(e Lease, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) })
+	if found {
+		if ps.sorted[i].Key != l.Key {
+			ps.clean = false // a second claim on a subnet: let a rebuild decide
+			return
+		}
+		ps.sorted[i] = l
+		return
+	}
+	ps.sorted = slices.Insert(ps.sorted, i, l)
+}
+
+// remove takes key's lease out of valid, held and sorted.
+func (ps *peerState) remove(key string) {
+	l, ok := ps.valid[key]
+	if h, held := ps.held[key]; held && !ok {
+		l, ok = h.Lease, true
+	}
+	delete(ps.valid, key)
+	delete(ps.held, key)
+	delete(ps.logged, key)
+	if !ok {
+		return
+	}
+	if ps.touched != nil {
+		ps.touched[l.Subnet] = true
+	}
+	if !ps.clean {
+		return
+	}
+	if i, found := slices.BinarySearchFunc(ps.sorted, l.Subnet, func(e Lease, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) }); found {
+		if ps.sorted[i].Key != key {
+			ps.clean = false // a left-out claim went: let a rebuild recount
+			return
+		}
+		if ps.dups > 0 {
+			ps.clean = false // another key may claim this subnet: let a rebuild decide
+			return
+		}
+		ps.sorted = slices.Delete(ps.sorted, i, i+1)
+	}
 }
 
 // invalid logs and counts a rejected lease once per key and ModRevision.
@@ -216,9 +285,7 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 			bo.reset()
 			for _, ev := range wr.Events {
 				if ev.Type == clientv3.EventTypeDelete {
-					delete(ps.valid, string(ev.Kv.Key))
-					delete(ps.held, string(ev.Kv.Key))
-					delete(ps.logged, string(ev.Kv.Key))
+					ps.remove(string(ev.Kv.Key))
 					continue
 				}
 				ps.put(ev.Kv)
@@ -231,36 +298,46 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 	}
 }
 
-// snapshot applies the checks that depend on who we are and on the other
-// leases, counts changes since the last snapshot, and returns the peers.
+// snapshot applies the checks that depend on who we are, counts changes
+// since the last snapshot, and returns the peers. Keys name their subnets
+// strictly (ParseKey) and every valid subnet has the network's SubnetLen,
+// so two valid leases never claim one subnet.
 func (ps *peerState) snapshot() Snapshot {
 	selfNet, selfIP := ps.f.Self()
-	all := make([]Lease, 0, len(ps.valid)+len(ps.held))
-	for _, l := range ps.valid {
-		all = append(all, l)
-	}
-	for k, h := range ps.held {
-		if _, ok := ps.valid[k]; !ok {
-			all = append(all, h.Lease)
+	if !ps.clean {
+		ps.sorted = ps.sorted[:0]
+		for _, l := range ps.valid {
+			ps.sorted = append(ps.sorted, l)
 		}
+		for k, h := range ps.held {
+			if _, ok := ps.valid[k]; !ok {
+				ps.sorted = append(ps.sorted, h.Lease)
+			}
+		}
+		// By subnet; of two claims on one subnet the earliest comes first
+		// and is the one kept.
+		slices.SortFunc(ps.sorted, func(a, b Lease) int {
+			return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), cmp.Compare(a.CreateRevision, b.CreateRevision), cmp.Compare(a.Key, b.Key))
+		})
+		n := len(ps.sorted)
+		ps.sorted = slices.CompactFunc(ps.sorted, func(a, b Lease) bool { return a.Subnet == b.Subnet })
+		ps.dups = n - len(ps.sorted)
+		ps.clean = true
 	}
-	// The earliest claim on a subnet wins.
-	slices.SortFunc(all, func(a, b Lease) int {
-		return cmp.Or(cmp.Compare(a.CreateRevision, b.CreateRevision), cmp.Compare(a.Key, b.Key))
-	})
-	claimed := make(map[netip.Prefix]string, len(all))
-	peers := make([]Lease, 0, len(all))
-	for _, l := range all {
-		if err := ps.checkDynamic(l, selfNet, selfIP, claimed); err != nil {
+	if selfNet != ps.selfNet || selfIP != ps.selfIP {
+		ps.selfNet, ps.selfIP, ps.touched = selfNet, selfIP, nil
+	}
+	peers := make([]Lease, 0, len(ps.sorted))
+	for i := range ps.sorted {
+		l := &ps.sorted[i]
+		if err := ps.checkDynamic(*l, selfNet, selfIP, nil); err != nil {
 			if !errors.Is(err, errOwn) {
-				ps.invalid(l, err, false)
+				ps.invalid(*l, err, false)
 			}
 			continue
 		}
-		claimed[l.Subnet] = l.Key
-		peers = append(peers, l)
+		peers = append(peers, *l)
 	}
-	slices.SortFunc(peers, func(a, b Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	ps.count(peers)
 	return Snapshot{Peers: peers, Revision: ps.rev}
 }
@@ -268,7 +345,9 @@ func (ps *peerState) snapshot() Snapshot {
 var errOwn = errors.New("own lease")
 
 func (ps *peerState) checkDynamic(l Lease, selfNet netip.Prefix, selfIP netip.Addr, claimed map[netip.Prefix]string) error {
-	if l.Subnet == selfNet && l.Attrs.PublicIP == selfIP {
+	// Our own lease; before we hold one (the watch starts alongside the
+	// acquisition), any lease naming our address is ours too.
+	if l.Attrs.PublicIP == selfIP && (l.Subnet == selfNet || !selfNet.IsValid()) {
 		return errOwn
 	}
 	if selfNet.IsValid() && ip.Overlaps(l.Subnet, selfNet) {
@@ -282,14 +361,44 @@ func (ps *peerState) checkDynamic(l Lease, selfNet netip.Prefix, selfIP netip.Ad
 			return fmt.Errorf("subnet %v: overlaps the underlay %v", l.Subnet, u)
 		}
 	}
-	if first, dup := claimed[l.Subnet]; dup {
-		return fmt.Errorf("subnet %v: already claimed by %s", l.Subnet, first)
+	if claimed != nil {
+		if first, dup := claimed[l.Subnet]; dup {
+			return fmt.Errorf("subnet %v: already claimed by %s", l.Subnet, first)
+		}
 	}
 	return nil
 }
 
-// count updates weft_peer_events_total from the difference to the last snapshot.
+// count updates weft_peer_events_total from the difference to the last
+// snapshot: for the subnets events touched, or for all after a listing.
 func (ps *peerState) count(peers []Lease) {
+	if ps.touched == nil {
+		ps.countAll(peers)
+		ps.touched = map[netip.Prefix]bool{}
+		return
+	}
+	for s := range ps.touched {
+		old, was := ps.last[s]
+		i, is := slices.BinarySearchFunc(peers, s, func(e Lease, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) })
+		switch {
+		case is && !was:
+			ps.r.m.peerEvents.WithLabelValues("added").Inc()
+			ps.r.log.Debug("peer added", "subnet", s, "public_ip", peers[i].Attrs.PublicIP)
+			ps.last[s] = peers[i]
+		case is && !sameAttrs(old.Attrs, peers[i].Attrs):
+			ps.r.m.peerEvents.WithLabelValues("changed").Inc()
+			ps.r.log.Debug("peer changed", "subnet", s, "public_ip", peers[i].Attrs.PublicIP)
+			ps.last[s] = peers[i]
+		case !is && was:
+			ps.r.m.peerEvents.WithLabelValues("removed").Inc()
+			ps.r.log.Debug("peer removed", "subnet", s)
+			delete(ps.last, s)
+		}
+	}
+	clear(ps.touched)
+}
+
+func (ps *peerState) countAll(peers []Lease) {
 	now := make(map[netip.Prefix]Lease, len(peers))
 	for _, p := range peers {
 		now[p.Subnet] = p
