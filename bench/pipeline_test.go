@@ -92,8 +92,8 @@ func (p *Pipeline) table(w io.Writer) {
 // peersOf is network.Node's conversion of a Snapshot (unexported there).
 func peersOf(s subnet.Snapshot) []backend.Peer {
 	out := make([]backend.Peer, 0, len(s.Peers))
-	for _, l := range s.Peers {
-		out = append(out, backend.Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
+	for _, p := range s.Peers {
+		out = append(out, backend.Peer(p))
 	}
 	return out
 }

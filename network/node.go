@@ -415,8 +415,8 @@ func (n *Node) subscribe(ctx context.Context, wg *sync.WaitGroup, dp Dataplane, 
 // peersOf appends the snapshot's peers to dst. The loop reuses one buffer:
 // Set does not keep the slice it is given.
 func peersOf(dst []backend.Peer, s subnet.Snapshot) []backend.Peer {
-	for _, l := range s.Peers {
-		dst = append(dst, backend.Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
+	for _, p := range s.Peers {
+		dst = append(dst, backend.Peer(p))
 	}
 	return dst
 }

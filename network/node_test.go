@@ -133,9 +133,8 @@ func startLoop(t *testing.T, dp *fakeDataplane) *loop {
 	return l
 }
 
-func peer(s string) subnet.Lease {
-	p := netip.MustParsePrefix(s)
-	return subnet.Lease{Subnet: p, Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("172.17.42.32"), VtepMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}}}
+func peer(s string) subnet.Peer {
+	return subnet.Peer{Subnet: netip.MustParsePrefix(s), PublicIP: netip.MustParseAddr("172.17.42.32"), VtepMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}}
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -154,7 +153,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestSubnetFileWaitsForTheDataPlane(t *testing.T) {
 	dp := &fakeDataplane{failSet: errors.New("kernel says no")}
 	l := startLoop(t, dp)
-	l.snaps <- subnet.Snapshot{Peers: []subnet.Lease{peer("172.16.78.0/24")}}
+	l.snaps <- subnet.Snapshot{Peers: []subnet.Peer{peer("172.16.78.0/24")}}
 	waitFor(t, "a failed Set", func() bool { dp.mu.Lock(); defer dp.mu.Unlock(); return dp.sets > 0 })
 	time.Sleep(50 * time.Millisecond)
 	if _, err := os.Stat(l.file); err == nil {
@@ -171,7 +170,7 @@ func TestSubnetFileWaitsForTheDataPlane(t *testing.T) {
 	dp.mu.Lock()
 	dp.failSet = nil
 	dp.mu.Unlock()
-	l.snaps <- subnet.Snapshot{Peers: []subnet.Lease{peer("172.16.78.0/24")}}
+	l.snaps <- subnet.Snapshot{Peers: []subnet.Peer{peer("172.16.78.0/24")}}
 	waitFor(t, "subnet.env", func() bool { _, err := os.Stat(l.file); return err == nil })
 	env, err := ReadSubnetEnv(l.file)
 	if err != nil {
@@ -190,7 +189,7 @@ func TestSubnetFileWaitsForTheDataPlane(t *testing.T) {
 func TestKernelEventRepairsAreCounted(t *testing.T) {
 	dp := &fakeDataplane{}
 	l := startLoop(t, dp)
-	l.snaps <- subnet.Snapshot{Peers: []subnet.Lease{peer("172.16.78.0/24")}}
+	l.snaps <- subnet.Snapshot{Peers: []subnet.Peer{peer("172.16.78.0/24")}}
 	waitFor(t, "subscription", func() bool { dp.mu.Lock(); defer dp.mu.Unlock(); return dp.kick != nil })
 	dp.mu.Lock()
 	dp.repairs = map[string]int{"route": 1}

@@ -28,7 +28,7 @@ func val(ip, mac string, vni int) string {
 func peers(s Snapshot) string {
 	var b strings.Builder
 	for _, p := range s.Peers {
-		fmt.Fprintf(&b, "%v %v\n", p.Subnet, p.Attrs.PublicIP)
+		fmt.Fprintf(&b, "%v %v\n", p.Subnet, p.PublicIP)
 	}
 	return b.String()
 }
@@ -37,7 +37,7 @@ func TestFilter(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
 	self := netip.MustParsePrefix("172.16.28.0/24")
 	selfIP := netip.MustParseAddr("172.17.42.31")
-	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Lease{},
+	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Peer{},
 		f: PeerFilter{Config: mustConfig(t, testNet), Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
 			Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}}
 	rev := int64(0)
@@ -91,7 +91,7 @@ func TestFilter(t *testing.T) {
 
 func TestFilterDuplicateClaimEarliestWins(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
-	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Lease{},
+	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Peer{},
 		f: PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }}}
 	// Two keys for the same subnet can't exist in etcd, but the same subnet can
 	// be listed through leases with equal Subnet from different prefixes in

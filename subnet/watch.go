@@ -1,10 +1,12 @@
 package subnet
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -31,8 +33,21 @@ type PeerFilter struct {
 
 // Snapshot is the whole set of usable peers at an etcd revision.
 type Snapshot struct {
-	Peers    []Lease // sorted by subnet; own lease and invalid leases excluded
+	Peers    []Peer // sorted by subnet; own lease and invalid leases excluded
 	Revision int64
+}
+
+// Peer is what the data plane needs of a valid lease. Snapshots carry these
+// rather than whole Leases: a snapshot of 4,000 peers is made for every
+// change, and its size is garbage the collector must chase on the hot path.
+type Peer struct {
+	Subnet   netip.Prefix
+	PublicIP netip.Addr
+	VtepMAC  net.HardwareAddr
+}
+
+func (p Peer) same(q Peer) bool {
+	return p.PublicIP == q.PublicIP && bytes.Equal(p.VtepMAC, q.VtepMAC)
 }
 
 // peerState is what WatchPeers knows between snapshots.
@@ -41,7 +56,7 @@ type peerState struct {
 	f      PeerFilter
 	valid  map[string]Lease // key -> last value that passed the static checks
 	logged map[string]int64 // key -> ModRevision last reported invalid
-	last   map[netip.Prefix]Lease
+	last   map[netip.Prefix]Peer
 	rev    int64
 	seen   atomic.Int64 // rev, for the probe goroutine
 	// held keeps, for restoreGrace, the peers an etcd restored from a
@@ -79,7 +94,7 @@ func (r *Registry) WatchPeers(ctx context.Context, f PeerFilter, out func(Snapsh
 	if f.Self == nil {
 		f.Self = func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }
 	}
-	ps := &peerState{r: r, f: f, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Lease{}, held: map[string]heldLease{}}
+	ps := &peerState{r: r, f: f, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Peer{}, held: map[string]heldLease{}}
 
 	reconnect := make(chan struct{}, 1)
 	var wg sync.WaitGroup
@@ -327,7 +342,7 @@ func (ps *peerState) snapshot() Snapshot {
 	if selfNet != ps.selfNet || selfIP != ps.selfIP {
 		ps.selfNet, ps.selfIP, ps.touched = selfNet, selfIP, nil
 	}
-	peers := make([]Lease, 0, len(ps.sorted))
+	peers := make([]Peer, 0, len(ps.sorted))
 	for i := range ps.sorted {
 		l := &ps.sorted[i]
 		if err := ps.checkDynamic(*l, selfNet, selfIP, nil); err != nil {
@@ -336,7 +351,7 @@ func (ps *peerState) snapshot() Snapshot {
 			}
 			continue
 		}
-		peers = append(peers, *l)
+		peers = append(peers, Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
 	}
 	ps.count(peers)
 	return Snapshot{Peers: peers, Revision: ps.rev}
@@ -371,7 +386,7 @@ func (ps *peerState) checkDynamic(l Lease, selfNet netip.Prefix, selfIP netip.Ad
 
 // count updates weft_peer_events_total from the difference to the last
 // snapshot: for the subnets events touched, or for all after a listing.
-func (ps *peerState) count(peers []Lease) {
+func (ps *peerState) count(peers []Peer) {
 	if ps.touched == nil {
 		ps.countAll(peers)
 		ps.touched = map[netip.Prefix]bool{}
@@ -379,15 +394,15 @@ func (ps *peerState) count(peers []Lease) {
 	}
 	for s := range ps.touched {
 		old, was := ps.last[s]
-		i, is := slices.BinarySearchFunc(peers, s, func(e Lease, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) })
+		i, is := slices.BinarySearchFunc(peers, s, func(e Peer, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) })
 		switch {
 		case is && !was:
 			ps.r.m.peerEvents.WithLabelValues("added").Inc()
-			ps.r.log.Debug("peer added", "subnet", s, "public_ip", peers[i].Attrs.PublicIP)
+			ps.r.log.Debug("peer added", "subnet", s, "public_ip", peers[i].PublicIP)
 			ps.last[s] = peers[i]
-		case is && !sameAttrs(old.Attrs, peers[i].Attrs):
+		case is && !old.same(peers[i]):
 			ps.r.m.peerEvents.WithLabelValues("changed").Inc()
-			ps.r.log.Debug("peer changed", "subnet", s, "public_ip", peers[i].Attrs.PublicIP)
+			ps.r.log.Debug("peer changed", "subnet", s, "public_ip", peers[i].PublicIP)
 			ps.last[s] = peers[i]
 		case !is && was:
 			ps.r.m.peerEvents.WithLabelValues("removed").Inc()
@@ -398,18 +413,18 @@ func (ps *peerState) count(peers []Lease) {
 	clear(ps.touched)
 }
 
-func (ps *peerState) countAll(peers []Lease) {
-	now := make(map[netip.Prefix]Lease, len(peers))
+func (ps *peerState) countAll(peers []Peer) {
+	now := make(map[netip.Prefix]Peer, len(peers))
 	for _, p := range peers {
 		now[p.Subnet] = p
 		old, ok := ps.last[p.Subnet]
 		switch {
 		case !ok:
 			ps.r.m.peerEvents.WithLabelValues("added").Inc()
-			ps.r.log.Debug("peer added", "subnet", p.Subnet, "public_ip", p.Attrs.PublicIP)
-		case !sameAttrs(old.Attrs, p.Attrs):
+			ps.r.log.Debug("peer added", "subnet", p.Subnet, "public_ip", p.PublicIP)
+		case !old.same(p):
 			ps.r.m.peerEvents.WithLabelValues("changed").Inc()
-			ps.r.log.Debug("peer changed", "subnet", p.Subnet, "public_ip", p.Attrs.PublicIP)
+			ps.r.log.Debug("peer changed", "subnet", p.Subnet, "public_ip", p.PublicIP)
 		}
 	}
 	for s := range ps.last {

@@ -79,7 +79,7 @@ func TestWatchPeers(t *testing.T) {
 
 	put("172.16.80.0-24", val("172.17.42.33", mac1, 1))
 	s := w.waitPeers(t, "172.16.78.0/24 172.17.42.32\n172.16.80.0/24 172.17.42.33\n")
-	if s.Revision == 0 || s.Peers[0].Attrs.VtepMAC.String() != mac1 {
+	if s.Revision == 0 || s.Peers[0].VtepMAC.String() != mac1 {
 		t.Fatalf("snapshot %+v", s)
 	}
 	// Garbage over a valid key keeps the previous value, removes nothing.
