@@ -114,30 +114,12 @@ type clusterOpts struct {
 // config and starts weftd everywhere.
 func newEnv(t *testing.T, o clusterOpts) *env {
 	t.Helper()
-	needRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, bin: weftBin(t)}
-	c, err := cluster.New(ctx, cluster.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.c = c
-	t.Cleanup(func() {
-		if t.Failed() {
-			e.dumpLogs()
-		}
-		if err := c.Close(); err != nil {
-			t.Errorf("removing the cluster: %v", err)
-		}
-	})
-	if e.master, err = c.AddHost(ctx, "master", netip.MustParsePrefix(etcdAddr+"/16")); err != nil {
-		t.Fatal(err)
-	}
+	e := newBareEnv(t)
+	ctx, c := e.ctx, e.c
+	var err error
 	if e.outside, err = c.AddHost(ctx, "outside", netip.MustParsePrefix(outsideAddr+"/16")); err != nil {
 		t.Fatal(err)
 	}
-	e.etcdDir = t.TempDir()
 	e.startEtcd()
 	e.cli = e.client()
 	if _, err := e.cli.Put(ctx, prefix+"/config", netConfig); err != nil {

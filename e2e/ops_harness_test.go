@@ -68,12 +68,12 @@ func (n *node) weftdGet(ctx context.Context, path string) (int, string) {
 	return code, body
 }
 
-// newBareEnv is newEnv without etcd and nodes: the master host only, for
-// tests that run etcd their own way.
+// newBareEnv is a cluster with the master host only: newEnv builds on it, and
+// tests that run etcd their own way use it as it is.
 func newBareEnv(t *testing.T) *env {
 	t.Helper()
 	needRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	e := &env{t: t, ctx: ctx, bin: weftBin(t), etcdDir: t.TempDir()}
 	c, err := cluster.New(ctx, cluster.Options{Dir: t.TempDir()})

@@ -4,11 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 	"syscall"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/netnsx"
 )
 
 // Socket buffer sizes. A batch's replies (one error per failed request at
@@ -20,38 +21,13 @@ const (
 	subscribeSockBuf = 32 << 20
 )
 
-// inNamespace runs fn on a fresh goroutine whose locked OS thread has entered
-// ns (or directly, when ns is not open). A socket keeps the namespace it was
-// made in, so it is usable from any goroutine afterwards. If the thread cannot
-// be switched back it stays locked and the runtime discards it when the
-// goroutine exits: no goroutine ever runs in a namespace by accident.
+// inNamespace runs fn with its sockets made inside ns (directly, when ns is
+// not open: the daemon's own namespace).
 func inNamespace(ns netns.NsHandle, fn func() error) error {
 	if !ns.IsOpen() {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("reading the current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("entering network namespace: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("leaving network namespace: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return netnsx.Do(ns, fn)
 }
 
 // openRoute opens a NETLINK_ROUTE socket in ns, bound to the multicast groups

@@ -4,9 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"runtime"
 
-	"github.com/vishvananda/netns"
+	"github.com/weft-net/weft/internal/netnsx"
 )
 
 // DialContext connects from inside the host's namespace, so the test process can talk to a
@@ -42,39 +41,5 @@ func (h *Host) Listen(ctx context.Context, network, address string) (net.Listene
 	return ln, nil
 }
 
-// inNamespace runs fn on a fresh goroutine whose locked OS thread has entered ns. A socket
-// keeps the namespace it was created in, so it stays usable from any goroutine afterwards.
-// The caller's thread never moves; if switching back fails, the goroutine exits still
-// locked and the runtime discards the thread instead of reusing it in the wrong namespace.
-func inNamespace(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("reading current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening namespace %s: %w", ns, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("entering namespace %s: %w", ns, err) // thread state unknown: stay locked
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("leaving namespace %s: %w", ns, err) // stay locked: thread is discarded
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNamespace runs fn with its sockets made inside the named namespace.
+func inNamespace(ns string, fn func() error) error { return netnsx.DoNamed(ns, fn) }
