@@ -356,9 +356,15 @@ func (n *Node) setUp(ctx context.Context, l subnet.Lease) (Dataplane, RuleSet, e
 	if err != nil {
 		return nil, nil, fmt.Errorf("making the VXLAN device: %w", err)
 	}
-	if _, err := dp.Ensure(ctx); err != nil {
+	created, err := dp.Ensure(ctx)
+	if err != nil {
 		return nil, nil, fmt.Errorf("creating %s: %w", dp.Name(), err)
 	}
+	how := "adopted"
+	if created {
+		how = "created or fixed"
+	}
+	n.log.Info("VXLAN device ready", "device", dp.Name(), "how", how, "mtu", dp.MTU())
 	rc := RulesConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(), IPMasq: n.cfg.IPMasq}
 	rules, err := n.cfg.NewRules(rc)
 	if err != nil {
@@ -439,48 +445,28 @@ func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, re
 // check re-creates the device if it was broken and repairs the entries.
 func (n *Node) check(ctx context.Context, dp Dataplane, peers []backend.Peer, haveSnap bool) bool {
 	start := time.Now()
-	changed, err := dp.Ensure(ctx)
-	if err != nil {
-		n.m.netlinkErrors.WithLabelValues("ensure").Inc()
-		n.log.Error("checking the VXLAN device", "err", err)
-		return false
-	}
-	if changed {
-		n.m.repairs.WithLabelValues("link").Inc()
-		n.log.Info("repaired the VXLAN device", "device", dp.Name())
-	}
-	if !haveSnap {
-		return false
-	}
-	if changed {
-		// A new device starts empty: program every peer again.
-		if err := dp.Set(ctx, peers); err != nil {
-			n.m.netlinkErrors.WithLabelValues("set").Inc()
-			n.log.Error("reprogramming peers on the new device", "err", err)
-			return false
-		}
-	}
+	// Reconcile ensures the device first: a deleted or altered flannel.1 is
+	// recreated and refilled, and counted as a link repair.
 	repairs, err := dp.Reconcile(ctx)
 	n.m.reconcileDuration.Observe(time.Since(start).Seconds())
 	total := 0
-	for kind, k := range repairs {
-		if k > 0 {
+	args := []any{}
+	for _, kind := range []string{"link", "fdb", "neigh", "route"} {
+		if k := repairs[kind]; k > 0 {
 			n.m.repairs.WithLabelValues(kind).Add(float64(k))
 			total += k
+			args = append(args, kind, k)
 		}
 	}
 	if total > 0 {
-		args := []any{"total", total}
-		for kind, k := range repairs {
-			if k > 0 {
-				args = append(args, kind, k)
-			}
-		}
-		n.log.Info("repaired the data plane", args...)
+		n.log.Info("repaired the data plane", append([]any{"device", dp.Name(), "total", total}, args...)...)
 	}
 	if err != nil {
 		n.m.netlinkErrors.WithLabelValues("reconcile").Inc()
 		n.log.Error("reconciling the data plane", "err", err)
+		return false
+	}
+	if !haveSnap {
 		return false
 	}
 	n.m.lastReconcile.SetToCurrentTime()

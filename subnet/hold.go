@@ -123,14 +123,15 @@ func (r *Registry) Hold(ctx context.Context, req HoldRequest) error {
 func (h *holder) outage(err error) {
 	if !h.down {
 		h.down = true
-		h.r.log.Warn("etcd unreachable, waiting", "err", err)
+		// The peer watch's probe tells the operator; this is its echo.
+		h.r.log.Debug("etcd unreachable, waiting", "err", err)
 	}
 }
 
 func (h *holder) recovered() {
 	if h.down {
 		h.down = false
-		h.r.log.Info("etcd reachable again")
+		h.r.log.Debug("etcd reachable again")
 	}
 }
 

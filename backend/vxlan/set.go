@@ -58,7 +58,7 @@ func (d *Device) Reconcile(ctx context.Context) (Repairs, error) {
 	defer d.mu.Unlock()
 	rep, err := d.reconcileLocked(ctx)
 	if rep.Total() > 0 {
-		d.log.Info("repaired kernel state", "link", rep.Link, "fdb", rep.FDB, "neigh", rep.Neigh, "route", rep.Route)
+		d.log.Debug("repaired kernel state", "link", rep.Link, "fdb", rep.FDB, "neigh", rep.Neigh, "route", rep.Route)
 	}
 	return rep, err
 }

@@ -338,7 +338,7 @@ func (d *Device) createLocked(mtu int) (netlink.Link, error) {
 	if err := d.nl.LinkAdd(vx); err != nil {
 		return nil, fmt.Errorf("creating device %s: %w", d.cfg.Name, err)
 	}
-	d.log.Info("created device", "vni", d.cfg.VNI, "port", d.cfg.Port, "local", d.cfg.Local, "mtu", mtu)
+	d.log.Debug("created device", "vni", d.cfg.VNI, "port", d.cfg.Port, "local", d.cfg.Local, "mtu", mtu)
 	link, err := d.nl.LinkByName(d.cfg.Name)
 	if err != nil {
 		return nil, fmt.Errorf("looking up device %s after creating it: %w", d.cfg.Name, err)
@@ -355,7 +355,7 @@ func (d *Device) fixInPlaceLocked(link netlink.Link, mtu int) (changed bool, err
 		if err := d.nl.LinkSetMTU(link, mtu); err != nil {
 			errs = append(errs, fmt.Errorf("setting MTU of %s to %d: %w", d.cfg.Name, mtu, err))
 		} else {
-			d.log.Info("set MTU", "from", a.MTU, "to", mtu)
+			d.log.Debug("set MTU", "from", a.MTU, "to", mtu)
 			changed = true
 		}
 	}
@@ -363,7 +363,7 @@ func (d *Device) fixInPlaceLocked(link netlink.Link, mtu int) (changed bool, err
 		if err := d.nl.LinkSetHardwareAddr(link, d.mac); err != nil {
 			errs = append(errs, fmt.Errorf("setting MAC of %s to %v: %w", d.cfg.Name, d.mac, err))
 		} else {
-			d.log.Info("set MAC", "from", a.HardwareAddr, "to", d.mac)
+			d.log.Debug("set MAC", "from", a.HardwareAddr, "to", d.mac)
 			changed = true
 		}
 	}
@@ -405,7 +405,7 @@ func (d *Device) fixAddrsLocked(link netlink.Link) (changed bool, err error) {
 			errs = append(errs, fmt.Errorf("removing stale address %v from %s: %w", p, d.cfg.Name, err))
 			continue
 		}
-		d.log.Info("removed stale address", "addr", p)
+		d.log.Debug("removed stale address", "addr", p)
 		changed = true
 	}
 	if !have {
