@@ -39,6 +39,8 @@ type leaseHolder interface {
 
 type peerWatcher interface {
 	WatchPeers(ctx context.Context, f subnet.PeerFilter, out func(subnet.Snapshot)) error
+	// Recycle takes back a snapshot the loop has converted.
+	Recycle(subnet.Snapshot)
 }
 
 // RuleSet is what the loop needs of Rules.
@@ -246,6 +248,7 @@ func (n *Node) Run(ctx context.Context) error {
 
 		case in := <-snaps.ch:
 			desired = peersOf(desired[:0], in.snap)
+			n.cfg.Watcher.Recycle(in.snap)
 			haveSnap = true
 			synced = n.apply(ctx, dp, desired, in.at)
 			if synced && !n.envWritten() {

@@ -42,6 +42,8 @@ func (f *fakeWatcher) WatchPeers(ctx context.Context, _ subnet.PeerFilter, out f
 	}
 }
 
+func (f *fakeWatcher) Recycle(subnet.Snapshot) {}
+
 // fakeDataplane records what it was asked to program.
 type fakeDataplane struct {
 	mu        sync.Mutex // guards the fields below

@@ -342,7 +342,7 @@ func (ps *peerState) snapshot() Snapshot {
 	if selfNet != ps.selfNet || selfIP != ps.selfIP {
 		ps.selfNet, ps.selfIP, ps.touched = selfNet, selfIP, nil
 	}
-	peers := make([]Peer, 0, len(ps.sorted))
+	peers := ps.r.peerBuf(len(ps.sorted))
 	for i := range ps.sorted {
 		l := &ps.sorted[i]
 		if err := ps.checkDynamic(*l, selfNet, selfIP, nil); err != nil {

@@ -22,6 +22,7 @@ import (
 type idle struct{}
 
 func (idle) Hold(context.Context, subnet.HoldRequest) error { return nil }
+func (idle) Recycle(subnet.Snapshot)                        {}
 func (idle) WatchPeers(context.Context, subnet.PeerFilter, func(subnet.Snapshot)) error {
 	return nil
 }
