@@ -69,8 +69,13 @@ type peerState struct {
 	// only, kept up to date by put and delete while clean (else the next
 	// snapshot rebuilds it); touched are the subnets changed since the last
 	// snapshot, for count (nil: count everything).
-	sorted  []Lease
-	clean   bool
+	sorted []Lease
+	clean  bool
+	// out is sorted less the leases that fail the checks depending on who we
+	// are: the peers of the next snapshot, kept up to date by put and delete
+	// while outOK, so that one change costs O(log N) plus a copy.
+	out     []Peer
+	outOK   bool
 	dups    int // claims of an already claimed subnet that sorted left out
 	touched map[netip.Prefix]bool
 	selfNet netip.Prefix // Self() at the last snapshot
@@ -217,9 +222,34 @@ func (ps *peerState) upsert(l Lease) {
 			return
 		}
 		ps.sorted[i] = l
+	} else {
+		ps.sorted = slices.Insert(ps.sorted, i, l)
+	}
+	if ps.outOK {
+		ps.setOut(l)
+	}
+}
+
+func peerAt(e Peer, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) }
+
+// setOut puts l into out, or takes its subnet out if l fails the checks.
+func (ps *peerState) setOut(l Lease) {
+	j, found := slices.BinarySearchFunc(ps.out, l.Subnet, peerAt)
+	if err := ps.checkDynamic(l, ps.selfNet, ps.selfIP, nil); err != nil {
+		if !errors.Is(err, errOwn) {
+			ps.invalid(l, err, false)
+		}
+		if found {
+			ps.out = slices.Delete(ps.out, j, j+1)
+		}
 		return
 	}
-	ps.sorted = slices.Insert(ps.sorted, i, l)
+	p := Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC}
+	if found {
+		ps.out[j] = p
+	} else {
+		ps.out = slices.Insert(ps.out, j, p)
+	}
 }
 
 // remove takes key's lease out of valid, held and sorted.
@@ -250,6 +280,9 @@ func (ps *peerState) remove(key string) {
 			return
 		}
 		ps.sorted = slices.Delete(ps.sorted, i, i+1)
+		if j, found := slices.BinarySearchFunc(ps.out, l.Subnet, peerAt); found && ps.outOK {
+			ps.out = slices.Delete(ps.out, j, j+1)
+		}
 	}
 }
 
@@ -337,22 +370,27 @@ func (ps *peerState) snapshot() Snapshot {
 		n := len(ps.sorted)
 		ps.sorted = slices.CompactFunc(ps.sorted, func(a, b Lease) bool { return a.Subnet == b.Subnet })
 		ps.dups = n - len(ps.sorted)
-		ps.clean = true
+		ps.clean, ps.outOK = true, false
 	}
 	if selfNet != ps.selfNet || selfIP != ps.selfIP {
 		ps.selfNet, ps.selfIP, ps.touched = selfNet, selfIP, nil
+		ps.outOK = false
 	}
-	peers := ps.r.peerBuf(len(ps.sorted))
-	for i := range ps.sorted {
-		l := &ps.sorted[i]
-		if err := ps.checkDynamic(*l, selfNet, selfIP, nil); err != nil {
-			if !errors.Is(err, errOwn) {
-				ps.invalid(*l, err, false)
+	if !ps.outOK {
+		ps.out = ps.out[:0]
+		for i := range ps.sorted {
+			l := &ps.sorted[i]
+			if err := ps.checkDynamic(*l, selfNet, selfIP, nil); err != nil {
+				if !errors.Is(err, errOwn) {
+					ps.invalid(*l, err, false)
+				}
+				continue
 			}
-			continue
+			ps.out = append(ps.out, Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
 		}
-		peers = append(peers, Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
+		ps.outOK = true
 	}
+	peers := append(ps.r.peerBuf(len(ps.out)), ps.out...)
 	ps.count(peers)
 	return Snapshot{Peers: peers, Revision: ps.rev}
 }
