@@ -141,18 +141,24 @@ func newEnv(t *testing.T, o clusterOpts) *env {
 	return e
 }
 
-func (e *env) startEtcd() {
+func (e *env) startEtcd() { e.runEtcd(etcdURL, etcdURL) }
+
+// runEtcd starts etcd on the master, listening on listen and advertising
+// advertise, with its data in e.etcdDir across restarts, and waits until it
+// accepts connections.
+func (e *env) runEtcd(listen, advertise string, extra ...string) {
 	e.t.Helper()
-	p, err := e.master.Start("etcd", "etcd",
+	args := append([]string{"etcd",
 		"--name", "master",
 		"--data-dir", filepath.Join(e.etcdDir, "data"),
-		"--listen-client-urls", etcdURL,
-		"--advertise-client-urls", etcdURL,
+		"--listen-client-urls", listen,
+		"--advertise-client-urls", advertise,
 		"--listen-peer-urls", "http://127.0.0.1:2380",
 		"--initial-advertise-peer-urls", "http://127.0.0.1:2380",
 		"--initial-cluster", "master=http://127.0.0.1:2380",
 		"--log-level", "warn",
-	)
+	}, extra...)
+	p, err := e.master.Start("etcd", args...)
 	if err != nil {
 		e.t.Fatalf("starting etcd: %v", err)
 	}

@@ -271,39 +271,13 @@ func (e *env) startEtcdTLS(o etcdTLS) {
 		}
 		listen += ",https://" + o.otherAddr + ":2379"
 	}
-	args := []string{"etcd",
-		"--name", "master",
-		"--data-dir", filepath.Join(e.etcdDir, "data"),
-		"--listen-client-urls", listen,
-		"--advertise-client-urls", etcdTLSURL,
-		"--listen-peer-urls", "http://127.0.0.1:2380",
-		"--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-		"--initial-cluster", "master=http://127.0.0.1:2380",
-		"--cert-file", o.cert,
-		"--key-file", o.key,
-		"--log-level", "warn",
-	}
+	extra := []string{"--cert-file", o.cert, "--key-file", o.key}
 	if o.clientCertAuth {
 		// etcd 3.4 requires client certificates as soon as it has a
 		// --trusted-ca-file, with or without --client-cert-auth.
-		args = append(args, "--trusted-ca-file", o.ca.CAFile, "--client-cert-auth")
+		extra = append(extra, "--trusted-ca-file", o.ca.CAFile, "--client-cert-auth")
 	}
-	p, err := e.master.Start("etcd", args...)
-	if err != nil {
-		e.t.Fatalf("starting etcd: %v", err)
-	}
-	e.etcd = p
-	err = cluster.WaitFor(e.ctx, 20*time.Second, 100*time.Millisecond, func() (bool, string) {
-		conn, err := e.master.DialContext(e.ctx, "tcp", etcdAddr+":2379")
-		if err != nil {
-			return false, err.Error()
-		}
-		conn.Close()
-		return true, ""
-	})
-	if err != nil {
-		e.t.Fatalf("etcd did not start: %v\n%s", err, p.Tail(20))
-	}
+	e.runEtcd(listen, etcdTLSURL, extra...)
 }
 
 // stopEtcd stops etcd; etcd exits by its SIGTERM, which is no error here.
