@@ -36,10 +36,8 @@ const Binary = "/usr/bin/etcd"
 type Options struct {
 	// ListenIP is the address to listen on (default 127.0.0.1).
 	ListenIP string
-	// Netns runs etcd inside this named network namespace via
-	// `ip netns exec`; ListenIP must then be an address in it.
-	Netns string
-	// ClientPort and PeerPort default to free ports (2379/2380 with Netns).
+	// ClientPort and PeerPort default to free ports. (The end-to-end suite
+	// runs etcd inside a namespace itself: a client here could not reach it.)
 	ClientPort, PeerPort int
 	// TLS for clients: when CertFile is set the client URL is https. Client
 	// uses the same files as its own certificate and CA.
@@ -77,10 +75,10 @@ func Start(t testing.TB, opts Options) *Etcd {
 		opts.ListenIP = "127.0.0.1"
 	}
 	if opts.ClientPort == 0 {
-		opts.ClientPort = freePort(t, opts, 2379)
+		opts.ClientPort = freePort(t, opts)
 	}
 	if opts.PeerPort == 0 {
-		opts.PeerPort = freePort(t, opts, 2380)
+		opts.PeerPort = freePort(t, opts)
 	}
 	tmp := t.TempDir()
 	scheme := "http"
@@ -104,12 +102,8 @@ func Start(t testing.TB, opts Options) *Etcd {
 	return e
 }
 
-// freePort asks the kernel for a free port on ListenIP; inside a namespace it
-// cannot, so it returns def.
-func freePort(t testing.TB, opts Options, def int) int {
-	if opts.Netns != "" {
-		return def
-	}
+// freePort asks the kernel for a free port on ListenIP.
+func freePort(t testing.TB, opts Options) int {
 	l, err := net.Listen("tcp", net.JoinHostPort(opts.ListenIP, "0"))
 	if err != nil {
 		t.Fatalf("finding a free port: %v", err)
@@ -150,12 +144,7 @@ func (e *Etcd) start() {
 		e.t.Fatalf("opening etcd log: %v", err)
 	}
 	defer logf.Close()
-	var cmd *exec.Cmd
-	if e.opts.Netns != "" {
-		cmd = exec.Command("ip", append([]string{"netns", "exec", e.opts.Netns, Binary}, e.args()...)...)
-	} else {
-		cmd = exec.Command(Binary, e.args()...)
-	}
+	cmd := exec.Command(Binary, e.args()...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Die with the test binary, and don't get the terminal's signals.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
