@@ -46,7 +46,6 @@ type peerWatcher interface {
 // RuleSet is what the loop needs of Rules.
 type RuleSet interface {
 	Ensure() (int, error)
-	Update(RulesConfig) error
 }
 
 // NodeConfig is everything the loop is told at start.

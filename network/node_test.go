@@ -87,8 +87,7 @@ func (f *fakeDataplane) Name() string { return "flannel.1" }
 
 type fakeRules struct{}
 
-func (fakeRules) Ensure() (int, error)     { return 0, nil }
-func (fakeRules) Update(RulesConfig) error { return nil }
+func (fakeRules) Ensure() (int, error) { return 0, nil }
 
 type loop struct {
 	node  *Node

@@ -10,11 +10,12 @@ import (
 
 // keep holds l until it is lost or ctx ends, and says why it was lost.
 //
-// Loss is seen three ways: the KeepAlive channel closes while ctx is alive
+// Loss is seen four ways: the KeepAlive channel closes while ctx is alive
 // (the server says the lease is gone), the watch on our own key sees a delete
-// or another node's value, or the periodic read of our key (every
-// verifyEvery) finds it missing. The last one covers an etcd restored empty:
-// its revisions restart, so a watch from our old revision sees nothing, and
+// or another node's value, a read of our key when etcd comes back from an
+// outage or is seen restored (comebackSignal), or the periodic read (every
+// verifyEvery) as a safety net. A restored etcd needs the reads: its
+// revisions restart, so a watch from our old revision sees nothing, and
 // KeepAlive only speaks every TTL/3.
 func (h *holder) keep(ctx context.Context, l Lease) string {
 	r := h.r

@@ -148,7 +148,10 @@ func NewRegistry(cli *clientv3.Client, prefix string, log *slog.Logger, reg prom
 		m:            newMetrics(reg),
 		probeEvery:   3 * time.Second,
 		probeTimeout: 2 * time.Second,
-		verifyEvery:  10 * time.Second,
+		// A safety net only: deletions arrive on the key's watch and a
+		// restored etcd triggers a check at once (comebackSignal). Every
+		// node reads its key this often, so at 4,000 nodes it is etcd load.
+		verifyEvery:  60 * time.Second,
 		restoreGrace: 30 * time.Second,
 		backoffMin:   200 * time.Millisecond,
 		backoffMax:   30 * time.Second,

@@ -235,7 +235,7 @@ func peerAt(e Peer, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr(
 // setOut puts l into out, or takes its subnet out if l fails the checks.
 func (ps *peerState) setOut(l Lease) {
 	j, found := slices.BinarySearchFunc(ps.out, l.Subnet, peerAt)
-	if err := ps.checkDynamic(l, ps.selfNet, ps.selfIP, nil); err != nil {
+	if err := ps.checkDynamic(l, ps.selfNet, ps.selfIP); err != nil {
 		if !errors.Is(err, errOwn) {
 			ps.invalid(l, err, false)
 		}
@@ -380,7 +380,7 @@ func (ps *peerState) snapshot() Snapshot {
 		ps.out = ps.out[:0]
 		for i := range ps.sorted {
 			l := &ps.sorted[i]
-			if err := ps.checkDynamic(*l, selfNet, selfIP, nil); err != nil {
+			if err := ps.checkDynamic(*l, selfNet, selfIP); err != nil {
 				if !errors.Is(err, errOwn) {
 					ps.invalid(*l, err, false)
 				}
@@ -397,7 +397,9 @@ func (ps *peerState) snapshot() Snapshot {
 
 var errOwn = errors.New("own lease")
 
-func (ps *peerState) checkDynamic(l Lease, selfNet netip.Prefix, selfIP netip.Addr, claimed map[netip.Prefix]string) error {
+// checkDynamic applies the checks that depend on who we are. (A second claim
+// on a subnet is settled when sorted is built: the earliest claim is kept.)
+func (ps *peerState) checkDynamic(l Lease, selfNet netip.Prefix, selfIP netip.Addr) error {
 	// Our own lease; before we hold one (the watch starts alongside the
 	// acquisition), any lease naming our address is ours too.
 	if l.Attrs.PublicIP == selfIP && (l.Subnet == selfNet || !selfNet.IsValid()) {
@@ -412,11 +414,6 @@ func (ps *peerState) checkDynamic(l Lease, selfNet netip.Prefix, selfIP netip.Ad
 	for _, u := range ps.f.Underlay {
 		if ip.Overlaps(l.Subnet, u) {
 			return fmt.Errorf("subnet %v: overlaps the underlay %v", l.Subnet, u)
-		}
-	}
-	if claimed != nil {
-		if first, dup := claimed[l.Subnet]; dup {
-			return fmt.Errorf("subnet %v: already claimed by %s", l.Subnet, first)
 		}
 	}
 	return nil
