@@ -15,8 +15,8 @@ RUN go mod download
 COPY . .
 ARG VERSION=dev
 # The same build as `make build`.
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/weftd ./cmd/weftd
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/weftctl ./cmd/weftctl
+RUN CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/weftd ./cmd/weftd
+RUN CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/weftctl ./cmd/weftctl
 
 FROM debian:trixie-slim
 RUN apt-get update \

@@ -423,12 +423,16 @@ func TestDeployFiles(t *testing.T) {
 			t.Fatal("Makefile sets no LDFLAGS")
 		}
 		ldflags := strings.ReplaceAll(strings.TrimSpace(string(ld[1])), "$(VERSION)", "${VERSION}")
+		tags := regexp.MustCompile(`(?m)^TAGS[ \t]*:=[ \t]*(.*)$`).FindSubmatch(mk)
+		if tags == nil {
+			t.Fatal("Makefile sets no TAGS")
+		}
 		for _, c := range []string{"weftd", "weftctl"} {
-			mkLine := fmt.Sprintf("CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/%s ./cmd/%s", c, c)
+			mkLine := fmt.Sprintf("CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/%s ./cmd/%s", c, c)
 			if !strings.Contains(string(mk), mkLine) {
 				t.Fatalf("Makefile no longer builds %s with %q: update the Dockerfile and this test", c, mkLine)
 			}
-			dfLine := fmt.Sprintf(`CGO_ENABLED=0 go build -trimpath -ldflags "%s" -o /out/%s ./cmd/%s`, ldflags, c, c)
+			dfLine := fmt.Sprintf(`CGO_ENABLED=0 go build -tags %s -trimpath -ldflags "%s" -o /out/%s ./cmd/%s`, strings.TrimSpace(string(tags[1])), ldflags, c, c)
 			if !strings.Contains(string(df), dfLine) {
 				t.Errorf("Dockerfile does not build %s as make build does; want\n%s", c, dfLine)
 			}
