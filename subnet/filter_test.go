@@ -38,7 +38,7 @@ func TestFilter(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
 	self := netip.MustParsePrefix("172.16.28.0/24")
 	selfIP := netip.MustParseAddr("172.17.42.31")
-	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Peer{},
+	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{},
 		f: PeerFilter{Config: mustConfig(t, testNet), Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
 			Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}}
 	rev := int64(0)
@@ -92,7 +92,7 @@ func TestFilter(t *testing.T) {
 
 func TestFilterDuplicateClaimEarliestWins(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
-	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Peer{},
+	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{},
 		f: PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }}}
 	// Two keys for the same subnet can't exist in etcd, but the same subnet can
 	// be listed through leases with equal Subnet from different prefixes in
@@ -114,7 +114,7 @@ func TestIncrementalSnapshotMatchesRebuild(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
 	self := netip.MustParsePrefix("172.16.28.0/24")
 	selfIP := netip.MustParseAddr("172.17.42.31")
-	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Peer{}, held: map[string]heldLease{},
+	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
 		f: PeerFilter{Config: mustConfig(t, testNet), Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
 			Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}}
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -141,4 +141,66 @@ func TestIncrementalSnapshotMatchesRebuild(t *testing.T) {
 			t.Fatalf("step %d: incremental snapshot\n%s\ndiffers from a rebuild\n%s", step, got, want)
 		}
 	}
+}
+
+// TestPeerEventCounts checks weft_peer_events_total both ways it is
+// counted: change by change between listings, and whole after a listing.
+func TestPeerEventCounts(t *testing.T) {
+	r := NewRegistry(nil, "", nil, nil)
+	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
+		f: PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }}}
+	rev := int64(0)
+	put := func(name, ip string) {
+		rev++
+		ps.put(&mvccpb.KeyValue{Key: []byte(r.subnetsPrefix() + name), Value: []byte(val(ip, "b2:69:2c:67:63:b8", 1)), CreateRevision: rev, ModRevision: rev})
+	}
+	counts := func() string {
+		var b strings.Builder
+		for _, k := range []string{"added", "changed", "removed"} {
+			fmt.Fprintf(&b, "%s=%v ", k, counterValue(t, r.m.peerEvents.WithLabelValues(k)))
+		}
+		return b.String()
+	}
+	step := func(what, want string) {
+		t.Helper()
+		ps.snapshot()
+		if got := counts(); got != want {
+			t.Errorf("%s: %s, want %s", what, got, want)
+		}
+	}
+
+	// A listing: everything is new.
+	for i := range 5 {
+		put(fmt.Sprintf("172.16.%d.0-24", 10+i), fmt.Sprintf("10.0.0.%d", 10+i))
+	}
+	ps.clean, ps.touched = false, nil
+	step("first listing", "added=5 changed=0 removed=0 ")
+
+	// Watch events, counted by subnet.
+	put("172.16.9.0-24", "10.0.0.9")
+	step("a new peer", "added=6 changed=0 removed=0 ")
+	put("172.16.12.0-24", "10.0.0.99")
+	step("a new address", "added=6 changed=1 removed=0 ")
+	put("172.16.12.0-24", "10.0.0.99")
+	step("the same value again", "added=6 changed=1 removed=0 ")
+	ps.remove(r.subnetsPrefix() + "172.16.10.0-24")
+	step("a delete", "added=6 changed=1 removed=1 ")
+
+	// A listing that differs at both ends and in the middle.
+	old := ps.valid
+	ps.valid = map[string]Lease{}
+	for k, l := range old {
+		switch l.Subnet.Addr().As4()[2] {
+		case 9, 14: // gone
+		case 13:
+			ps.valid[k] = l
+			put("172.16.13.0-24", "10.0.0.113") // changed
+		default:
+			ps.valid[k] = l
+		}
+	}
+	put("172.16.8.0-24", "10.0.0.8")   // new, first
+	put("172.16.20.0-24", "10.0.0.20") // new, last
+	ps.clean, ps.touched = false, nil
+	step("second listing", "added=8 changed=2 removed=3 ")
 }

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -153,9 +152,6 @@ const (
 	full                     // nothing free
 )
 
-// errNotDecoded marks a lease whose value decide did not need to read.
-var errNotDecoded = errors.New("value not decoded")
-
 // decide chooses what to do given every subnet key (one consistent read).
 func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) (decision, Lease, error) {
 	alloc := h.req.Config.alloc()
@@ -163,28 +159,38 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	alloc.Rand = h.req.Rand
 	inRange := h.req.Config.alloc()
 
-	exact := map[netip.Prefix]Lease{}
+	// exact holds every key of the network's SubnetLen by subnet, as an index
+	// into kvs: at 4,000 keys a map of whole Leases was a megabyte and a
+	// half of start-up heap for nothing.
+	exact := make(map[netip.Prefix]int32, len(kvs))
 	var odd []netip.Prefix // keys of another length: checked by overlap
 	var mine []Lease
+	var prevLease Lease // the previous subnet's key, decoded, if there is one
 	// Only values that can matter are decoded: those naming our address, and
 	// the previous subnet's. Every other key counts as taken by its name
 	// alone, which keeps a start at 4,000 peers from decoding 4,000 values.
 	ours := []byte(`"` + h.req.PublicIP.String() + `"`)
-	for _, kv := range kvs {
-		name, _ := strings.CutPrefix(string(kv.Key), h.r.subnetsPrefix())
-		sub, err := ParseKey(name)
+	pfx := []byte(h.r.subnetsPrefix())
+	for i, kv := range kvs {
+		name, ok := bytes.CutPrefix(kv.Key, pfx)
+		if !ok {
+			continue
+		}
+		sub, err := ParseKey(string(name))
 		if err != nil {
 			continue // unparseable key: cannot overlap-check it
 		}
-		l := Lease{Subnet: sub, Key: string(kv.Key), EtcdLeaseID: kv.Lease, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision,
-			Err: errNotDecoded}
-		if sub == prev || bytes.Contains(kv.Value, ours) {
-			l = parseKV(h.r.subnetsPrefix(), kv.Key, kv.Value, kv.Lease, kv.CreateRevision, kv.ModRevision)
-		}
-		if l.Subnet.Bits() == alloc.Bits {
-			exact[l.Subnet] = l
+		if sub.Bits() == alloc.Bits {
+			exact[sub] = int32(i)
 		} else {
-			odd = append(odd, l.Subnet)
+			odd = append(odd, sub)
+		}
+		if sub != prev && !bytes.Contains(kv.Value, ours) {
+			continue
+		}
+		l := parseKV(h.r.subnetsPrefix(), kv.Key, kv.Value, kv.Lease, kv.CreateRevision, kv.ModRevision)
+		if sub == prev {
+			prevLease = l
 		}
 		// Our own key is adopted even if Avoid covers it: addresses inside it
 		// (docker0's .1 after a reboot wiped subnet.env) are most likely ours,
@@ -220,7 +226,7 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	// Take the key over, as flanneld does, so peers switch to the new
 	// address instead of keeping a dead lease for a day. Reservations are
 	// never taken over: they belong to the address they name.
-	if l, ok := exact[prev]; ok && !sticky && l.Err == nil && l.EtcdLeaseID != 0 && inRange.Eligible(prev) {
+	if l := prevLease; l.Subnet == prev && prev.IsValid() && !sticky && l.Err == nil && l.EtcdLeaseID != 0 && inRange.Eligible(prev) {
 		h.r.log.Info("taking over the previous subnet's lease for this node's new address",
 			"subnet", prev, "old_public_ip", l.Attrs.PublicIP, "public_ip", h.req.PublicIP)
 		return adopt, l, nil
@@ -230,7 +236,7 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 			return create, Lease{Subnet: prev}, nil
 		}
 		if sticky {
-			return conflict, exact[prev], nil
+			return conflict, prevLease, nil
 		}
 	}
 	p, err := alloc.Pick()
@@ -271,7 +277,7 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 	}()
 	bo := backoff{min: r.backoffMin, max: r.backoffMax}
 	var kvs []*mvccpb.KeyValue
-	fresh := false
+	fresh, listed := false, false
 	conflictLogged := false
 	retry := func(err error) bool {
 		h.outage(err)
@@ -280,18 +286,14 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 	}
 	for ctx.Err() == nil {
 		if !fresh {
-			var resp *clientv3.GetResponse
-			err := r.timed("get", func() (err error) {
-				c, cancel := context.WithTimeout(ctx, requestTimeout)
-				defer cancel()
-				resp, err = r.cli.Get(c, r.subnetsPrefix(), clientv3.WithPrefix())
-				return
-			})
+			// The first listing of a first acquisition may be the peer
+			// watch's: nothing was written yet that it must see.
+			resp, err := r.listSubnets(ctx, !sticky && !listed)
 			if err != nil {
 				retry(err)
 				continue
 			}
-			kvs, fresh = resp.Kvs, true
+			kvs, fresh, listed = resp.Kvs, true, true
 		}
 		h.recovered()
 		what, l, err := h.decide(kvs, prev, sticky)

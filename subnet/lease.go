@@ -97,29 +97,36 @@ func (a LeaseAttrs) MarshalJSON() ([]byte, error) {
 // and MACs are errors that name the field. For a BackendType other than vxlan
 // the BackendData is not interpreted (VNI and VtepMAC stay zero).
 func ParseLeaseAttrs(data []byte) (LeaseAttrs, error) {
-	var w wireAttrs
-	if err := json.Unmarshal(data, &w); err != nil {
-		return LeaseAttrs{}, fmt.Errorf("lease value: not flannel's JSON: %w", err)
+	v, ok := scanLeaseValue(data)
+	if !ok {
+		var err error
+		if v, err = decodeLeaseValue(data); err != nil {
+			return LeaseAttrs{}, err
+		}
 	}
+	return v.attrs()
+}
+
+// attrs checks a lease value.
+func (v leaseValue) attrs() (LeaseAttrs, error) {
 	var a LeaseAttrs
-	if w.PublicIP == "" {
+	if v.PublicIP == "" {
 		return a, errors.New("lease value: PublicIP missing")
 	}
-	ipa, err := netip.ParseAddr(w.PublicIP)
+	ipa, err := netip.ParseAddr(v.PublicIP)
 	if err != nil || !ipa.Is4() {
-		return a, fmt.Errorf("lease value: PublicIP %q: not an IPv4 address", w.PublicIP)
+		return a, fmt.Errorf("lease value: PublicIP %q: not an IPv4 address", v.PublicIP)
 	}
 	a.PublicIP = ipa
-	a.BackendType = w.BackendType
-	if w.BackendType != "vxlan" {
+	a.BackendType = v.BackendType
+	if v.BackendType != "vxlan" {
 		return a, nil
 	}
-	if len(w.BackendData) == 0 || bytes.Equal(w.BackendData, []byte("null")) {
+	if !v.BackendData {
 		return a, errors.New("lease value: BackendData missing")
 	}
-	var v wireVXLAN
-	if err := json.Unmarshal(w.BackendData, &v); err != nil {
-		return a, fmt.Errorf("lease value: BackendData: %w", err)
+	if v.dataErr != nil {
+		return a, v.dataErr
 	}
 	// VNI 0 (absent) is what flanneld before v0.8 writes: it never stated the VNI.
 	if v.VNI > maxVNI {

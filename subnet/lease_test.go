@@ -1,7 +1,9 @@
 package subnet
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -131,10 +133,27 @@ func FuzzParseLeaseAttrs(f *testing.F) {
 		`{"PublicIP":"172.17.42.31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"}}`,
 		`{"PublicIP":"172.17.42.32","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6a:1f:3e:00:11:22"},"BackendV6Data":null}`,
 		`{"PublicIP":"1.2.3.4","BackendType":"udp"}`, `{}`, `null`, `"x"`,
+		` { "PublicIP" : "10.0.0.1" , "BackendType":"vxlan", "BackendData": { "VtepMAC":"b2:69:2c:67:63:b8", "VNI": 4294967295 } } `,
+		`{"PublicIP":"10.0.0.1","PublicIP":null,"BackendType":"vxlan","BackendData":{"VNI":01,"VtepMAC":"b2:69:2c:67:63:b8"}}`,
+		`{"publicip":"10.0.0.1","BackendType":"vxlan","BackendData":null}`,
+		`{"PublicIP":"10.0.0.\u0031","BackendType":"vxlan","BackendData":{"VNI":1e0,"VtepMAC":"b2:69:2c:67:63:b8","x":1}}`,
+		`{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VNI":4294967296,"VtepMAC":"b2:69:2c:67:63:b8"}} x`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// The fast reader must agree with encoding/json on all it accepts.
+		if v, ok := scanLeaseValue(data); ok {
+			fa, ferr := v.attrs()
+			w, derr := decodeLeaseValue(data)
+			if derr != nil {
+				t.Fatalf("scanLeaseValue accepted %q, which encoding/json rejects: %v", data, derr)
+			}
+			sa, serr := w.attrs()
+			if fmt.Sprint(ferr) != fmt.Sprint(serr) || !sameAttrs(fa, sa) {
+				t.Fatalf("%q: fast %+v %v, encoding/json %+v %v", data, fa, ferr, sa, serr)
+			}
+		}
 		a, err := ParseLeaseAttrs(data)
 		if err != nil {
 			return
@@ -155,6 +174,59 @@ func FuzzParseLeaseAttrs(f *testing.F) {
 		a2, err := ParseLeaseAttrs(b)
 		if err != nil || !sameAttrs(a, a2) {
 			t.Fatalf("round trip %+v -> %s -> %+v %v", a, b, a2, err)
+		}
+	})
+}
+
+// TestScanLeaseValueForms checks that the values flanneld and weft write
+// take the fast path (anything else still parses, through encoding/json).
+func TestScanLeaseValueForms(t *testing.T) {
+	a := LeaseAttrs{PublicIP: netip.MustParseAddr("172.17.42.31"), BackendType: "vxlan", VNI: 1,
+		VtepMAC: net.HardwareAddr{0xb2, 0x69, 0x2c, 0x67, 0x63, 0xb8}}
+	ours, err := a.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{
+		string(ours),
+		// flanneld v0.2x, IPv4 only.
+		`{"PublicIP":"172.17.42.31","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"},"BackendV6Data":null}`,
+		// flanneld before v0.8: no VNI.
+		`{"PublicIP":"172.17.42.31","BackendType":"vxlan","BackendData":{"VtepMAC":"b2:69:2c:67:63:b8"}}`,
+	} {
+		v, ok := scanLeaseValue([]byte(s))
+		if !ok {
+			t.Errorf("%s: not read by the fast path", s)
+			continue
+		}
+		got, err := v.attrs()
+		want, _ := ParseLeaseAttrs([]byte(s))
+		if err != nil || !sameAttrs(got, want) || got.PublicIP != a.PublicIP || !bytes.Equal(got.VtepMAC, a.VtepMAC) {
+			t.Errorf("%s: fast path gives %+v %v", s, got, err)
+		}
+	}
+}
+
+func BenchmarkParseLeaseAttrs(b *testing.B) {
+	v := []byte(`{"PublicIP":"10.250.3.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ce:6a:20:de:17:f8"}}`)
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := ParseLeaseAttrs(v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding/json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			w, err := decodeLeaseValue(v)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := w.attrs(); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }

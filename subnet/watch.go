@@ -56,8 +56,9 @@ type peerState struct {
 	f      PeerFilter
 	valid  map[string]Lease // key -> last value that passed the static checks
 	logged map[string]int64 // key -> ModRevision last reported invalid
-	last   map[netip.Prefix]Peer
+	last   []Peer           // the peers of the last snapshot, for count
 	rev    int64
+	listed bool         // a listing succeeded: later ones read on their own
 	seen   atomic.Int64 // rev, for the probe goroutine
 	// held keeps, for restoreGrace, the peers an etcd restored from a
 	// backup or from nothing no longer lists: their nodes are alive and will
@@ -99,7 +100,7 @@ func (r *Registry) WatchPeers(ctx context.Context, f PeerFilter, out func(Snapsh
 	if f.Self == nil {
 		f.Self = func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }
 	}
-	ps := &peerState{r: r, f: f, valid: map[string]Lease{}, logged: map[string]int64{}, last: map[netip.Prefix]Peer{}, held: map[string]heldLease{}}
+	ps := &peerState{r: r, f: f, valid: map[string]Lease{}, logged: map[string]int64{}, held: map[string]heldLease{}}
 
 	reconnect := make(chan struct{}, 1)
 	var wg sync.WaitGroup
@@ -136,16 +137,11 @@ func (r *Registry) WatchPeers(ctx context.Context, f PeerFilter, out func(Snapsh
 // invalid now but was valid before keeps its previous value.
 func (ps *peerState) list(ctx context.Context) error {
 	r := ps.r
-	var resp *clientv3.GetResponse
-	err := r.timed("get", func() (err error) {
-		c, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		resp, err = r.cli.Get(c, r.subnetsPrefix(), clientv3.WithPrefix())
-		return
-	})
+	resp, err := r.listSubnets(ctx, !ps.listed)
 	if err != nil {
-		return fmt.Errorf("listing %s: %w", r.subnetsPrefix(), err)
+		return err
 	}
+	ps.listed = true
 	old := ps.valid
 	ps.clean, ps.touched = false, nil // rebuilt and counted whole by the next snapshot
 	ps.valid = make(map[string]Lease, len(resp.Kvs))
@@ -353,7 +349,7 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 func (ps *peerState) snapshot() Snapshot {
 	selfNet, selfIP := ps.f.Self()
 	if !ps.clean {
-		ps.sorted = ps.sorted[:0]
+		ps.sorted = slices.Grow(ps.sorted[:0], len(ps.valid)+len(ps.held))
 		for _, l := range ps.valid {
 			ps.sorted = append(ps.sorted, l)
 		}
@@ -421,54 +417,70 @@ func (ps *peerState) checkDynamic(l Lease, selfNet netip.Prefix, selfIP netip.Ad
 
 // count updates weft_peer_events_total from the difference to the last
 // snapshot: for the subnets events touched, or for all after a listing.
+// last is kept as a sorted copy of the peers rather than a map: at 4,000
+// peers that is a third of the memory, and a listing compares the two in
+// one walk.
 func (ps *peerState) count(peers []Peer) {
 	if ps.touched == nil {
 		ps.countAll(peers)
 		ps.touched = map[netip.Prefix]bool{}
-		return
-	}
-	for s := range ps.touched {
-		old, was := ps.last[s]
-		i, is := slices.BinarySearchFunc(peers, s, func(e Peer, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) })
-		switch {
-		case is && !was:
-			ps.r.m.peerEvents.WithLabelValues("added").Inc()
-			ps.r.log.Debug("peer added", "subnet", s, "public_ip", peers[i].PublicIP)
-			ps.last[s] = peers[i]
-		case is && !old.same(peers[i]):
-			ps.r.m.peerEvents.WithLabelValues("changed").Inc()
-			ps.r.log.Debug("peer changed", "subnet", s, "public_ip", peers[i].PublicIP)
-			ps.last[s] = peers[i]
-		case !is && was:
-			ps.r.m.peerEvents.WithLabelValues("removed").Inc()
-			ps.r.log.Debug("peer removed", "subnet", s)
-			delete(ps.last, s)
+	} else {
+		for s := range ps.touched {
+			i, is := slices.BinarySearchFunc(peers, s, peerAt)
+			j, was := slices.BinarySearchFunc(ps.last, s, peerAt)
+			switch {
+			case is && !was:
+				ps.added(peers[i])
+			case is && !ps.last[j].same(peers[i]):
+				ps.changed(peers[i])
+			case !is && was:
+				ps.removed(s)
+			}
 		}
+		clear(ps.touched)
 	}
-	clear(ps.touched)
+	ps.last = append(ps.last[:0], peers...)
 }
 
 func (ps *peerState) countAll(peers []Peer) {
-	now := make(map[netip.Prefix]Peer, len(peers))
-	for _, p := range peers {
-		now[p.Subnet] = p
-		old, ok := ps.last[p.Subnet]
+	i, j := 0, 0
+	for i < len(peers) || j < len(ps.last) {
+		c := -1 // peers[i] is new
 		switch {
-		case !ok:
-			ps.r.m.peerEvents.WithLabelValues("added").Inc()
-			ps.r.log.Debug("peer added", "subnet", p.Subnet, "public_ip", p.PublicIP)
-		case !old.same(p):
-			ps.r.m.peerEvents.WithLabelValues("changed").Inc()
-			ps.r.log.Debug("peer changed", "subnet", p.Subnet, "public_ip", p.PublicIP)
+		case i == len(peers):
+			c = 1 // last[j] is gone
+		case j < len(ps.last):
+			c = peers[i].Subnet.Addr().Compare(ps.last[j].Subnet.Addr())
+		}
+		switch {
+		case c < 0:
+			ps.added(peers[i])
+			i++
+		case c > 0:
+			ps.removed(ps.last[j].Subnet)
+			j++
+		default:
+			if !ps.last[j].same(peers[i]) {
+				ps.changed(peers[i])
+			}
+			i, j = i+1, j+1
 		}
 	}
-	for s := range ps.last {
-		if _, ok := now[s]; !ok {
-			ps.r.m.peerEvents.WithLabelValues("removed").Inc()
-			ps.r.log.Debug("peer removed", "subnet", s)
-		}
-	}
-	ps.last = now
+}
+
+func (ps *peerState) added(p Peer) {
+	ps.r.m.peerEvents.WithLabelValues("added").Inc()
+	ps.r.log.Debug("peer added", "subnet", p.Subnet, "public_ip", p.PublicIP)
+}
+
+func (ps *peerState) changed(p Peer) {
+	ps.r.m.peerEvents.WithLabelValues("changed").Inc()
+	ps.r.log.Debug("peer changed", "subnet", p.Subnet, "public_ip", p.PublicIP)
+}
+
+func (ps *peerState) removed(s netip.Prefix) {
+	ps.r.m.peerEvents.WithLabelValues("removed").Inc()
+	ps.r.log.Debug("peer removed", "subnet", s)
 }
 
 // probe reads the config key every probeEvery to tell whether etcd answers.
