@@ -420,3 +420,55 @@ func TestHoldTakesOverPreviousSubnetAfterAddressChange(t *testing.T) {
 		t.Fatalf("took over the reservation for 172.17.0.77")
 	}
 }
+
+// TestListSubnetsShares checks who may answer from a listing already in
+// flight: first listings may, later ones read etcd themselves.
+func TestListSubnetsShares(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	r := fastRegistry(t, cli)
+	ctx := context.Background()
+	key := r.subnetsPrefix() + "172.16.5.0-24"
+	if _, err := cli.Put(ctx, key, val("10.0.0.5", "b2:69:2c:67:63:b8", 1)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A listing in flight that answers only when told to.
+	inFlight := &listCall{done: make(chan struct{})}
+	r.mu.Lock()
+	r.listing = inFlight
+	r.mu.Unlock()
+
+	// One that must see etcd now does not wait for it.
+	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := r.listSubnets(c, false)
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Key) != key {
+		t.Fatalf("unshared listing: %v %v", resp, err)
+	}
+
+	// A first listing takes the one in flight, whatever it says.
+	shared := &clientv3.GetResponse{}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		inFlight.resp = shared
+		close(inFlight.done)
+	}()
+	if resp, err := r.listSubnets(c, true); err != nil || resp != shared {
+		t.Fatalf("shared listing: got %p %v, want the one in flight (%p)", resp, err, shared)
+	}
+
+	// With none in flight, a shareable listing reads etcd and is then gone.
+	r.mu.Lock()
+	r.listing = nil
+	r.mu.Unlock()
+	if resp, err := r.listSubnets(c, true); err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("first listing: %v %v", resp, err)
+	}
+	r.mu.Lock()
+	left := r.listing
+	r.mu.Unlock()
+	if left != nil {
+		t.Fatal("a finished listing is still offered to others")
+	}
+}

@@ -35,7 +35,10 @@ func (a *agent) routes(reg *prometheus.Registry) http.Handler {
 	}))
 
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	// Uncompressed: a gzip writer costs a megabyte of heap, kept in a pool
+	// between scrapes, to save a few kilobytes a scrape on the node's own
+	// network.
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, DisableCompression: true}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		node := a.node.Load()
 		if node == nil {
