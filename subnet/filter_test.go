@@ -204,3 +204,55 @@ func TestPeerEventCounts(t *testing.T) {
 	ps.clean, ps.touched = false, nil
 	step("second listing", "added=8 changed=2 removed=3 ")
 }
+
+// TestBatchesMatchRebuild applies random batches of puts and deletes, small
+// ones change by change and big ones merged at once, and checks every
+// snapshot against one built from scratch.
+func TestBatchesMatchRebuild(t *testing.T) {
+	r := NewRegistry(nil, "", nil, nil)
+	self := netip.MustParsePrefix("172.16.7.0/24")
+	selfIP := netip.MustParseAddr("10.0.0.7")
+	filter := PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}
+	fresh := func() *peerState {
+		return &peerState{r: r, f: filter, valid: map[string]Lease{}, logged: map[string]int64{}, held: map[string]heldLease{}}
+	}
+	ps := fresh()
+	rng := rand.New(rand.NewPCG(1, 2))
+	rev := int64(0)
+	live := map[string]*mvccpb.KeyValue{}
+	for batch := range 300 {
+		n := 1 + rng.IntN(4)
+		if batch%3 == 0 {
+			n = bulkEvents + 1 + rng.IntN(200)
+		}
+		if n > bulkEvents {
+			ps.clean = false // as watch does
+		}
+		for range n {
+			name := fmt.Sprintf("172.16.%d.0-24", rng.IntN(256))
+			key := r.subnetsPrefix() + name
+			rev++
+			switch rng.IntN(5) {
+			case 0:
+				ps.remove(key)
+				delete(live, key)
+			case 1:
+				kv := &mvccpb.KeyValue{Key: []byte(key), Value: []byte(`{"PublicIP":"oops"}`), CreateRevision: rev, ModRevision: rev}
+				ps.put(kv) // invalid: the previous value stays
+			default:
+				ip := fmt.Sprintf("10.0.%d.%d", rng.IntN(2), rng.IntN(256))
+				kv := &mvccpb.KeyValue{Key: []byte(key), Value: []byte(val(ip, "b2:69:2c:67:63:b8", 1)), CreateRevision: rev, ModRevision: rev}
+				ps.put(kv)
+				live[key] = kv
+			}
+		}
+		got := peers(ps.snapshot())
+		ref := fresh()
+		for _, kv := range live {
+			ref.put(kv)
+		}
+		if want := peers(ref.snapshot()); got != want {
+			t.Fatalf("batch %d (%d changes): snapshot\n%s\nwant\n%s", batch, n, got, want)
+		}
+	}
+}

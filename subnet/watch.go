@@ -327,6 +327,9 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 				continue // progress notification
 			}
 			bo.reset()
+			if len(wr.Events) > bulkEvents {
+				ps.clean = false // merged once by the snapshot
+			}
 			for _, ev := range wr.Events {
 				if ev.Type == clientv3.EventTypeDelete {
 					ps.remove(string(ev.Kv.Key))
@@ -348,7 +351,11 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 // so two valid leases never claim one subnet.
 func (ps *peerState) snapshot() Snapshot {
 	selfNet, selfIP := ps.f.Self()
-	if !ps.clean {
+	switch {
+	case !ps.clean && ps.touched != nil && ps.dups == 0:
+		ps.merge()
+		ps.clean, ps.outOK = true, false
+	case !ps.clean:
 		ps.sorted = slices.Grow(ps.sorted[:0], len(ps.valid)+len(ps.held))
 		for _, l := range ps.valid {
 			ps.sorted = append(ps.sorted, l)
@@ -391,7 +398,41 @@ func (ps *peerState) snapshot() Snapshot {
 	return Snapshot{Peers: peers, Revision: ps.rev}
 }
 
+// merge brings sorted up to date with the subnets in touched, every change
+// since sorted was last right, in one pass over it: a watch response with a
+// thousand events would otherwise shift sorted a thousand times. A key names
+// its subnet, so each touched subnet's lease is found by its key.
+func (ps *peerState) merge() {
+	subs := make([]netip.Prefix, 0, len(ps.touched))
+	for s := range ps.touched {
+		subs = append(subs, s)
+	}
+	slices.SortFunc(subs, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	next := make([]Lease, 0, len(ps.sorted)+len(subs))
+	i := 0
+	for _, s := range subs {
+		for i < len(ps.sorted) && ps.sorted[i].Subnet.Addr().Less(s.Addr()) {
+			next = append(next, ps.sorted[i])
+			i++
+		}
+		if i < len(ps.sorted) && ps.sorted[i].Subnet == s {
+			i++ // its current lease, if any, follows
+		}
+		key := ps.r.subnetsPrefix() + KeyName(s)
+		if l, ok := ps.valid[key]; ok {
+			next = append(next, l)
+		} else if h, ok := ps.held[key]; ok {
+			next = append(next, h.Lease)
+		}
+	}
+	ps.sorted = append(next, ps.sorted[i:]...)
+}
+
 var errOwn = errors.New("own lease")
+
+// bulkEvents is how many events a watch response may carry before its
+// changes are merged into the sorted leases at once rather than one by one.
+const bulkEvents = 16
 
 // checkDynamic applies the checks that depend on who we are. (A second claim
 // on a subnet is settled when sorted is built: the earliest claim is kept.)
