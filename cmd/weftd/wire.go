@@ -17,8 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/experimental"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	"github.com/weft-net/weft/backend/vxlan"
@@ -58,11 +56,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	// gRPC keeps the buffers it reads responses into in a pool for reuse. A
-	// node reads big responses only at start-up and after an outage (the
-	// listing of every lease, a megabyte at 4,000 nodes), so a pool only
-	// keeps those megabytes alive: allocate and drop them instead.
-	ecfg.DialOptions = append(ecfg.DialOptions, experimental.WithBufferPool(mem.NopBufferPool{}))
+	ecfg.DialOptions = append(ecfg.DialOptions, lowMemoryDialOptions()...)
 	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP})
 	if err != nil {
 		return nil, err
