@@ -86,6 +86,12 @@ type Node struct {
 	log *slog.Logger
 	m   *Metrics
 
+	// rulesMu is held while the rules are checked and while they are
+	// replaced for a new subnet, so that the check never restores the old
+	// subnet's rules over the new ones; rules is the current set.
+	rulesMu sync.Mutex
+	rules   RuleSet
+
 	mu sync.Mutex // guards the fields below, read by Status from other goroutines
 	st Status
 }
@@ -177,14 +183,16 @@ func (n *Node) Run(ctx context.Context) error {
 
 	var (
 		dp       Dataplane
-		rules    RuleSet
 		err      error
 		desired  []backend.Peer
 		haveSnap bool
 		synced   bool // the data plane matches the latest snapshot
 	)
 	for dp == nil {
-		if dp, rules, err = n.setUp(ctx, lease); err != nil {
+		n.rulesMu.Lock()
+		dp, err = n.setUpLocked(ctx, lease)
+		n.rulesMu.Unlock()
+		if err != nil {
 			n.log.Error("setting up the data plane, will retry", "err", err)
 			select {
 			case <-ctx.Done():
@@ -195,24 +203,19 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 
 	kicks := newMailbox[struct{}]()
-	ruleKicks := newMailbox[struct{}]()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := WatchRuleChanges(ctx, func() { ruleKicks.put(struct{}{}) }); err != nil {
-			n.log.Info("no nf_tables events; iptables rules are checked every --iptables-resync only", "err", err)
-		}
+		n.keepRules(ctx)
 	}()
 	subCtx, stopSub := context.WithCancel(ctx)
 	n.subscribe(subCtx, &wg, dp, kicks)
 
 	resync := time.NewTicker(n.cfg.ResyncInterval)
 	defer resync.Stop()
-	rulesTick := time.NewTicker(n.cfg.RulesInterval)
-	defer rulesTick.Stop()
 	heartbeat := time.NewTicker(time.Second)
 	defer heartbeat.Stop()
-	var debounce, ruleDebounce <-chan time.Time
+	var debounce <-chan time.Time
 
 	for {
 		select {
@@ -234,12 +237,14 @@ func (n *Node) Run(ctx context.Context) error {
 				"old", lease.Subnet, "new", l.Subnet)
 			stopSub()
 			lease = l
-			ndp, nrules, err := n.setUp(ctx, l)
+			n.rulesMu.Lock()
+			ndp, err := n.setUpLocked(ctx, l)
+			n.rulesMu.Unlock()
 			if err != nil {
 				n.log.Error("moving the data plane to the new subnet", "err", err)
 				continue
 			}
-			dp, rules = ndp, nrules
+			dp = ndp
 			synced, haveSnap = false, false
 			n.markEnvWritten(false)
 			subCtx, stopSub = context.WithCancel(ctx)
@@ -269,19 +274,45 @@ func (n *Node) Run(ctx context.Context) error {
 				n.writeEnv(dp, lease)
 			}
 
-		case <-ruleKicks.ch:
-			if ruleDebounce == nil {
-				ruleDebounce = time.After(50 * time.Millisecond)
-			}
-
-		case <-ruleDebounce:
-			ruleDebounce = nil
-			n.ensureRules(rules)
-
-		case <-rulesTick.C:
-			n.ensureRules(rules)
 		}
 		n.setSynced(synced)
+	}
+}
+
+// keepRules checks the iptables rules when nf_tables reports a change, and
+// every RulesInterval, until ctx ends. It runs apart from the loop that
+// programs peers: a check runs iptables four times, tens of milliseconds on
+// a busy node, and a peer's change must not wait for it.
+func (n *Node) keepRules(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	kicks := newMailbox[struct{}]()
+	wg.Go(func() {
+		if err := WatchRuleChanges(ctx, func() { kicks.put(struct{}{}) }); err != nil {
+			n.log.Info("no nf_tables events; iptables rules are checked every --iptables-resync only", "err", err)
+		}
+	})
+	tick := time.NewTicker(n.cfg.RulesInterval)
+	defer tick.Stop()
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-kicks.ch:
+			if debounce == nil {
+				debounce = time.After(50 * time.Millisecond)
+			}
+			continue
+		case <-debounce:
+			debounce = nil
+		case <-tick.C:
+		}
+		n.rulesMu.Lock()
+		if n.rules != nil {
+			n.ensureRules(n.rules)
+		}
+		n.rulesMu.Unlock()
 	}
 }
 
@@ -349,18 +380,19 @@ func avoidExcept(avoid []netip.Prefix, prev netip.Prefix) []netip.Prefix {
 	return out
 }
 
-// setUp makes the device and the rules for the node's subnet.
-func (n *Node) setUp(ctx context.Context, l subnet.Lease) (Dataplane, RuleSet, error) {
+// setUpLocked makes the device and the rules for the node's subnet, and
+// makes those rules the ones keepRules checks. n.rulesMu must be held.
+func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (Dataplane, error) {
 	if err := n.cfg.Forwarding(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	dp, err := n.cfg.NewDataplane(l.Subnet)
 	if err != nil {
-		return nil, nil, fmt.Errorf("making the VXLAN device: %w", err)
+		return nil, fmt.Errorf("making the VXLAN device: %w", err)
 	}
 	created, err := dp.Ensure(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("creating %s: %w", dp.Name(), err)
+		return nil, fmt.Errorf("creating %s: %w", dp.Name(), err)
 	}
 	how := "adopted"
 	if created {
@@ -370,12 +402,13 @@ func (n *Node) setUp(ctx context.Context, l subnet.Lease) (Dataplane, RuleSet, e
 	rc := RulesConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(), IPMasq: n.cfg.IPMasq}
 	rules, err := n.cfg.NewRules(rc)
 	if err != nil {
-		return nil, nil, fmt.Errorf("setting up iptables: %w", err)
+		return nil, fmt.Errorf("setting up iptables: %w", err)
 	}
 	if _, err := rules.Ensure(); err != nil {
-		return nil, nil, fmt.Errorf("installing iptables rules: %w", err)
+		return nil, fmt.Errorf("installing iptables rules: %w", err)
 	}
-	return dp, rules, nil
+	n.rules = rules
+	return dp, nil
 }
 
 // watchPeers feeds whole peer snapshots from etcd into snaps until ctx ends.

@@ -99,24 +99,30 @@ type loop struct {
 
 func startLoop(t *testing.T, dp *fakeDataplane) *loop {
 	t.Helper()
+	return startLoopRules(t, dp, fakeRules{}, 0)
+}
+
+func startLoopRules(t *testing.T, dp *fakeDataplane, rules RuleSet, rulesEvery time.Duration) *loop {
+	t.Helper()
 	cfg, err := subnet.ParseConfig([]byte(`{"Network":"172.16.0.0/12"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := &loop{dp: dp, snaps: make(chan subnet.Snapshot), file: filepath.Join(t.TempDir(), "subnet.env"), reg: prometheus.NewRegistry()}
 	n, err := NewNode(NodeConfig{
-		Config:       cfg,
-		PublicIP:     netip.MustParseAddr("172.17.42.31"),
-		SubnetFile:   l.file,
-		IPMasq:       true,
-		Leases:       subnet.LeaseAttrs{VtepMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}},
-		Holder:       &fakeHolder{lease: subnet.Lease{Subnet: netip.MustParsePrefix("172.16.28.0/24")}},
-		Watcher:      &fakeWatcher{snaps: l.snaps},
-		NewDataplane: func(netip.Prefix) (Dataplane, error) { return dp, nil },
-		NewRules:     func(RulesConfig) (RuleSet, error) { return fakeRules{}, nil },
-		Forwarding:   func() error { return nil },
-		EtcdSynced:   time.Now,
-		Metrics:      NewMetrics(l.reg),
+		Config:        cfg,
+		PublicIP:      netip.MustParseAddr("172.17.42.31"),
+		SubnetFile:    l.file,
+		IPMasq:        true,
+		Leases:        subnet.LeaseAttrs{VtepMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}},
+		Holder:        &fakeHolder{lease: subnet.Lease{Subnet: netip.MustParsePrefix("172.16.28.0/24")}},
+		Watcher:       &fakeWatcher{snaps: l.snaps},
+		NewDataplane:  func(netip.Prefix) (Dataplane, error) { return dp, nil },
+		NewRules:      func(RulesConfig) (RuleSet, error) { return rules, nil },
+		RulesInterval: rulesEvery,
+		Forwarding:    func() error { return nil },
+		EtcdSynced:    time.Now,
+		Metrics:       NewMetrics(l.reg),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -211,4 +217,50 @@ func value(m prometheus.Metric) float64 {
 		return d.Gauge.GetValue()
 	}
 	return d.Counter.GetValue()
+}
+
+// stuckRules installs at once; every later check blocks until released.
+type stuckRules struct {
+	calls   chan struct{} // one value per call after the first
+	release chan struct{}
+	mu      sync.Mutex
+	n       int
+}
+
+func (r *stuckRules) Ensure() (int, error) {
+	r.mu.Lock()
+	r.n++
+	first := r.n == 1
+	r.mu.Unlock()
+	if first {
+		return 1, nil
+	}
+	r.calls <- struct{}{}
+	<-r.release
+	return 0, nil
+}
+
+// A peer's change does not wait for an iptables check, however long that
+// takes (it runs iptables four times).
+func TestPeersDoNotWaitForRules(t *testing.T) {
+	dp := &fakeDataplane{}
+	rules := &stuckRules{calls: make(chan struct{}, 100), release: make(chan struct{})}
+	l := startLoopRules(t, dp, rules, 10*time.Millisecond)
+	defer close(rules.release) // before the loop's cleanup: the check must end for Run to return
+	select {
+	case <-rules.calls:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no periodic rules check")
+	}
+	// A check is under way and will not end until released.
+	start := time.Now()
+	l.snaps <- subnet.Snapshot{Peers: []subnet.Peer{peer("172.16.78.0/24")}}
+	waitFor(t, "the peer programmed during a rules check", func() bool {
+		dp.mu.Lock()
+		defer dp.mu.Unlock()
+		return len(dp.peers) == 1
+	})
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the peer took %v", d)
+	}
 }
