@@ -107,7 +107,9 @@ func (s *subscription) read() ([]byte, error) {
 	var n int
 	var rerr error
 	err := s.rc.Read(func(fd uintptr) bool {
-		n, _, rerr = unix.Recvfrom(int(fd), s.buf, 0)
+		// Read, not Recvfrom: the sender is always the kernel, and
+		// Recvfrom allocates its address for every datagram.
+		n, rerr = unix.Read(int(fd), s.buf)
 		return rerr != unix.EAGAIN && rerr != unix.EINTR
 	})
 	if err != nil {

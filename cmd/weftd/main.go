@@ -52,19 +52,7 @@ func newLogger(o options, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
 }
 
-// gcPercent is the collector's target unless GOGC is set: the heap may grow
-// by half its live size between collections, not Go's default of all of it.
-// weftd's live heap is mostly its peers (about 7 MB at 4,000) and it
-// allocates in bursts (start-up, a thousand leases at once), so the default
-// lets every burst add its live size again to the node's memory; at 50 the
-// peak is lower by a quarter for a few more collections, milliseconds each,
-// during the burst. Idle, weftd allocates almost nothing either way.
-const gcPercent = 50
-
 func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	if getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercent)
-	}
 	o, err := parseFlags(args, getenv, stderr)
 	if err != nil {
 		return err
