@@ -33,7 +33,7 @@
 //     concurrent lease acquisitions against one etcd.
 //   - weftd's path again in this process, with the same packages, timing
 //     each step of every change (etcd delivery, subnet's snapshot,
-//     network's conversion, vxlan's Set), and the start-up steps.
+//     vxlan's Set), and the start-up steps.
 //
 // It prints a table, writes results.json next to this file, and reports the
 // main figures as benchmark metrics.

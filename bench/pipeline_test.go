@@ -18,15 +18,14 @@ import (
 	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/vxlan"
 	"github.com/weft-net/weft/subnet"
 )
 
 // Pipeline is where the time of one hot change goes. The bench runs weftd's
 // path in its own process, with the same packages: subnet.Registry's peer
-// watch, the conversion network.Node makes (peersOf, copied here), and
-// vxlan.Device.Set on a device in a namespace of its own, and times each
+// watch, whose snapshot's peers network.Node hands to the data plane as
+// they are, and vxlan.Device.Set on a device in a namespace of its own, and times each
 // step of every single add and delete; a raw etcd watch on the same prefix
 // tells when etcd delivered the change. A CPU profile of those changes is
 // written to weft-bench-pipeline.pprof in the temporary directory. Then the
@@ -38,8 +37,6 @@ type Pipeline struct {
 	// From the raw event to the registry's Snapshot reaching the caller:
 	// subnet.(*peerState).snapshot and whatever precedes it.
 	Snapshot Percentiles `json:"snapshot"`
-	// Snapshot to []backend.Peer (network.peersOf).
-	Convert Percentiles `json:"convert"`
 	// vxlan.Device.Set with one change among N.
 	Set Percentiles `json:"set"`
 	// The whole path, Put returning to Set returning.
@@ -68,7 +65,6 @@ func (p *Pipeline) table(w io.Writer) {
 	}{
 		{"etcd: call returns -> watch event", p.Delivery},
 		{"subnet: event -> Snapshot delivered", p.Snapshot},
-		{"network: Snapshot -> []backend.Peer", p.Convert},
 		{"vxlan: Set", p.Set},
 		{"total: call returns -> Set returns", p.Total},
 	} {
@@ -79,23 +75,14 @@ func (p *Pipeline) table(w io.Writer) {
 		name string
 		s    burstStamps
 	}{{"adds", p.BurstAdd}, {"deletes", p.BurstDel}} {
-		fmt.Fprintf(w, "burst of %d %s, in process: etcd %v, subnet %v, network %v, vxlan Set %v; total %v\n",
-			p.BurstK, b.name, b.s.Delivery, b.s.Snapshot, b.s.Convert, b.s.Set, b.s.Total)
+		fmt.Fprintf(w, "burst of %d %s, in process: etcd %v, subnet %v, vxlan Set %v; total %v\n",
+			p.BurstK, b.name, b.s.Delivery, b.s.Snapshot, b.s.Set, b.s.Total)
 	}
 	fmt.Fprintf(w, "start-up at %d peers, in process: Hold to its lease %v; WatchPeers to its first Snapshot %v; Set of it %v\n",
 		p.N, p.ColdHold, p.ColdSnapshot, p.ColdSet)
 	if p.Profile != "" {
 		fmt.Fprintf(w, "CPU profile of these changes: go tool pprof -top %s\n", p.Profile)
 	}
-}
-
-// peersOf is network.Node's conversion of a Snapshot (unexported there).
-func peersOf(s subnet.Snapshot) []backend.Peer {
-	out := make([]backend.Peer, 0, len(s.Peers))
-	for _, p := range s.Peers {
-		out = append(out, backend.Peer(p))
-	}
-	return out
 }
 
 // pipeline measures rounds single adds and deletes of free peers through
@@ -135,7 +122,7 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 	}
 
 	// Every step's time, by etcd revision.
-	type stamps struct{ event, snap, conv, set time.Time }
+	type stamps struct{ event, snap, set time.Time }
 	var mu sync.Mutex
 	byRev := map[int64]*stamps{}
 	at := func(rev int64) *stamps {
@@ -191,6 +178,7 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 		Config: cfg, Underlay: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")},
 		Self: func() (netip.Prefix, netip.Addr) { return own.subnet, netip.MustParseAddr("10.250.0.2") },
 	}
+	var prev subnet.Snapshot
 	wg.Go(func() {
 		_ = reg.WatchPeers(wctx, filter, func(s subnet.Snapshot) {
 			t0 := time.Now()
@@ -198,15 +186,17 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 			if first {
 				coldSnap = t0.Sub(watchStart)
 			}
-			ps := peersOf(s)
+			// As network.Node: the peers go to Set as they are, and the
+			// previous snapshot's memory back to the registry.
+			err := dev.Set(wctx, s.Peers)
 			t1 := time.Now()
-			err := dev.Set(wctx, ps)
-			t2 := time.Now()
+			reg.Recycle(prev)
+			prev = s
 			mu.Lock()
 			st := at(s.Revision)
-			st.snap, st.conv, st.set = t0, t1, t2
+			st.snap, st.set = t0, t1
 			if first {
-				coldSet = t2.Sub(t1)
+				coldSet = t1.Sub(t0)
 			}
 			mu.Unlock()
 			if err != nil && wctx.Err() == nil {
@@ -232,7 +222,7 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 	if err := pprof.StartCPUProfile(prof); err != nil {
 		return nil, err
 	}
-	var deliv, snap, conv, set, total []time.Duration
+	var deliv, snap, set, total []time.Duration
 	record := func(rev int64, called time.Time) {
 		mu.Lock()
 		st := *at(rev)
@@ -241,8 +231,7 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 			deliv = append(deliv, st.event.Sub(called))
 			snap = append(snap, st.snap.Sub(st.event))
 		}
-		conv = append(conv, st.conv.Sub(st.snap))
-		set = append(set, st.set.Sub(st.conv))
+		set = append(set, st.set.Sub(st.snap))
 		total = append(total, st.set.Sub(called))
 	}
 	for i := range rounds {
@@ -288,7 +277,7 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 		defer mu.Unlock()
 		st := at(resp.Header.Revision)
 		return burstStamps{Delivery: Dur(st.event.Sub(called)), Snapshot: Dur(st.snap.Sub(st.event)),
-			Convert: Dur(st.conv.Sub(st.snap)), Set: Dur(st.set.Sub(st.conv)), Total: Dur(st.set.Sub(called))}, nil
+			Set: Dur(st.set.Sub(st.snap)), Total: Dur(st.set.Sub(called))}, nil
 	}
 	some := e.burstPeers
 	var puts, dels []clientv3.Op
@@ -313,7 +302,7 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 	mu.Lock()
 	defer mu.Unlock()
 	return &Pipeline{
-		N: n, Delivery: percentiles(deliv), Snapshot: percentiles(snap), Convert: percentiles(conv),
+		N: n, Delivery: percentiles(deliv), Snapshot: percentiles(snap),
 		Set: percentiles(set), Total: percentiles(total), Profile: profPath,
 		ColdHold: Dur(coldHold), ColdSnapshot: Dur(coldSnap), ColdSet: Dur(coldSet),
 		BurstAdd: badd, BurstDel: bdel, BurstK: len(some),
@@ -324,7 +313,6 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 type burstStamps struct {
 	Delivery Dur `json:"etcd_delivery_ms"`
 	Snapshot Dur `json:"snapshot_ms"`
-	Convert  Dur `json:"convert_ms"`
 	Set      Dur `json:"set_ms"`
 	Total    Dur `json:"total_ms"`
 }

@@ -184,6 +184,7 @@ func (n *Node) Run(ctx context.Context) error {
 	var (
 		dp       Dataplane
 		err      error
+		cur      subnet.Snapshot // the latest snapshot, whose peers desired is
 		desired  []backend.Peer
 		haveSnap bool
 		synced   bool // the data plane matches the latest snapshot
@@ -251,8 +252,12 @@ func (n *Node) Run(ctx context.Context) error {
 			n.subscribe(subCtx, &wg, dp, kicks)
 
 		case in := <-snaps.ch:
-			desired = peersOf(desired[:0], in.snap)
-			n.cfg.Watcher.Recycle(in.snap)
+			// The snapshot's peers are the desired state as they are
+			// (Set keeps no reference); the previous snapshot's memory goes
+			// back to the watcher for the next one.
+			n.cfg.Watcher.Recycle(cur)
+			cur = in.snap
+			desired = cur.Peers
 			haveSnap = true
 			synced = n.apply(ctx, dp, desired, in.at)
 			if synced && !n.envWritten() {
@@ -451,15 +456,6 @@ func (n *Node) subscribe(ctx context.Context, wg *sync.WaitGroup, dp Dataplane, 
 			}
 		}
 	}()
-}
-
-// peersOf appends the snapshot's peers to dst. The loop reuses one buffer:
-// Set does not keep the slice it is given.
-func peersOf(dst []backend.Peer, s subnet.Snapshot) []backend.Peer {
-	for _, p := range s.Peers {
-		dst = append(dst, backend.Peer(p))
-	}
-	return dst
 }
 
 // apply programs a snapshot and reports whether the kernel now matches it.

@@ -38,7 +38,7 @@ func TestFilter(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
 	self := netip.MustParsePrefix("172.16.28.0/24")
 	selfIP := netip.MustParseAddr("172.17.42.31")
-	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{},
+	ps := &peerState{r: r, valid: map[string]*Lease{}, logged: map[string]int64{},
 		f: PeerFilter{Config: mustConfig(t, testNet), Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
 			Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}}
 	rev := int64(0)
@@ -92,7 +92,7 @@ func TestFilter(t *testing.T) {
 
 func TestFilterDuplicateClaimEarliestWins(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
-	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{},
+	ps := &peerState{r: r, valid: map[string]*Lease{}, logged: map[string]int64{},
 		f: PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }}}
 	// Two keys for the same subnet can't exist in etcd, but the same subnet can
 	// be listed through leases with equal Subnet from different prefixes in
@@ -101,7 +101,7 @@ func TestFilterDuplicateClaimEarliestWins(t *testing.T) {
 		Attrs: LeaseAttrs{PublicIP: netip.MustParseAddr("172.17.0.7")}}
 	l2 := l1
 	l2.Key, l2.CreateRevision, l2.Attrs.PublicIP = "b", 3, netip.MustParseAddr("172.17.0.3")
-	ps.valid["a"], ps.valid["b"] = l1, l2
+	ps.valid["a"], ps.valid["b"] = &l1, &l2
 	if got := peers(ps.snapshot()); got != "172.16.5.0/24 172.17.0.3\n" {
 		t.Fatalf("got %s", got)
 	}
@@ -114,7 +114,7 @@ func TestIncrementalSnapshotMatchesRebuild(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
 	self := netip.MustParsePrefix("172.16.28.0/24")
 	selfIP := netip.MustParseAddr("172.17.42.31")
-	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
+	ps := &peerState{r: r, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
 		f: PeerFilter{Config: mustConfig(t, testNet), Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
 			Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}}
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -147,7 +147,7 @@ func TestIncrementalSnapshotMatchesRebuild(t *testing.T) {
 // counted: change by change between listings, and whole after a listing.
 func TestPeerEventCounts(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
-	ps := &peerState{r: r, valid: map[string]Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
+	ps := &peerState{r: r, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
 		f: PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }}}
 	rev := int64(0)
 	put := func(name, ip string) {
@@ -188,7 +188,7 @@ func TestPeerEventCounts(t *testing.T) {
 
 	// A listing that differs at both ends and in the middle.
 	old := ps.valid
-	ps.valid = map[string]Lease{}
+	ps.valid = map[string]*Lease{}
 	for k, l := range old {
 		switch l.Subnet.Addr().As4()[2] {
 		case 9, 14: // gone
@@ -214,7 +214,7 @@ func TestBatchesMatchRebuild(t *testing.T) {
 	selfIP := netip.MustParseAddr("10.0.0.7")
 	filter := PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}
 	fresh := func() *peerState {
-		return &peerState{r: r, f: filter, valid: map[string]Lease{}, logged: map[string]int64{}, held: map[string]heldLease{}}
+		return &peerState{r: r, f: filter, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{}}
 	}
 	ps := fresh()
 	rng := rand.New(rand.NewPCG(1, 2))

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/ip"
 )
 
@@ -37,16 +37,14 @@ type Snapshot struct {
 	Revision int64
 }
 
-// Peer is what the data plane needs of a valid lease. Snapshots carry these
-// rather than whole Leases: a snapshot of 4,000 peers is made for every
-// change, and its size is garbage the collector must chase on the hot path.
-type Peer struct {
-	Subnet   netip.Prefix
-	PublicIP netip.Addr
-	VtepMAC  net.HardwareAddr
-}
+// Peer is what the data plane needs of a valid lease: backend.Peer itself,
+// so that the loop hands a snapshot's peers to the data plane as they are.
+// Snapshots carry these rather than whole Leases: a snapshot of 4,000 peers
+// is made for every change, and its size is garbage the collector must chase
+// on the hot path.
+type Peer = backend.Peer
 
-func (p Peer) same(q Peer) bool {
+func samePeer(p, q Peer) bool {
 	return p.PublicIP == q.PublicIP && bytes.Equal(p.VtepMAC, q.VtepMAC)
 }
 
@@ -54,9 +52,9 @@ func (p Peer) same(q Peer) bool {
 type peerState struct {
 	r      *Registry
 	f      PeerFilter
-	valid  map[string]Lease // key -> last value that passed the static checks
-	logged map[string]int64 // key -> ModRevision last reported invalid
-	last   []Peer           // the peers of the last snapshot, for count
+	valid  map[string]*Lease // key -> last value that passed the static checks
+	logged map[string]int64  // key -> ModRevision last reported invalid
+	last   []Peer            // the peers of the last snapshot, for count
 	rev    int64
 	listed bool         // a listing succeeded: later ones read on their own
 	seen   atomic.Int64 // rev, for the probe goroutine
@@ -69,8 +67,10 @@ type peerState struct {
 	// sorted is valid and held by subnet, the earliest claim of a subnet
 	// only, kept up to date by put and delete while clean (else the next
 	// snapshot rebuilds it); touched are the subnets changed since the last
-	// snapshot, for count (nil: count everything).
-	sorted []Lease
+	// snapshot, for count (nil: count everything). It points into valid
+	// and held rather than copying leases: a third of the memory, and a
+	// rebuild sorts pointers.
+	sorted []*Lease
 	clean  bool
 	// out is sorted less the leases that fail the checks depending on who we
 	// are: the peers of the next snapshot, kept up to date by put and delete
@@ -84,7 +84,7 @@ type peerState struct {
 }
 
 type heldLease struct {
-	Lease
+	*Lease
 	until time.Time
 }
 
@@ -100,7 +100,7 @@ func (r *Registry) WatchPeers(ctx context.Context, f PeerFilter, out func(Snapsh
 	if f.Self == nil {
 		f.Self = func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }
 	}
-	ps := &peerState{r: r, f: f, valid: map[string]Lease{}, logged: map[string]int64{}, held: map[string]heldLease{}}
+	ps := &peerState{r: r, f: f, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{}}
 
 	reconnect := make(chan struct{}, 1)
 	var wg sync.WaitGroup
@@ -144,7 +144,7 @@ func (ps *peerState) list(ctx context.Context) error {
 	ps.listed = true
 	old := ps.valid
 	ps.clean, ps.touched = false, nil // rebuilt and counted whole by the next snapshot
-	ps.valid = make(map[string]Lease, len(resp.Kvs))
+	ps.valid = make(map[string]*Lease, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		if prev, ok := old[string(kv.Key)]; ok {
 			ps.valid[string(kv.Key)] = prev
@@ -195,23 +195,23 @@ func (ps *peerState) put(kv *mvccpb.KeyValue) {
 		ps.invalid(l, err, kept)
 		return
 	}
-	ps.valid[l.Key] = l
+	ps.valid[l.Key] = &l
 	if _, held := ps.held[l.Key]; held {
 		delete(ps.held, l.Key)
 		ps.clean = false
 	}
-	ps.upsert(l)
+	ps.upsert(&l)
 }
 
 // upsert puts l into sorted at its subnet.
-func (ps *peerState) upsert(l Lease) {
+func (ps *peerState) upsert(l *Lease) {
 	if ps.touched != nil {
 		ps.touched[l.Subnet] = true
 	}
 	if !ps.clean {
 		return
 	}
-	i, found := slices.BinarySearchFunc(ps.sorted, l.Subnet, func(e Lease, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) })
+	i, found := slices.BinarySearchFunc(ps.sorted, l.Subnet, leaseAt)
 	if found {
 		if ps.sorted[i].Key != l.Key {
 			ps.clean = false // a second claim on a subnet: let a rebuild decide
@@ -222,9 +222,11 @@ func (ps *peerState) upsert(l Lease) {
 		ps.sorted = slices.Insert(ps.sorted, i, l)
 	}
 	if ps.outOK {
-		ps.setOut(l)
+		ps.setOut(*l)
 	}
 }
+
+func leaseAt(e *Lease, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) }
 
 func peerAt(e Peer, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) }
 
@@ -266,7 +268,7 @@ func (ps *peerState) remove(key string) {
 	if !ps.clean {
 		return
 	}
-	if i, found := slices.BinarySearchFunc(ps.sorted, l.Subnet, func(e Lease, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr()) }); found {
+	if i, found := slices.BinarySearchFunc(ps.sorted, l.Subnet, leaseAt); found {
 		if ps.sorted[i].Key != key {
 			ps.clean = false // a left-out claim went: let a rebuild recount
 			return
@@ -367,11 +369,11 @@ func (ps *peerState) snapshot() Snapshot {
 		}
 		// By subnet; of two claims on one subnet the earliest comes first
 		// and is the one kept.
-		slices.SortFunc(ps.sorted, func(a, b Lease) int {
+		slices.SortFunc(ps.sorted, func(a, b *Lease) int {
 			return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), cmp.Compare(a.CreateRevision, b.CreateRevision), cmp.Compare(a.Key, b.Key))
 		})
 		n := len(ps.sorted)
-		ps.sorted = slices.CompactFunc(ps.sorted, func(a, b Lease) bool { return a.Subnet == b.Subnet })
+		ps.sorted = slices.CompactFunc(ps.sorted, func(a, b *Lease) bool { return a.Subnet == b.Subnet })
 		ps.dups = n - len(ps.sorted)
 		ps.clean, ps.outOK = true, false
 	}
@@ -381,8 +383,7 @@ func (ps *peerState) snapshot() Snapshot {
 	}
 	if !ps.outOK {
 		ps.out = ps.out[:0]
-		for i := range ps.sorted {
-			l := &ps.sorted[i]
+		for _, l := range ps.sorted {
 			if err := ps.checkDynamic(*l, selfNet, selfIP); err != nil {
 				if !errors.Is(err, errOwn) {
 					ps.invalid(*l, err, false)
@@ -408,7 +409,7 @@ func (ps *peerState) merge() {
 		subs = append(subs, s)
 	}
 	slices.SortFunc(subs, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-	next := make([]Lease, 0, len(ps.sorted)+len(subs))
+	next := make([]*Lease, 0, len(ps.sorted)+len(subs))
 	i := 0
 	for _, s := range subs {
 		for i < len(ps.sorted) && ps.sorted[i].Subnet.Addr().Less(s.Addr()) {
@@ -472,7 +473,7 @@ func (ps *peerState) count(peers []Peer) {
 			switch {
 			case is && !was:
 				ps.added(peers[i])
-			case is && !ps.last[j].same(peers[i]):
+			case is && !samePeer(ps.last[j], peers[i]):
 				ps.changed(peers[i])
 			case !is && was:
 				ps.removed(s)
@@ -501,7 +502,7 @@ func (ps *peerState) countAll(peers []Peer) {
 			ps.removed(ps.last[j].Subnet)
 			j++
 		default:
-			if !ps.last[j].same(peers[i]) {
+			if !samePeer(ps.last[j], peers[i]) {
 				ps.changed(peers[i])
 			}
 			i, j = i+1, j+1
