@@ -505,3 +505,52 @@ func TestKernelOwnChangesDoNotKick(t *testing.T) {
 		t.Errorf("no kick within 1s of a route deleted by hand")
 	}
 }
+
+// A large Set pauses the subscription (its own FDB notifications cannot be
+// filtered and only slow the kernel down), then kicks once so that a
+// Reconcile catches what others changed meanwhile; afterwards the
+// subscription reports changes by others again.
+func TestLargeSetPausesSubscription(t *testing.T) {
+	skipUnlessRoot(t)
+	n := newNode(t, "172.17.42.31", "10.127.0.0/24", mac1)
+	d := n.device(t, mac1)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := d.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kicks := make(chan struct{}, 10000)
+	if err := d.Subscribe(ctx, func() { kicks <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	ps := bigPeers(800)
+	if err := d.Set(ctx, ps[:100]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	for len(kicks) > 0 {
+		<-kicks
+	}
+	// 700 new peers: 2,100 operations.
+	if err := d.Set(ctx, ps); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-kicks:
+	case <-time.After(time.Second):
+		t.Fatal("no kick after a large Set")
+	}
+	time.Sleep(300 * time.Millisecond)
+	for len(kicks) > 0 {
+		<-kicks
+	}
+	if got := n.show(t, "ip", "-4", "route", "show", "dev", "flannel.1"); strings.Count(got, "\n")+1 != 800 {
+		t.Errorf("%d routes on flannel.1, want 800", strings.Count(got, "\n")+1)
+	}
+	sh(t, "bridge", "-n", n.ns, "fdb", "del", ps[5].VtepMAC.String(), "dev", "flannel.1", "dst", ps[5].PublicIP.String())
+	select {
+	case <-kicks:
+	case <-time.After(time.Second):
+		t.Errorf("no kick within 1s of an FDB entry deleted by hand after the pause")
+	}
+}

@@ -39,6 +39,13 @@ func (d *Device) Set(ctx context.Context, peers []backend.Peer) error {
 		return errors.Join(werr, err)
 	}
 	d.planChanges(changes, &d.ops)
+	n := 0
+	for k := range d.ops {
+		n += len(d.ops[k])
+	}
+	if n >= pauseEventsOps {
+		defer d.pauseEvents()()
+	}
 	done, err := d.applyLocked(&d.ops, nil)
 	if done.Total() > 0 || err != nil {
 		d.log.Debug("programmed peers", "peers", len(d.want), "changed", len(changes),

@@ -42,8 +42,51 @@ func (d *Device) Subscribe(ctx context.Context, kick func()) error {
 	if err != nil {
 		return fmt.Errorf("subscribing to kernel changes: %w", err)
 	}
+	d.subMu.Lock()
+	d.sub, d.kick = s, kick
+	d.subMu.Unlock()
 	go d.keepSubscribed(ctx, s, kick)
 	return nil
+}
+
+// pauseEventsOps is the size of a change, in kernel operations, from which
+// Set pauses the subscription while it writes.
+const pauseEventsOps = 1024
+
+// pauseEvents makes the subscription drop every event until the returned
+// resume is called; resume restores the filter and kicks, so that a
+// Reconcile catches whatever someone else changed meanwhile. Set pauses for
+// large changes: FDB notifications carry no port id, so the filter cannot
+// drop weftd's own, and for a burst of 1,000 peers delivering them to the
+// subscription made the kernel's work a quarter slower. A kick and one
+// Reconcile after the burst cost far less. With no subscription, or no
+// kernel, it does nothing.
+func (d *Device) pauseEvents() (resume func()) {
+	d.subMu.Lock()
+	s, kick := d.sub, d.kick
+	d.subMu.Unlock()
+	if s == nil || d.kernel == nil {
+		return func() {}
+	}
+	drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+	var err error
+	cerr := s.rc.Control(func(fd uintptr) {
+		err = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+			&unix.SockFprog{Len: uint16(len(drop)), Filter: &drop[0]})
+	})
+	if cerr != nil || err != nil {
+		return func() {} // closed meanwhile, or refused: events keep coming
+	}
+	return func() {
+		var err error
+		cerr := s.rc.Control(func(fd uintptr) { err = dropOwnEvents(int(fd), d.kernel.pid) })
+		if cerr == nil && err != nil {
+			// The socket would stay deaf: end it, keepSubscribed renews it.
+			d.log.Warn("restoring the netlink subscription's filter", "err", err)
+			s.f.Close()
+		}
+		kick()
+	}
 }
 
 // subscription is a netlink socket joined to subscribeGroups, read through
@@ -150,6 +193,9 @@ func (d *Device) keepSubscribed(ctx context.Context, s *subscription, kick func(
 			}
 			d.log.Warn("renewing netlink subscription", "err", err)
 		}
+		d.subMu.Lock()
+		d.sub = s
+		d.subMu.Unlock()
 		d.log.Info("renewed netlink subscription")
 		kick()
 	}

@@ -85,6 +85,12 @@ type Device struct {
 	// wait for mu while a long Set holds it.
 	curIndex atomic.Int32
 
+	// subMu guards the live subscription and its kick, which a large Set
+	// pauses (see pauseEvents).
+	subMu sync.Mutex
+	sub   *subscription
+	kick  func()
+
 	mu sync.Mutex // guards the fields below
 	// index and mtu of the device, valid after Ensure.
 	index int
