@@ -29,6 +29,7 @@ const (
 	smallN      = 1000
 	hotRounds   = 200
 	burstK      = 1000
+	burstRuns   = 3
 	idleFor     = 30 * time.Second
 	acquireN    = 100
 	resultsFile = "results.json"
@@ -241,10 +242,17 @@ func runBig(ctx context.Context, e *env, r *Results, all []synth) error {
 	if err != nil {
 		return err
 	}
-	r.Burst, err = burst(ctx, nd, pr, peers, burstK)
-	if err != nil {
-		return err
+	var adds, dels []float64
+	for range burstRuns {
+		b, err := burst(ctx, nd, pr, peers, burstK)
+		if err != nil {
+			return err
+		}
+		r.Burst.Base, r.Burst.K = b.Base, b.K
+		r.Burst.AddRuns, r.Burst.DelRuns = append(r.Burst.AddRuns, b.Add), append(r.Burst.DelRuns, b.Del)
+		adds, dels = append(adds, float64(b.Add)), append(dels, float64(b.Del))
 	}
+	r.Burst.Add, r.Burst.Del = Dur(median(adds)), Dur(median(dels))
 	logf("burst: %+v", r.Burst)
 	if err := finishCold(&c, nd, peers); err != nil {
 		return err

@@ -27,7 +27,8 @@
 //     times, next to a fast floor measured right before it.
 //   - Single adds and deletes at 4,000 peers, from the etcd call returning
 //     to the three entries present or gone, seen through netlink events; a
-//     burst of 1,000 adds, then deletes, in one transaction each; 30 s with
+//     burst of 1,000 adds, then deletes, in one transaction each (three
+//     times, medians compared with the floor); 30 s with
 //     nothing changing (CPU, etcd requests, weftd's periodic check against
 //     the dump floor on its own device); the ARP table limits; 100
 //     concurrent lease acquisitions against one etcd.

@@ -91,11 +91,23 @@ type Hot struct {
 }
 
 // Burst is 1,000 leases added in one etcd transaction, then deleted in one.
+// Add and Del are the medians of burstRuns bursts, one after the other; a
+// single burst is one sample of a noisy machine.
 type Burst struct {
-	Base int `json:"base"`
-	K    int `json:"k"`
-	Add  Dur `json:"add_ms"`
-	Del  Dur `json:"delete_ms"`
+	Base    int   `json:"base"`
+	K       int   `json:"k"`
+	Add     Dur   `json:"add_ms"`
+	Del     Dur   `json:"delete_ms"`
+	AddRuns []Dur `json:"add_runs_ms"`
+	DelRuns []Dur `json:"delete_runs_ms"`
+}
+
+func (b Burst) runs(ds []Dur) string {
+	var ss []string
+	for _, d := range ds {
+		ss = append(ss, d.String())
+	}
+	return strings.Join(ss, ", ")
 }
 
 // Idle is weftd at N peers with nothing changing.
@@ -246,8 +258,8 @@ func (r *Results) table(w io.Writer) {
 	fmt.Fprintf(tw, "weftd at %d peers\tresult\tvs fast floor\n", r.Hot.N)
 	fmt.Fprintf(tw, "hot add, %d single changes\t%v\t\n", r.Hot.Add.N, r.Hot.Add)
 	fmt.Fprintf(tw, "hot delete, %d single changes\t%v\t\n", r.Hot.Del.N, r.Hot.Del)
-	fmt.Fprintf(tw, "burst: %d adds in one transaction (base %d)\t%v\t%.2f× (1,000 add)\n", r.Burst.K, r.Burst.Base, r.Burst.Add, ratio(r.Burst.Add, f1.FastAdd))
-	fmt.Fprintf(tw, "burst: %d deletes in one transaction\t%v\t%.2f× (1,000 delete)\n", r.Burst.K, r.Burst.Del, ratio(r.Burst.Del, f1.FastDel))
+	fmt.Fprintf(tw, "burst: %d adds in one transaction (base %d)\t%v (median of %s)\t%.2f× (1,000 add)\n", r.Burst.K, r.Burst.Base, r.Burst.Add, r.Burst.runs(r.Burst.AddRuns), ratio(r.Burst.Add, f1.FastAdd))
+	fmt.Fprintf(tw, "burst: %d deletes in one transaction\t%v (median of %s)\t%.2f× (1,000 delete)\n", r.Burst.K, r.Burst.Del, r.Burst.runs(r.Burst.DelRuns), ratio(r.Burst.Del, f1.FastDel))
 	fmt.Fprintf(tw, "reconcile check (mean over %d)\t%v\t%.2f× dump floor (%v on this device)\n", r.Idle.Reconciles, r.Idle.ReconcileMean, ratio(r.Idle.ReconcileMean, r.Idle.DumpFloor), r.Idle.DumpFloor)
 	fmt.Fprintf(tw, "idle %.0f s: CPU (weftd + iptables)\t%.2f%% + %.2f%% of a core\t\n", r.Idle.Seconds, r.Idle.CPUPercent, r.Idle.ChildPercent)
 	fmt.Fprintf(tw, "idle %.0f s: etcd requests\t%s\t\n", r.Idle.Seconds, fmtCounts(r.Idle.Etcd))

@@ -31,6 +31,10 @@ func (d *Device) Set(ctx context.Context, peers []backend.Peer) error {
 	changes, werr := d.updateLocked(peers)
 	d.changes = keepSmall(changes)
 	if !d.synced {
+		// Up to three operations a peer: pause as for a large change.
+		if 3*len(d.want) >= pauseEventsOps {
+			defer d.pauseEvents()()
+		}
 		rep, err := d.reconcileLocked(ctx)
 		if rep.Total() > 0 || err != nil {
 			d.log.Info("programmed peers", "peers", len(d.want), "fdb", rep.FDB, "neigh", rep.Neigh,
