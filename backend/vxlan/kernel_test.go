@@ -455,10 +455,10 @@ func TestKernelTwoNodesPing(t *testing.T) {
 	}
 }
 
-// TestKernelOwnChangesDoNotKick programs hundreds of peers, then changes
-// and removes some, with a subscription running: the Device's own changes
-// agree with its peers and do not kick, while a hand-made change does.
-func TestKernelOwnChangesDoNotKick(t *testing.T) {
+// subscribedDevice is a device in a namespace of its own, ensured, with a
+// subscription whose kicks arrive on the channel.
+func subscribedDevice(t *testing.T) (*node, *Device, context.Context, chan struct{}) {
+	t.Helper()
 	skipUnlessRoot(t)
 	n := newNode(t, "172.17.42.31", "10.127.0.0/24", mac1)
 	d := n.device(t, mac1)
@@ -471,6 +471,14 @@ func TestKernelOwnChangesDoNotKick(t *testing.T) {
 	if err := d.Subscribe(ctx, func() { kicks <- struct{}{} }); err != nil {
 		t.Fatal(err)
 	}
+	return n, d, ctx, kicks
+}
+
+// TestKernelOwnChangesDoNotKick programs hundreds of peers, then changes
+// and removes some, with a subscription running: the Device's own changes
+// agree with its peers and do not kick, while a hand-made change does.
+func TestKernelOwnChangesDoNotKick(t *testing.T) {
+	n, d, ctx, kicks := subscribedDevice(t)
 	ps := bigPeers(500)
 	for i := range ps {
 		ps[i].PublicIP = netip.AddrFrom4([4]byte{172, 17, byte(100 + i/250), byte(1 + i%250)})
@@ -511,18 +519,7 @@ func TestKernelOwnChangesDoNotKick(t *testing.T) {
 // Reconcile catches what others changed meanwhile; afterwards the
 // subscription reports changes by others again.
 func TestLargeSetPausesSubscription(t *testing.T) {
-	skipUnlessRoot(t)
-	n := newNode(t, "172.17.42.31", "10.127.0.0/24", mac1)
-	d := n.device(t, mac1)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if _, err := d.Ensure(ctx); err != nil {
-		t.Fatal(err)
-	}
-	kicks := make(chan struct{}, 10000)
-	if err := d.Subscribe(ctx, func() { kicks <- struct{}{} }); err != nil {
-		t.Fatal(err)
-	}
+	n, d, ctx, kicks := subscribedDevice(t)
 	ps := bigPeers(800)
 	if err := d.Set(ctx, ps[:100]); err != nil {
 		t.Fatal(err)
