@@ -48,8 +48,12 @@ test: deps build vet
 test-unit:
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
+# staticcheck is fetched through the module proxy at the version pinned here.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 vet:
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
 bench: deps build
