@@ -34,9 +34,6 @@ type kernel struct {
 	seq  uint32
 	wbuf []byte
 	rbuf []byte
-	// rbuf2 is dump's second read buffer: one is read into while the
-	// other is parsed.
-	rbuf2 []byte
 }
 
 var _ nlAPI = (*kernel)(nil)
@@ -136,29 +133,20 @@ func (k *kernel) send(b []byte) error {
 	}
 }
 
-// recv reads one datagram of replies.
+// recv reads one datagram of replies. (read(2), not recvfrom: the sender is
+// the kernel, and recvfrom allocates its address every time.)
 func (k *kernel) recv() ([]byte, error) {
-	n, err := k.read(k.rbuf)
-	if err != nil {
-		return nil, err
-	}
-	return k.rbuf[:n], nil
-}
-
-// read reads one datagram of replies into buf. (read(2), not recvfrom: the
-// sender is the kernel, and recvfrom allocates its address every time.)
-func (k *kernel) read(buf []byte) (int, error) {
 	for {
-		n, err := unix.Read(k.fd, buf)
+		n, err := unix.Read(k.fd, k.rbuf)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			return 0, fmt.Errorf("reading from netlink: no answer within %v", replyTimeout)
+			return nil, fmt.Errorf("reading from netlink: no answer within %v", replyTimeout)
 		case err != nil:
-			return 0, fmt.Errorf("reading from netlink: %w", err)
+			return nil, fmt.Errorf("reading from netlink: %w", err)
 		}
-		return n, nil
+		return k.rbuf[:n], nil
 	}
 }
 
@@ -196,13 +184,6 @@ var errDumpInterrupted = netlink.ErrDumpInterrupted
 
 // dump sends the dump request req (without its header) of type typ and
 // calls each for every message of the answer.
-//
-// A second goroutine reads the answer while this one parses it: the kernel
-// builds a dump's next part only inside the read that asks for it, and at
-// 4,000 peers building and parsing take about as long as each other, so in
-// turn the periodic check cost twice the dump. The reader stops at the dump's
-// end (or an error, or a part that does not parse) and is always waited
-// for: nothing else reads the socket meanwhile.
 func (k *kernel) dump(typ uint16, req []byte, each func(m nlMsg)) error {
 	k.seq++
 	seq := k.seq
@@ -213,92 +194,48 @@ func (k *kernel) dump(typ uint16, req []byte, each func(m nlMsg)) error {
 	if err := k.send(b); err != nil {
 		return err
 	}
-	if k.rbuf2 == nil {
-		k.rbuf2 = make([]byte, len(k.rbuf))
-	}
-	type part struct {
-		buf  []byte
-		n    int
-		err  error
-		last bool
-	}
-	parts := make(chan part, 2)
-	free := make(chan []byte, 2)
-	free <- k.rbuf
-	free <- k.rbuf2
-	go func() {
-		for {
-			buf := <-free
-			n, err := k.read(buf)
-			last := err != nil || dumpEnds(buf[:n], seq)
-			parts <- part{buf: buf, n: n, err: err, last: last}
-			if last {
-				return
-			}
-		}
-	}()
-
 	intr := false
-	var derr error
-	for done := false; ; {
-		p := <-parts
-		if derr == nil && p.err != nil {
-			derr = p.err
+	for done := false; !done; {
+		b, err := k.recv()
+		if err != nil {
+			return err
 		}
-		if derr == nil && !done {
-			perr := splitMsgs(p.buf[:p.n], func(m nlMsg) bool {
-				if m.seq != seq {
-					return true
-				}
-				if m.flags&unix.NLM_F_DUMP_INTR != 0 {
-					intr = true
-				}
-				switch m.typ {
-				case unix.NLMSG_DONE:
-					if len(m.body) >= 4 {
-						if code := int32(ne.Uint32(m.body)); code < 0 {
-							derr = unix.Errno(-code)
-						}
-					}
-					done = true
-					return false
-				case unix.NLMSG_ERROR:
-					derr = nlError(m)
-					done = true
-					return false
-				}
-				each(m)
+		var derr error
+		perr := splitMsgs(b, func(m nlMsg) bool {
+			if m.seq != seq {
 				return true
-			})
-			if perr != nil {
-				derr = perr
 			}
+			if m.flags&unix.NLM_F_DUMP_INTR != 0 {
+				intr = true
+			}
+			switch m.typ {
+			case unix.NLMSG_DONE:
+				if len(m.body) >= 4 {
+					if code := int32(ne.Uint32(m.body)); code < 0 {
+						derr = unix.Errno(-code)
+					}
+				}
+				done = true
+				return false
+			case unix.NLMSG_ERROR:
+				derr = nlError(m)
+				done = true
+				return false
+			}
+			each(m)
+			return true
+		})
+		if perr != nil {
+			return perr
 		}
-		if p.last {
-			break
+		if derr != nil {
+			return derr
 		}
-		free <- p.buf
-	}
-	if derr != nil {
-		return derr
 	}
 	if intr {
 		return errDumpInterrupted
 	}
 	return nil
-}
-
-// dumpEnds reports whether b holds the end of dump seq (its done or error
-// message), or does not parse (the reader must stop there too).
-func dumpEnds(b []byte, seq uint32) bool {
-	end := false
-	if err := splitMsgs(b, func(m nlMsg) bool {
-		end = m.seq == seq && (m.typ == unix.NLMSG_DONE || m.typ == unix.NLMSG_ERROR)
-		return !end
-	}); err != nil {
-		return true
-	}
-	return end
 }
 
 // routes dumps the main table's routes, IPv4 and IPv6: those through the
