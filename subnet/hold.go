@@ -159,10 +159,10 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	alloc.Rand = h.req.Rand
 	inRange := h.req.Config.alloc()
 
-	// exact holds every key of the network's SubnetLen by subnet, as an index
-	// into kvs: at 4,000 keys a map of whole Leases was a megabyte and a
-	// half of start-up heap for nothing.
-	exact := make(map[netip.Prefix]int32, len(kvs))
+	// exact holds the subnet of every key of the network's SubnetLen: at
+	// 4,000 keys a map of whole Leases was a megabyte and a half of start-up
+	// heap for nothing.
+	exact := make(map[netip.Prefix]struct{}, len(kvs))
 	var odd []netip.Prefix // keys of another length: checked by overlap
 	var mine []Lease
 	var prevLease Lease // the previous subnet's key, decoded, if there is one
@@ -171,7 +171,7 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	// alone, which keeps a start at 4,000 peers from decoding 4,000 values.
 	ours := []byte(`"` + h.req.PublicIP.String() + `"`)
 	pfx := []byte(h.r.subnetsPrefix())
-	for i, kv := range kvs {
+	for _, kv := range kvs {
 		name, ok := bytes.CutPrefix(kv.Key, pfx)
 		if !ok {
 			continue
@@ -181,7 +181,7 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 			continue // unparseable key: cannot overlap-check it
 		}
 		if sub.Bits() == alloc.Bits {
-			exact[sub] = int32(i)
+			exact[sub] = struct{}{}
 		} else {
 			odd = append(odd, sub)
 		}

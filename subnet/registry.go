@@ -88,10 +88,12 @@ type listCall struct {
 // shareable listing already in flight answers instead of a new one: at
 // start-up Hold and WatchPeers each need the whole prefix at the same
 // moment, and at 4,000 keys one read instead of two saves etcd a megabyte
-// of response and weftd a megabyte or two of heap. Only first listings
-// share; any later one (after a conflict, an outage, a compaction) must see
-// etcd as it is when it asks, and reads on its own. The result must not be
-// modified: other callers read it too.
+// of response and weftd a megabyte or two of heap. Only the first listing of
+// an acquisition and of a peer watch share; any later one (after a conflict,
+// an outage, a compaction) must see etcd as it is when it asks, and reads on
+// its own. (A Hold restarted after an error may share again: its
+// create-if-absent transaction still compares against etcd itself.) The
+// result must not be modified: other callers read it too.
 func (r *Registry) listSubnets(ctx context.Context, share bool) (*clientv3.GetResponse, error) {
 	var c *listCall
 	if share {

@@ -29,8 +29,11 @@ const subscribeGroups = 1<<(unix.RTNLGRP_LINK-1) |
 // repair, in the Device's namespace: a change of the device or its uplink
 // (link or address), a route, neighbour or FDB entry on the device that
 // disagrees with the peers of the last Set (one that is missing, altered or
-// not wanted), and a route elsewhere that would take a peer's traffic. The Device's own changes agree with its peers, so they do not
-// kick: programming thousands of peers causes no Reconcile.
+// not wanted), and a route elsewhere that would take a peer's traffic. The
+// Device's own changes agree with its peers, so they do not kick, except
+// that a Set of pauseEventsOps operations or more (and a first Set of a
+// third as many peers) pauses the subscription and kicks once at its end,
+// for one Reconcile after a burst instead of its own events.
 //
 // Subscribe returns once the subscription is in place. It lasts until ctx is
 // done and is renewed, with a kick since events may have been missed, when it
