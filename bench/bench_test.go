@@ -253,6 +253,11 @@ func runBig(ctx context.Context, e *env, r *Results, all []synth) error {
 		adds, dels = append(adds, float64(b.Add)), append(dels, float64(b.Del))
 	}
 	r.Burst.Add, r.Burst.Del = Dur(median(adds)), Dur(median(dels))
+	r.BurstFloor, err = e.burstFloor(ctx, peers, burstK)
+	if err != nil {
+		return fmt.Errorf("burst floor: %w", err)
+	}
+	logf("burst floor: %+v", r.BurstFloor)
 	logf("burst: %+v", r.Burst)
 	if err := finishCold(&c, nd, peers); err != nil {
 		return err

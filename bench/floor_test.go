@@ -268,3 +268,58 @@ func checkCounts(c *conn, idx, want int) error {
 	}
 	return nil
 }
+
+// burstFloor is the fast way's cost for a burst as weftd meets it: k peers
+// removed from, then added back to, a device that holds base others, on a
+// device that has just been programmed (no dumps in between to warm the
+// kernel's caches, unlike fastFloor's delete). Median of three, each on a
+// fresh namespace.
+func (e *env) burstFloor(ctx context.Context, peers []synth, k int) (BurstFloor, error) {
+	bf := BurstFloor{Base: len(peers) - k, K: k}
+	var adds, dels []float64
+	for run := range 3 {
+		h, idx, err := e.floorHost(ctx, fmt.Sprintf("bf%dr%d", len(peers), run), netip.MustParseAddr("10.250.255.2"))
+		if err != nil {
+			return bf, err
+		}
+		err = func() error {
+			defer e.dropHost(ctx, h)
+			c, err := newConn(h.NS)
+			if err != nil {
+				return err
+			}
+			defer c.close()
+			kinds := func(ps []synth) []msgs {
+				return batches(ps, func(m *msgs, p synth) { m.addNeigh(idx, p) },
+					func(m *msgs, p synth) { m.addFDB(idx, p) },
+					func(m *msgs, p synth) { m.addRoute(idx, p, floorMetric(p.subnet)) })
+			}
+			some := peers[len(peers)-k:]
+			del := batches(some, func(m *msgs, p synth) { m.delRoute(idx, p, floorMetric(p.subnet)) },
+				func(m *msgs, p synth) { m.delNeigh(idx, p) },
+				func(m *msgs, p synth) { m.delFDB(idx, p) })
+			add := kinds(some)
+			if _, err := send(c, kinds(peers)); err != nil {
+				return fmt.Errorf("adding: %w", err)
+			}
+			d, err := send(c, del)
+			if err != nil {
+				return fmt.Errorf("removing %d: %w", k, err)
+			}
+			dels = append(dels, float64(d))
+			if err := checkCounts(c, idx, len(peers)-k); err != nil {
+				return err
+			}
+			if d, err = send(c, add); err != nil {
+				return fmt.Errorf("adding %d back: %w", k, err)
+			}
+			adds = append(adds, float64(d))
+			return checkCounts(c, idx, len(peers))
+		}()
+		if err != nil {
+			return bf, err
+		}
+	}
+	bf.Add, bf.Del = Dur(median(adds)), Dur(median(dels))
+	return bf, nil
+}
