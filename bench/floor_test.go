@@ -62,6 +62,36 @@ func (e *env) floorHost(ctx context.Context, name string, addr netip.Addr) (*clu
 	return h, idx, err
 }
 
+// floorConn makes a floor host (see floorHost) and a netlink socket in it;
+// done closes the socket and removes the host.
+func (e *env) floorConn(ctx context.Context, name string, addr netip.Addr) (c *conn, idx int, done func(), err error) {
+	h, idx, err := e.floorHost(ctx, name, addr)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	if c, err = newConn(h.NS); err != nil {
+		e.dropHost(ctx, h)
+		return nil, 0, nil, err
+	}
+	return c, idx, func() { c.close(); e.dropHost(ctx, h) }, nil
+}
+
+// fastAdds are the fast way's requests adding peers on device idx:
+// neighbours, FDB, routes with their per-subnet metric.
+func fastAdds(peers []synth, idx int) []msgs {
+	return batches(peers, func(m *msgs, p synth) { m.addNeigh(idx, p) },
+		func(m *msgs, p synth) { m.addFDB(idx, p) },
+		func(m *msgs, p synth) { m.addRoute(idx, p, floorMetric(p.subnet)) })
+}
+
+// fastDels are the fast way's requests removing peers: routes first, then
+// neighbours, then FDB.
+func fastDels(peers []synth, idx int) []msgs {
+	return batches(peers, func(m *msgs, p synth) { m.delRoute(idx, p, floorMetric(p.subnet)) },
+		func(m *msgs, p synth) { m.delNeigh(idx, p) },
+		func(m *msgs, p synth) { m.delFDB(idx, p) })
+}
+
 // floorRuns is how many times each floor is measured; the table shows the
 // median, the kernel's speed on a shared machine varying from run to run.
 const floorRuns = 3
@@ -100,16 +130,11 @@ func (e *env) measureFloors(ctx context.Context, n int, peers []synth) (Floor, e
 }
 
 func (e *env) flannelFloor(ctx context.Context, f *Floor, peers []synth, run int) error {
-	h, idx, err := e.floorHost(ctx, fmt.Sprintf("fl%dr%d", len(peers), run), netip.MustParseAddr("10.250.255.1"))
+	c, idx, done, err := e.floorConn(ctx, fmt.Sprintf("fl%dr%d", len(peers), run), netip.MustParseAddr("10.250.255.1"))
 	if err != nil {
 		return err
 	}
-	defer e.dropHost(ctx, h)
-	c, err := newConn(h.NS)
-	if err != nil {
-		return err
-	}
-	defer c.close()
+	defer done()
 	one := func(build func(m *msgs)) error {
 		m := msgs{seq: 1 << 20}
 		build(&m)
@@ -151,25 +176,15 @@ func meanUS(ds []time.Duration) float64 {
 }
 
 func (e *env) fastFloor(ctx context.Context, f *Floor, peers []synth, run int) error {
-	h, idx, err := e.floorHost(ctx, fmt.Sprintf("ff%dr%d", len(peers), run), netip.MustParseAddr("10.250.255.2"))
+	c, idx, done, err := e.floorConn(ctx, fmt.Sprintf("ff%dr%d", len(peers), run), netip.MustParseAddr("10.250.255.2"))
 	if err != nil {
 		return err
 	}
-	defer e.dropHost(ctx, h)
-	c, err := newConn(h.NS)
-	if err != nil {
-		return err
-	}
-	defer c.close()
+	defer done()
 
 	// All requests are built before the clock starts: only the kernel's
 	// work and the system calls are timed.
-	add := batches(peers, func(m *msgs, p synth) { m.addNeigh(idx, p) },
-		func(m *msgs, p synth) { m.addFDB(idx, p) },
-		func(m *msgs, p synth) { m.addRoute(idx, p, floorMetric(p.subnet)) })
-	del := batches(peers, func(m *msgs, p synth) { m.delRoute(idx, p, floorMetric(p.subnet)) },
-		func(m *msgs, p synth) { m.delNeigh(idx, p) },
-		func(m *msgs, p synth) { m.delFDB(idx, p) })
+	add, del := fastAdds(peers, idx), fastDels(peers, idx)
 
 	d, err := send(c, add)
 	if err != nil {
@@ -278,28 +293,15 @@ func (e *env) burstFloor(ctx context.Context, peers []synth, k int) (BurstFloor,
 	bf := BurstFloor{Base: len(peers) - k, K: k}
 	var adds, dels []float64
 	for run := range 3 {
-		h, idx, err := e.floorHost(ctx, fmt.Sprintf("bf%dr%d", len(peers), run), netip.MustParseAddr("10.250.255.2"))
-		if err != nil {
-			return bf, err
-		}
-		err = func() error {
-			defer e.dropHost(ctx, h)
-			c, err := newConn(h.NS)
+		err := func() error {
+			c, idx, done, err := e.floorConn(ctx, fmt.Sprintf("bf%dr%d", len(peers), run), netip.MustParseAddr("10.250.255.2"))
 			if err != nil {
 				return err
 			}
-			defer c.close()
-			kinds := func(ps []synth) []msgs {
-				return batches(ps, func(m *msgs, p synth) { m.addNeigh(idx, p) },
-					func(m *msgs, p synth) { m.addFDB(idx, p) },
-					func(m *msgs, p synth) { m.addRoute(idx, p, floorMetric(p.subnet)) })
-			}
+			defer done()
 			some := peers[len(peers)-k:]
-			del := batches(some, func(m *msgs, p synth) { m.delRoute(idx, p, floorMetric(p.subnet)) },
-				func(m *msgs, p synth) { m.delNeigh(idx, p) },
-				func(m *msgs, p synth) { m.delFDB(idx, p) })
-			add := kinds(some)
-			if _, err := send(c, kinds(peers)); err != nil {
+			del, add := fastDels(some, idx), fastAdds(some, idx)
+			if _, err := send(c, fastAdds(peers, idx)); err != nil {
 				return fmt.Errorf("adding: %w", err)
 			}
 			d, err := send(c, del)

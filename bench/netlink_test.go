@@ -313,6 +313,22 @@ func fdbDumpReq(index int) []byte {
 }
 
 // attrsOf calls f for each attribute.
+// routeDst reads an IPv4 route message's destination and output device
+// (body at least the 12 bytes of struct rtmsg).
+func routeDst(body []byte) (netip.Prefix, int) {
+	var dst netip.Addr
+	oif := 0
+	attrsOf(body[12:], func(t uint16, v []byte) {
+		switch t {
+		case unix.RTA_DST:
+			dst = addr4(v)
+		case unix.RTA_OIF:
+			oif = int(ne.Uint32(v))
+		}
+	})
+	return netip.PrefixFrom(dst, int(body[1])), oif
+}
+
 func attrsOf(b []byte, f func(typ uint16, v []byte)) {
 	for len(b) >= 4 {
 		l := int(ne.Uint16(b))

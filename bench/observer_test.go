@@ -127,20 +127,10 @@ func (o *observer) eventLocked(typ uint16, body []byte, now time.Time) {
 		if len(body) < 12 || body[0] != unix.AF_INET || body[4] != unix.RT_TABLE_MAIN || body[5] == unix.RTPROT_KERNEL {
 			return
 		}
-		var dst netip.Addr
-		oif := 0
-		attrsOf(body[12:], func(t uint16, v []byte) {
-			switch t {
-			case unix.RTA_DST:
-				dst = addr4(v)
-			case unix.RTA_OIF:
-				oif = int(ne.Uint32(v))
-			}
-		})
-		if oif != o.index || !dst.IsValid() {
+		p, oif := routeDst(body)
+		if oif != o.index || !p.Addr().IsValid() {
 			return
 		}
-		p := netip.PrefixFrom(dst, int(body[1]))
 		if typ == unix.RTM_NEWROUTE {
 			o.routes[p] = now
 		} else {

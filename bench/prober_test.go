@@ -79,17 +79,8 @@ func (p *prober) route(s netip.Prefix) (bool, error) {
 	if err != nil || len(body) < 12 {
 		return false, err
 	}
-	var dst netip.Addr
-	oif := 0
-	attrsOf(body[12:], func(t uint16, v []byte) {
-		switch t {
-		case unix.RTA_DST:
-			dst = addr4(v)
-		case unix.RTA_OIF:
-			oif = int(ne.Uint32(v))
-		}
-	})
-	if netip.PrefixFrom(dst, int(body[1])) != s {
+	got, oif := routeDst(body)
+	if got != s {
 		return false, nil
 	}
 	p.idx = oif
