@@ -7,19 +7,13 @@ package backend
 
 import (
 	"context"
-	"net"
-	"net/netip"
+
+	"github.com/weft-net/weft/peer"
 )
 
-// Peer is one other node of the overlay, as its lease in etcd describes it.
-type Peer struct {
-	// Subnet is the peer's container subnet, for example 172.16.78.0/24.
-	Subnet netip.Prefix
-	// PublicIP is the peer's underlay address, where its VXLAN packets go.
-	PublicIP netip.Addr
-	// VtepMAC is the MAC address of the peer's VXLAN device.
-	VtepMAC net.HardwareAddr
-}
+// Peer is one other node of the overlay (package peer, a leaf that subnet and
+// the backends both import, holds it with the rules it must pass).
+type Peer = peer.Peer
 
 // Backend programs the data plane for a set of peers.
 type Backend interface {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/weft-net/weft/ip"
+	"github.com/weft-net/weft/peer"
 )
 
 // Defaults for fields the config may leave out.
@@ -294,12 +295,15 @@ func (c Config) checkLease(l Lease) error {
 		return fmt.Errorf("BackendType %q: %w", a.BackendType, errNotVXLAN)
 	case a.VNI != 0 && a.VNI != c.Backend.VNI:
 		return fmt.Errorf("VNI %d: network uses VNI %d", a.VNI, c.Backend.VNI)
-	case len(a.VtepMAC) != 6:
-		return fmt.Errorf("VtepMAC %q: not a 6-byte MAC", a.VtepMAC)
-	case a.VtepMAC[0]&1 != 0:
-		return fmt.Errorf("VtepMAC %v: multicast", a.VtepMAC)
 	}
-	return usablePublicIP(a.PublicIP)
+	p := peer.Peer{Subnet: s, PublicIP: a.PublicIP, VtepMAC: a.VtepMAC}
+	return peer.CheckLease(&p, c.Rules())
+}
+
+// Rules is the part of the config the lease rulebook (package peer) checks
+// leases against.
+func (c Config) Rules() peer.Network {
+	return peer.Network{Prefix: c.Network, SubnetLen: c.SubnetLen, SubnetMin: c.SubnetMin, SubnetMax: c.SubnetMax}
 }
 
 func usablePublicIP(a netip.Addr) error {

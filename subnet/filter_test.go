@@ -25,6 +25,13 @@ func val(ip, mac string, vni int) string {
 	return fmt.Sprintf(`{"PublicIP":%q,"BackendType":"vxlan","BackendData":{"VNI":%d,"VtepMAC":%q}}`, ip, vni, mac)
 }
 
+// macFor gives each PublicIP its own VTEP MAC, as weftd derives it; leases
+// that share an address then share a MAC too.
+func macFor(ip string) string {
+	a := netip.MustParseAddr(ip).As4()
+	return fmt.Sprintf("b2:00:%02x:%02x:%02x:%02x", a[0], a[1], a[2], a[3])
+}
+
 // peers renders a snapshot as text, one "subnet ip" per line.
 func peers(s Snapshot) string {
 	var b strings.Builder
@@ -38,18 +45,17 @@ func TestFilter(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
 	self := netip.MustParsePrefix("172.16.28.0/24")
 	selfIP := netip.MustParseAddr("172.17.42.31")
-	ps := &peerState{r: r, valid: map[string]*Lease{}, logged: map[string]int64{},
-		f: PeerFilter{Config: mustConfig(t, testNet), Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
-			Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}}
+	ps := newPeerState(r, PeerFilter{Config: mustConfig(t, testNet), Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
+		Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }})
 	rev := int64(0)
 	put := func(name, value string) {
 		rev++
 		ps.put(&mvccpb.KeyValue{Key: []byte(r.subnetsPrefix() + name), Value: []byte(value), CreateRevision: rev, ModRevision: rev})
 	}
 	const mac = "b2:69:2c:67:63:b8"
-	put("172.16.78.0-24", val("172.17.42.32", mac, 1))                 // valid
+	put("172.16.78.0-24", val("172.17.42.32", macFor("172.17.42.32"), 1))                 // valid
 	put("172.16.28.0-24", val("172.17.42.31", mac, 1))                 // our own
-	put("172.16.90.0-24", val("172.17.42.33", mac, 1))                 // valid
+	put("172.16.90.0-24", val("172.17.42.33", macFor("172.17.42.33"), 1))                 // valid
 	put("172.16.90.0-24x", val("172.17.42.34", mac, 1))                // bad key
 	put("172.16.91.0-24", `garbage`)                                   // bad JSON
 	put("10.0.0.0-24", val("172.17.42.35", mac, 1))                    // outside Network
@@ -79,7 +85,7 @@ func TestFilter(t *testing.T) {
 		t.Fatalf("garbage replaced a valid peer:\n%s", got)
 	}
 	// A valid change is applied.
-	put("172.16.78.0-24", val("172.17.42.50", mac, 1))
+	put("172.16.78.0-24", val("172.17.42.50", macFor("172.17.42.50"), 1))
 	if got := peers(ps.snapshot()); !strings.Contains(got, "172.16.78.0/24 172.17.42.50") {
 		t.Fatalf("change not applied:\n%s", got)
 	}
@@ -92,8 +98,7 @@ func TestFilter(t *testing.T) {
 
 func TestFilterDuplicateClaimEarliestWins(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
-	ps := &peerState{r: r, valid: map[string]*Lease{}, logged: map[string]int64{},
-		f: PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }}}
+	ps := newPeerState(r, PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }})
 	// Two keys for the same subnet can't exist in etcd, but the same subnet can
 	// be listed through leases with equal Subnet from different prefixes in
 	// tests; simulate with two distinct keys mapping to the same subnet.
@@ -114,9 +119,8 @@ func TestIncrementalSnapshotMatchesRebuild(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
 	self := netip.MustParsePrefix("172.16.28.0/24")
 	selfIP := netip.MustParseAddr("172.17.42.31")
-	ps := &peerState{r: r, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
-		f: PeerFilter{Config: mustConfig(t, testNet), Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
-			Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}}
+	ps := newPeerState(r, PeerFilter{Config: mustConfig(t, testNet), Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
+		Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }})
 	rng := rand.New(rand.NewPCG(1, 2))
 	rev := int64(0)
 	for step := range 3000 {
@@ -126,7 +130,7 @@ func TestIncrementalSnapshotMatchesRebuild(t *testing.T) {
 		switch k := rng.IntN(10); {
 		case k < 6:
 			ip := fmt.Sprintf("172.17.42.%d", 30+rng.IntN(8)) // sometimes our own address
-			ps.put(&mvccpb.KeyValue{Key: []byte(key), Value: []byte(val(ip, "b2:69:2c:67:63:b8", 1)), CreateRevision: rev, ModRevision: rev})
+			ps.put(&mvccpb.KeyValue{Key: []byte(key), Value: []byte(val(ip, macFor(ip), 1)), CreateRevision: rev, ModRevision: rev})
 		case k < 7:
 			ps.put(&mvccpb.KeyValue{Key: []byte(key), Value: []byte(`garbage`), CreateRevision: rev, ModRevision: rev})
 		case k < 9:
@@ -147,12 +151,11 @@ func TestIncrementalSnapshotMatchesRebuild(t *testing.T) {
 // counted: change by change between listings, and whole after a listing.
 func TestPeerEventCounts(t *testing.T) {
 	r := NewRegistry(nil, "", nil, nil)
-	ps := &peerState{r: r, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
-		f: PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }}}
+	ps := newPeerState(r, PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }})
 	rev := int64(0)
 	put := func(name, ip string) {
 		rev++
-		ps.put(&mvccpb.KeyValue{Key: []byte(r.subnetsPrefix() + name), Value: []byte(val(ip, "b2:69:2c:67:63:b8", 1)), CreateRevision: rev, ModRevision: rev})
+		ps.put(&mvccpb.KeyValue{Key: []byte(r.subnetsPrefix() + name), Value: []byte(val(ip, macFor(ip), 1)), CreateRevision: rev, ModRevision: rev})
 	}
 	counts := func() string {
 		var b strings.Builder
@@ -214,7 +217,7 @@ func TestBatchesMatchRebuild(t *testing.T) {
 	selfIP := netip.MustParseAddr("10.0.0.7")
 	filter := PeerFilter{Config: mustConfig(t, testNet), Self: func() (netip.Prefix, netip.Addr) { return self, selfIP }}
 	fresh := func() *peerState {
-		return &peerState{r: r, f: filter, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{}}
+		return newPeerState(r, filter)
 	}
 	ps := fresh()
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -241,7 +244,7 @@ func TestBatchesMatchRebuild(t *testing.T) {
 				ps.put(kv) // invalid: the previous value stays
 			default:
 				ip := fmt.Sprintf("10.0.%d.%d", rng.IntN(2), rng.IntN(256))
-				kv := &mvccpb.KeyValue{Key: []byte(key), Value: []byte(val(ip, "b2:69:2c:67:63:b8", 1)), CreateRevision: rev, ModRevision: rev}
+				kv := &mvccpb.KeyValue{Key: []byte(key), Value: []byte(val(ip, macFor(ip), 1)), CreateRevision: rev, ModRevision: rev}
 				ps.put(kv)
 				live[key] = kv
 			}

@@ -16,8 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/backend"
-	"github.com/weft-net/weft/ip"
+	"github.com/weft-net/weft/peer"
 )
 
 // PeerFilter says which leases are usable peers for this node.
@@ -29,6 +28,15 @@ type PeerFilter struct {
 	// Underlay lists the prefixes of the underlay network; a peer subnet
 	// overlapping one would hijack underlay traffic and is rejected.
 	Underlay []netip.Prefix
+	// VtepMAC is this node's VTEP MAC, which no peer may claim.
+	VtepMAC []byte
+	// Foreign returns the destinations of this node's routes and addresses
+	// that weft did not make (see peer.Self); nil means none. It is called
+	// for every full re-check, so it may change.
+	Foreign func() []netip.Prefix
+	// Refilter, when it delivers, makes the watch check every lease again
+	// and send a snapshot: Foreign changed.
+	Refilter <-chan struct{}
 }
 
 // Snapshot is the whole set of usable peers at an etcd revision.
@@ -42,7 +50,7 @@ type Snapshot struct {
 // Snapshots carry these rather than whole Leases: a snapshot of 4,000 peers
 // is made for every change, and its size is garbage the collector must chase
 // on the hot path.
-type Peer = backend.Peer
+type Peer = peer.Peer
 
 func samePeer(p, q Peer) bool {
 	return p.PublicIP == q.PublicIP && bytes.Equal(p.VtepMAC, q.VtepMAC)
@@ -81,6 +89,21 @@ type peerState struct {
 	touched map[netip.Prefix]bool
 	selfNet netip.Prefix // Self() at the last snapshot
 	selfIP  netip.Addr
+	self    peer.Self // the rules' view of this node, at the last full check
+	selfSet bool      // the first snapshot was made
+
+	// macs counts the valid leases by VtepMAC and blocks counts them by
+	// the subnet-sized block their PublicIP falls in (when inside Network):
+	// one lease's change can make another invalid (two claims on one MAC,
+	// a PublicIP inside a leased subnet), and these say in O(1) when a
+	// change needs the full check instead of the one-lease update.
+	macs   map[[6]byte]int
+	blocks map[netip.Prefix]int
+}
+
+func newPeerState(r *Registry, f PeerFilter) *peerState {
+	return &peerState{r: r, f: f, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
+		macs: map[[6]byte]int{}, blocks: map[netip.Prefix]int{}}
 }
 
 type heldLease struct {
@@ -100,7 +123,7 @@ func (r *Registry) WatchPeers(ctx context.Context, f PeerFilter, out func(Snapsh
 	if f.Self == nil {
 		f.Self = func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.Addr{} }
 	}
-	ps := &peerState{r: r, f: f, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{}}
+	ps := newPeerState(r, f)
 
 	reconnect := make(chan struct{}, 1)
 	var wg sync.WaitGroup
@@ -166,8 +189,36 @@ func (ps *peerState) list(ctx context.Context) error {
 	ps.rev = resp.Header.Revision
 	ps.seen.Store(ps.rev)
 	r.markSync()
-	ps.clean, ps.touched = false, nil
+	ps.clean, ps.touched, ps.outOK = false, nil, false
+	clear(ps.macs)
+	clear(ps.blocks)
+	for _, l := range ps.valid {
+		ps.account(l, 1)
+	}
 	return nil
+}
+
+// account adds (d = 1) or takes away (d = -1) l's claims in macs and
+// blocks, and reports whether another valid lease shares them, or has its
+// PublicIP inside l's subnet: then other leases' verdicts may change with
+// l, and only a full check can tell.
+func (ps *peerState) account(l *Lease, d int) (shared bool) {
+	if m := l.Attrs.VtepMAC; len(m) == 6 {
+		k := [6]byte(m)
+		before := ps.macs[k]
+		ps.macs[k] = before + d
+		if ps.macs[k] <= 0 {
+			delete(ps.macs, k)
+		}
+		shared = max(before, before+d) > 1
+	}
+	if b, ok := ps.f.Config.Rules().Block(l.Attrs.PublicIP); ok {
+		ps.blocks[b] += d
+		if ps.blocks[b] <= 0 {
+			delete(ps.blocks, b)
+		}
+	}
+	return shared || ps.blocks[l.Subnet] > 0
 }
 
 // expireHeld drops held peers whose grace is over and returns the time the
@@ -194,6 +245,13 @@ func (ps *peerState) put(kv *mvccpb.KeyValue) {
 		_, kept := ps.valid[l.Key]
 		ps.invalid(l, err, kept)
 		return
+	}
+	shared := false
+	if old, ok := ps.valid[l.Key]; ok {
+		shared = ps.account(old, -1)
+	}
+	if ps.account(&l, 1) || shared {
+		ps.outOK, ps.touched = false, nil // others' verdicts may change: check all
 	}
 	ps.valid[l.Key] = &l
 	if _, held := ps.held[l.Key]; held {
@@ -233,7 +291,7 @@ func peerAt(e Peer, s netip.Prefix) int { return e.Subnet.Addr().Compare(s.Addr(
 // setOut puts l into out, or takes its subnet out if l fails the checks.
 func (ps *peerState) setOut(l Lease) {
 	j, found := slices.BinarySearchFunc(ps.out, l.Subnet, peerAt)
-	if err := ps.checkDynamic(l, ps.selfNet, ps.selfIP); err != nil {
+	if err := ps.checkDynamic(&l, nil); err != nil {
 		if !errors.Is(err, errOwn) {
 			ps.invalid(l, err, false)
 		}
@@ -255,6 +313,9 @@ func (ps *peerState) remove(key string) {
 	l, ok := ps.valid[key]
 	if h, held := ps.held[key]; held && !ok {
 		l, ok = h.Lease, true
+	}
+	if v, inValid := ps.valid[key]; inValid && ps.account(v, -1) {
+		ps.outOK, ps.touched = false, nil
 	}
 	delete(ps.valid, key)
 	delete(ps.held, key)
@@ -314,6 +375,9 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 			return "reconnect"
 		case <-expire:
 			ps.expireHeld(time.Now())
+			out(ps.snapshot())
+		case <-ps.f.Refilter:
+			ps.outOK, ps.touched = false, nil
 			out(ps.snapshot())
 		case wr, ok := <-wch:
 			switch {
@@ -377,14 +441,19 @@ func (ps *peerState) snapshot() Snapshot {
 		ps.dups = n - len(ps.sorted)
 		ps.clean, ps.outOK = true, false
 	}
-	if selfNet != ps.selfNet || selfIP != ps.selfIP {
+	if selfNet != ps.selfNet || selfIP != ps.selfIP || !ps.selfSet {
 		ps.selfNet, ps.selfIP, ps.touched = selfNet, selfIP, nil
-		ps.outOK = false
+		ps.outOK, ps.selfSet = false, true
 	}
 	if !ps.outOK {
+		ps.self = peer.Self{Subnet: selfNet, PublicIP: selfIP, VtepMAC: ps.f.VtepMAC, Underlay: ps.f.Underlay}
+		if ps.f.Foreign != nil {
+			ps.self.Foreign = ps.f.Foreign()
+		}
+		winners := ps.macWinners()
 		ps.out = ps.out[:0]
 		for _, l := range ps.sorted {
-			if err := ps.checkDynamic(*l, selfNet, selfIP); err != nil {
+			if err := ps.checkDynamic(l, winners); err != nil {
 				if !errors.Is(err, errOwn) {
 					ps.invalid(*l, err, false)
 				}
@@ -435,26 +504,67 @@ var errOwn = errors.New("own lease")
 // changes are merged into the sorted leases at once rather than one by one.
 const bulkEvents = 16
 
-// checkDynamic applies the checks that depend on who we are. (A second claim
-// on a subnet is settled when sorted is built: the earliest claim is kept.)
-func (ps *peerState) checkDynamic(l Lease, selfNet netip.Prefix, selfIP netip.Addr) error {
+// checkDynamic applies the rules that depend on who we are and on the other
+// leases: the node's own subnet, address, MAC and routes (peer.CheckAgainst),
+// a VtepMAC that an earlier lease already uses (winners: the earliest claim
+// of each MAC with more than one; nil when there are none), and a PublicIP
+// inside a leased subnet. (A second claim on a subnet is settled when sorted
+// is built: the earliest claim is kept.)
+func (ps *peerState) checkDynamic(l *Lease, winners map[[6]byte]*Lease) error {
 	// Our own lease; before we hold one (the watch starts alongside the
 	// acquisition), any lease naming our address is ours too.
-	if l.Attrs.PublicIP == selfIP && (l.Subnet == selfNet || !selfNet.IsValid()) {
+	if l.Attrs.PublicIP == ps.selfIP && (l.Subnet == ps.selfNet || !ps.selfNet.IsValid()) {
 		return errOwn
 	}
-	if selfNet.IsValid() && ip.Overlaps(l.Subnet, selfNet) {
-		return fmt.Errorf("subnet %v: overlaps our own subnet %v", l.Subnet, selfNet)
+	p := Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC}
+	if err := peer.CheckAgainst(&p, ps.f.Config.Rules(), &ps.self); err != nil {
+		return err
 	}
-	if l.Attrs.PublicIP == selfIP {
-		return fmt.Errorf("PublicIP %v: is our own address", selfIP)
+	if w := winners[macKey(l.Attrs.VtepMAC)]; w != nil && w != l {
+		return fmt.Errorf("VtepMAC %v: already used by the earlier lease of %v", l.Attrs.VtepMAC, w.Subnet)
 	}
-	for _, u := range ps.f.Underlay {
-		if ip.Overlaps(l.Subnet, u) {
-			return fmt.Errorf("subnet %v: overlaps the underlay %v", l.Subnet, u)
+	if b, ok := ps.f.Config.Rules().Block(l.Attrs.PublicIP); ok {
+		if i, found := slices.BinarySearchFunc(ps.sorted, b, leaseAt); found && ps.sorted[i].Subnet == b {
+			return fmt.Errorf("PublicIP %v: inside the leased subnet %v", l.Attrs.PublicIP, b)
 		}
 	}
 	return nil
+}
+
+// macKey is m as a map key; the zero key for anything but 6 bytes (which
+// no valid lease has).
+func macKey(m []byte) [6]byte {
+	if len(m) != 6 {
+		return [6]byte{}
+	}
+	return [6]byte(m)
+}
+
+// macWinners returns, for each VtepMAC that more than one valid lease
+// claims, the claim that keeps it: the earliest by etcd create revision
+// (then by key). nil when every MAC has one claim, the usual case.
+func (ps *peerState) macWinners() map[[6]byte]*Lease {
+	var w map[[6]byte]*Lease
+	for _, n := range ps.macs {
+		if n > 1 {
+			w = map[[6]byte]*Lease{}
+			break
+		}
+	}
+	if w == nil {
+		return nil
+	}
+	for _, l := range ps.sorted {
+		k := macKey(l.Attrs.VtepMAC)
+		if ps.macs[k] < 2 {
+			continue
+		}
+		if cur := w[k]; cur == nil || l.CreateRevision < cur.CreateRevision ||
+			l.CreateRevision == cur.CreateRevision && l.Key < cur.Key {
+			w[k] = l
+		}
+	}
+	return w
 }
 
 // count updates weft_peer_events_total from the difference to the last

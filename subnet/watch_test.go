@@ -68,8 +68,8 @@ func TestWatchPeers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	put("172.16.78.0-24", val("172.17.42.32", mac1, 1))
-	put("172.16.28.0-24", val("172.17.42.31", mac1, 1)) // own
+	put("172.16.78.0-24", val("172.17.42.32", macFor("172.17.42.32"), 1))
+	put("172.16.28.0-24", val("172.17.42.31", macFor("172.17.42.31"), 1)) // own
 	put("172.16.79.0-24", "garbage")
 	self := func() (netip.Prefix, netip.Addr) {
 		return netip.MustParsePrefix("172.16.28.0/24"), netip.MustParseAddr("172.17.42.31")
@@ -77,14 +77,14 @@ func TestWatchPeers(t *testing.T) {
 	w := startWatch(t, r, PeerFilter{Config: cfg, Self: self, Underlay: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")}})
 	w.waitPeers(t, "172.16.78.0/24 172.17.42.32\n")
 
-	put("172.16.80.0-24", val("172.17.42.33", mac1, 1))
+	put("172.16.80.0-24", val("172.17.42.33", macFor("172.17.42.33"), 1))
 	s := w.waitPeers(t, "172.16.78.0/24 172.17.42.32\n172.16.80.0/24 172.17.42.33\n")
-	if s.Revision == 0 || s.Peers[0].VtepMAC.String() != mac1 {
+	if s.Revision == 0 || s.Peers[0].VtepMAC.String() != macFor("172.17.42.32") {
 		t.Fatalf("snapshot %+v", s)
 	}
 	// Garbage over a valid key keeps the previous value, removes nothing.
 	put("172.16.78.0-24", `{"PublicIP":"nope"}`)
-	put("172.16.81.0-24", val("172.17.42.34", mac1, 1))
+	put("172.16.81.0-24", val("172.17.42.34", macFor("172.17.42.34"), 1))
 	w.waitPeers(t, "172.16.78.0/24 172.17.42.32\n172.16.80.0/24 172.17.42.33\n172.16.81.0/24 172.17.42.34\n")
 	if n := counterValue(t, r.m.peerEvents.WithLabelValues("invalid")); n < 2 {
 		t.Fatalf("invalid events = %v", n)
@@ -109,7 +109,7 @@ func TestWatchPeersCompactionRelists(t *testing.T) {
 	r.hookAfterList = func() {
 		once.Do(func() {
 			// Changes land and history is compacted before the watch starts.
-			if _, err := cli.Put(ctx, r.subnetsPrefix()+"172.16.5.0-24", val("172.17.0.5", mac1, 1)); err != nil {
+			if _, err := cli.Put(ctx, r.subnetsPrefix()+"172.16.5.0-24", val("172.17.0.5", macFor("172.17.0.5"), 1)); err != nil {
 				t.Error(err)
 			}
 			resp, err := cli.Put(ctx, "/other", "x")
@@ -135,7 +135,7 @@ func TestWatchPeersEtcdPausedAndRestarted(t *testing.T) {
 	ctx := context.Background()
 	cfg := mustConfig(t, testNet)
 	r := fastRegistry(t, cli)
-	if _, err := cli.Put(ctx, r.subnetsPrefix()+"172.16.5.0-24", val("172.17.0.5", mac1, 1)); err != nil {
+	if _, err := cli.Put(ctx, r.subnetsPrefix()+"172.16.5.0-24", val("172.17.0.5", macFor("172.17.0.5"), 1)); err != nil {
 		t.Fatal(err)
 	}
 	w := startWatch(t, r, PeerFilter{Config: cfg})
@@ -145,7 +145,7 @@ func TestWatchPeersEtcdPausedAndRestarted(t *testing.T) {
 	waitGauge(t, r, 0)
 	e.Resume()
 	waitGauge(t, r, 1)
-	if _, err := cli.Put(ctx, r.subnetsPrefix()+"172.16.6.0-24", val("172.17.0.6", mac1, 1)); err != nil {
+	if _, err := cli.Put(ctx, r.subnetsPrefix()+"172.16.6.0-24", val("172.17.0.6", macFor("172.17.0.6"), 1)); err != nil {
 		t.Fatal(err)
 	}
 	w.waitPeers(t, "172.16.5.0/24 172.17.0.5\n172.16.6.0/24 172.17.0.6\n")
@@ -157,7 +157,7 @@ func TestWatchPeersEtcdPausedAndRestarted(t *testing.T) {
 	// revisions are lower than the watch's; the peers it forgot stay for the
 	// restore grace (their nodes are alive and will register again), then go.
 	e.Restart(true)
-	if _, err := cli.Put(ctx, r.subnetsPrefix()+"172.16.7.0-24", val("172.17.0.7", mac1, 1)); err != nil {
+	if _, err := cli.Put(ctx, r.subnetsPrefix()+"172.16.7.0-24", val("172.17.0.7", macFor("172.17.0.7"), 1)); err != nil {
 		t.Fatal(err)
 	}
 	w.waitPeers(t, "172.16.5.0/24 172.17.0.5\n172.16.6.0/24 172.17.0.6\n172.16.7.0/24 172.17.0.7\n")

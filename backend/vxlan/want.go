@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/weft-net/weft/backend"
+	rulebook "github.com/weft-net/weft/peer"
 )
 
 // vals is a peer in canonical form: what its three entries are made of. The
@@ -86,31 +87,17 @@ func metricOf(p netip.Prefix) uint32 {
 	return uint32(n&0xffff) + 1
 }
 
-// canonical checks what can be checked of one peer alone and returns it in
-// canonical form.
+// canonical checks one peer by the lease rulebook (package peer), with what
+// the device knows of this node, and returns it in canonical form. The
+// subnet package has already applied the same rules with the network's
+// config and every lease in view; this is the backend's own guard, so that
+// no caller of Set can have it program an entry the rules refuse.
 func (d *Device) canonical(p *backend.Peer) (vals, error) {
-	switch {
-	case !p.Subnet.IsValid():
-		return vals{}, errors.New("invalid subnet")
-	case !p.PublicIP.IsValid():
-		return vals{}, errors.New("invalid public IP")
-	case len(p.VtepMAC) != 6:
-		return vals{}, errors.New("VTEP MAC is not a 6-byte Ethernet address")
-	case p.VtepMAC[0]&1 != 0:
-		return vals{}, errors.New("VTEP MAC is a multicast address")
+	self := rulebook.Self{Subnet: d.cfg.Subnet, PublicIP: d.cfg.Local, VtepMAC: d.cfg.MAC}
+	if err := rulebook.Check(p, rulebook.Network{}, &self); err != nil {
+		return vals{}, err
 	}
-	v := vals{subnet: p.Subnet.Masked(), public: p.PublicIP.Unmap(), mac: mac(p.VtepMAC)}
-	switch {
-	case v.mac == mac{}:
-		return vals{}, errors.New("VTEP MAC is all zeros")
-	case v.public.Is4() != d.cfg.Local.Is4():
-		return vals{}, fmt.Errorf("public IP family differs from the local address %v", d.cfg.Local)
-	case v.subnet.Addr().Is4() != d.cfg.Subnet.Addr().Is4():
-		return vals{}, fmt.Errorf("subnet family differs from our subnet %v", d.cfg.Subnet)
-	case v.subnet.Overlaps(d.cfg.Subnet):
-		return vals{}, fmt.Errorf("subnet overlaps our own subnet %v", d.cfg.Subnet)
-	}
-	return v, nil
+	return vals{subnet: p.Subnet, public: p.PublicIP.Unmap(), mac: mac(p.VtepMAC)}, nil
 }
 
 // updateLocked makes peers the wanted set and returns what changed since the
