@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,13 +16,29 @@ import (
 
 // weft's iptables rules.
 //
-// weft keeps its rules in two chains of its own, each entered by one jump at
-// the top of a built-in chain, and owns those chains whole: whatever is in
-// them that weft did not put there is removed, and nothing outside them is
+// weft keeps its rules in two chains of its own, each entered by one jump
+// from a built-in chain, and owns those chains whole: whatever is in them
+// that weft did not put there is removed, and nothing outside them is
 // touched except the two jumps.
 //
-//	nat     POSTROUTING -> WEFT-POSTRTG   (only with IPMasq)
-//	filter  FORWARD     -> WEFT-FWD
+//	nat     POSTROUTING -> WEFT-POSTRTG   (only with IPMasq; jump at the top)
+//	filter  FORWARD     -> WEFT-FWD       (unless SkipForward; jump appended)
+//
+// The FORWARD jump is appended, as flannel does, and never moved: rules
+// already in FORWARD (Docker's DOCKER-USER, an operator's restrictions) keep
+// deciding first. WEFT-FWD accepts what the overlay needs and no more, so a
+// node with the FORWARD policy at DROP (as Docker sets it) still carries its
+// containers' traffic, and a node is no router into the overlay for hosts
+// that merely send it packets for other nodes' subnets. For 172.16.28.0/24
+// on flannel.1:
+//
+//	-s 172.16.28.0/24 -j ACCEPT                                     this node's containers, to anywhere
+//	-d 172.16.28.0/24 -i flannel.1 -j ACCEPT                        the overlay to this node's containers
+//	-d 172.16.28.0/24 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT   replies to them
+//	-o flannel.1 -m conntrack --ctstate DNAT -j ACCEPT              connections a service rule sent into the overlay
+//	-i flannel.1 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT        and their replies
+//	-o flannel.1 -j DROP                                            anything else into the overlay
+//	-i flannel.1 -j DROP                                            or out of it
 //
 // flannel decides "the packet stays in the overlay" by address
 // (-s Network -d Network -j RETURN). That is wrong when the underlay lies
@@ -81,6 +98,9 @@ type RulesConfig struct {
 	Subnet  netip.Prefix // the node's lease, e.g. 172.16.28.0/24; host bits are ignored
 	Device  string       // the overlay device, e.g. flannel.1
 	IPMasq  bool         // masquerade traffic that leaves the overlay
+	// SkipForward leaves FORWARD alone (--iptables-forward-rules=false):
+	// no WEFT-FWD chain and no jump; one left by an earlier run is removed.
+	SkipForward bool
 }
 
 // normalize checks c and returns it with the prefixes masked.
@@ -105,6 +125,7 @@ type iptablesAPI interface {
 	ChainExists(table, chain string) (bool, error)
 	NewChain(table, chain string) error
 	Insert(table, chain string, pos int, rulespec ...string) error
+	Append(table, chain string, rulespec ...string) error
 	DeleteById(table, chain string, id int) error
 	ListById(table, chain string, id int) (string, error)
 	ClearAndDeleteChain(table, chain string) error
@@ -258,6 +279,7 @@ type chain struct {
 	table, name, hook string
 	jump              rule
 	want              bool   // false: the chain and its jump must not exist
+	appendJump        bool   // the jump may sit anywhere and is appended when missing
 	rules             []rule // in order
 }
 
@@ -284,11 +306,16 @@ func (r *Rules) chainsLocked() []chain {
 		},
 	}
 	fwd := chain{
-		table: filterTable, name: filterChain, hook: filterHook, want: true,
+		table: filterTable, name: filterChain, hook: filterHook, want: !c.SkipForward, appendJump: true,
 		jump: comment(commentFwdJump, "-j", filterChain),
 		rules: []rule{
-			match("-s", c.Network.String()).then(comment("weft: from the overlay", "-j", "ACCEPT")),
-			match("-d", c.Network.String()).then(comment("weft: to the overlay", "-j", "ACCEPT")),
+			match("-s", sub).then(comment("weft: from local containers", "-j", "ACCEPT")),
+			match("-d", sub, "-i", dev).then(comment("weft: overlay to local containers", "-j", "ACCEPT")),
+			match("-d", sub, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED").then(comment("weft: replies to local containers", "-j", "ACCEPT")),
+			match("-o", dev, "-m", "conntrack", "--ctstate", "DNAT").then(comment("weft: connections sent into the overlay by DNAT", "-j", "ACCEPT")),
+			match("-i", dev, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED").then(comment("weft: replies from the overlay", "-j", "ACCEPT")),
+			match("-o", dev).then(comment("weft: no routing into the overlay for others", "-j", "DROP")),
+			match("-i", dev).then(comment("weft: no routing out of the overlay for others", "-j", "DROP")),
 		},
 	}
 	return []chain{nat, fwd}
@@ -346,13 +373,17 @@ func (r *Rules) ensureChain(c chain) (int, error) {
 }
 
 // ensureJump makes the first rule of c.hook the jump to c.name, and the only
-// one.
+// one; with c.appendJump, the jump may be anywhere and a missing one is
+// appended.
 func (r *Rules) ensureJump(c chain) (int, error) {
 	hook, _, err := r.listRules(c.table, c.hook)
 	if err != nil {
 		return 0, err
 	}
 	want := c.jump.line(c.hook)
+	if c.appendJump {
+		return r.ensureAppendedJump(c, hook, want)
+	}
 	atTop := len(hook) > 0 && hook[0] == want
 	stale := jumpsTo(hook, c.name)
 	if atTop {
@@ -371,6 +402,34 @@ func (r *Rules) ensureJump(c chain) (int, error) {
 	for i := len(stale) - 1; i >= 0; i-- {
 		if err := r.deleteHookRule(c.table, c.hook, stale[i]+1+shift, hook[stale[i]]); err != nil {
 			return 1, fmt.Errorf("deleting a stale jump from %s to %s: %w", c.hook, c.name, err)
+		}
+	}
+	return 1, nil
+}
+
+// ensureAppendedJump keeps the first jump to c.name that reads as wanted
+// wherever it is, deletes any other jump to c.name, and appends the wanted
+// one if there is none: rules that were in c.hook before keep their places.
+func (r *Rules) ensureAppendedJump(c chain, hook []string, want string) (int, error) {
+	keep := -1
+	for i, l := range hook {
+		if l == want {
+			keep = i
+			break
+		}
+	}
+	stale := slices.DeleteFunc(jumpsTo(hook, c.name), func(i int) bool { return i == keep })
+	if keep >= 0 && len(stale) == 0 {
+		return 0, nil
+	}
+	for i := len(stale) - 1; i >= 0; i-- {
+		if err := r.deleteHookRule(c.table, c.hook, stale[i]+1, hook[stale[i]]); err != nil {
+			return 1, fmt.Errorf("deleting a stale jump from %s to %s: %w", c.hook, c.name, err)
+		}
+	}
+	if keep < 0 {
+		if err := r.ipt.Append(c.table, c.hook, c.jump...); err != nil {
+			return 1, fmt.Errorf("adding the jump from %s to %s: %w", c.hook, c.name, err)
 		}
 	}
 	return 1, nil

@@ -118,6 +118,13 @@ func (f *fakeIPT) Insert(table, chain string, pos int, spec ...string) error {
 	return nil
 }
 
+func (f *fakeIPT) Append(table, chain string, spec ...string) error {
+	f.mu.Lock()
+	n := len(f.tables[table][chain])
+	f.mu.Unlock()
+	return f.Insert(table, chain, n+1, spec...)
+}
+
 func (f *fakeIPT) DeleteById(table, chain string, id int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -207,8 +214,13 @@ const (
 	fwdText = `*filter
 :WEFT-FWD
 -A FORWARD -m comment --comment "weft: forward overlay traffic" -j WEFT-FWD
--A WEFT-FWD -s 172.16.0.0/12 -m comment --comment "weft: from the overlay" -j ACCEPT
--A WEFT-FWD -d 172.16.0.0/12 -m comment --comment "weft: to the overlay" -j ACCEPT
+-A WEFT-FWD -s 172.16.28.0/24 -m comment --comment "weft: from local containers" -j ACCEPT
+-A WEFT-FWD -d 172.16.28.0/24 -i flannel.1 -m comment --comment "weft: overlay to local containers" -j ACCEPT
+-A WEFT-FWD -d 172.16.28.0/24 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "weft: replies to local containers" -j ACCEPT
+-A WEFT-FWD -o flannel.1 -m conntrack --ctstate DNAT -m comment --comment "weft: connections sent into the overlay by DNAT" -j ACCEPT
+-A WEFT-FWD -i flannel.1 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "weft: replies from the overlay" -j ACCEPT
+-A WEFT-FWD -o flannel.1 -m comment --comment "weft: no routing into the overlay for others" -j DROP
+-A WEFT-FWD -i flannel.1 -m comment --comment "weft: no routing out of the overlay for others" -j DROP
 `
 	node1Text = fwdText + `*nat
 :WEFT-POSTRTG
@@ -225,10 +237,14 @@ const (
 // wantText is the expected state for cfg, derived from node1Text so that
 // every configuration is checked against the same reviewed text.
 func wantText(cfg RulesConfig) string {
+	text := node1Text
 	if !cfg.IPMasq {
-		return noMasqText
+		text = noMasqText
 	}
-	return strings.ReplaceAll(node1Text, "172.16.28.0/24", cfg.Subnet.String())
+	if cfg.SkipForward {
+		text = "*filter\n" + text[strings.Index(text, "*nat"):]
+	}
+	return strings.ReplaceAll(text, "172.16.28.0/24", cfg.Subnet.String())
 }
 
 func testLog(t *testing.T) *slog.Logger {
@@ -237,6 +253,7 @@ func testLog(t *testing.T) *slog.Logger {
 
 func TestRulesEnsureRepairs(t *testing.T) {
 	jumpNat := `-A POSTROUTING -m comment --comment "weft: masquerade traffic leaving the overlay" -j WEFT-POSTRTG`
+	jumpFwd := `-A FORWARD -m comment --comment "weft: forward overlay traffic" -j WEFT-FWD`
 	docker := "-A POSTROUTING -s 172.16.28.0/24 ! -o docker0 -j MASQUERADE"
 	steps := []struct {
 		name   string
@@ -257,6 +274,15 @@ func TestRulesEnsureRepairs(t *testing.T) {
 		{"duplicate and old jumps", func(f *fakeIPT) {
 			f.set("nat", "POSTROUTING", jumpNat, docker, jumpNat, "-A POSTROUTING -j WEFT-POSTRTG")
 		}, 1, strings.Replace(node1Text, jumpNat, jumpNat+"\n"+docker, 1)},
+		{"foreign rules around our forward jump stay in place", func(f *fakeIPT) {
+			f.set("filter", "FORWARD", "-A FORWARD -j DOCKER-USER", jumpFwd, "-A FORWARD -j ACCEPT")
+		}, 0, strings.Replace(strings.Replace(node1Text, jumpNat, jumpNat+"\n"+docker, 1), jumpFwd, "-A FORWARD -j DOCKER-USER\n"+jumpFwd+"\n-A FORWARD -j ACCEPT", 1)},
+		{"a missing forward jump is appended", func(f *fakeIPT) {
+			f.set("filter", "FORWARD", "-A FORWARD -j DOCKER-USER", "-A FORWARD -j ACCEPT")
+		}, 1, strings.Replace(strings.Replace(node1Text, jumpNat, jumpNat+"\n"+docker, 1), jumpFwd, "-A FORWARD -j DOCKER-USER\n-A FORWARD -j ACCEPT\n"+jumpFwd, 1)},
+		{"duplicate forward jumps: the first stays", func(f *fakeIPT) {
+			f.set("filter", "FORWARD", jumpFwd, "-A FORWARD -j DOCKER-USER", jumpFwd)
+		}, 1, strings.Replace(strings.Replace(node1Text, jumpNat, jumpNat+"\n"+docker, 1), jumpFwd, jumpFwd+"\n-A FORWARD -j DOCKER-USER", 1)},
 	}
 	f := newFakeIPT()
 	r := newRules(node1Cfg, testLog(t), f)
@@ -529,8 +555,19 @@ func TestRealRulesInstallAndRepair(t *testing.T) {
 
 	ipt("-t", "filter", "-I", "FORWARD", "1", "-j", "ACCEPT")
 	ipt("-t", "filter", "-A", "WEFT-FWD", "-j", "DROP")
-	ensureN(t, r, 2)
-	checkState(t, save, strings.Replace(node1Text, "-j WEFT-FWD\n", "-j WEFT-FWD\n-A FORWARD -j ACCEPT\n", 1))
+	ensureN(t, r, 1)
+	// The jump stays below a rule put above it: FORWARD's order is the
+	// operator's (DOCKER-USER comes first).
+	checkState(t, save, strings.Replace(node1Text, "-A FORWARD -m comment", "-A FORWARD -j ACCEPT\n-A FORWARD -m comment", 1))
+
+	// --iptables-forward-rules=false removes the chain and its jump, and
+	// leaves the operator's rule.
+	off := node1Cfg
+	off.SkipForward = true
+	if err := r.Update(off); err != nil {
+		t.Fatal(err)
+	}
+	checkState(t, save, strings.Replace(wantText(off), "*filter\n", "*filter\n-A FORWARD -j ACCEPT\n", 1))
 }
 
 func TestRealRulesUpdateAndRemove(t *testing.T) {
@@ -553,7 +590,7 @@ func TestRealRulesUpdateAndRemove(t *testing.T) {
 	if err := r.Update(noMasq); err != nil {
 		t.Fatal(err)
 	}
-	checkState(t, save, noMasqText)
+	checkState(t, save, wantText(noMasq))
 	ensureN(t, r, 0)
 
 	if err := r.Update(node1Cfg); err != nil {

@@ -1,7 +1,9 @@
 package network
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -14,8 +16,9 @@ import (
 // "someone flushed WEFT-POSTRTG" into a repair within milliseconds instead of
 // at the next --iptables-resync tick; the tick stays as the safety net for
 // legacy iptables, which sends no such events. weft's own rule changes kick
-// too, and the check that follows finds nothing to do. It returns when ctx
-// ends, or at once if the subscription cannot be made.
+// too, and the check that follows finds nothing to do, except for the
+// changes of the VXLAN ingress filter's peer set (see concernsRules). It
+// returns when ctx ends, or at once if the subscription cannot be made.
 func WatchRuleChanges(ctx context.Context, kick func()) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
@@ -35,7 +38,9 @@ func WatchRuleChanges(ctx context.Context, kick func()) error {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
 		switch {
 		case err == nil && n > 0:
-			kick()
+			if concernsRules(buf[:n]) {
+				kick()
+			}
 		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
 		case errors.Is(err, unix.ENOBUFS):
 			kick() // events were lost: check anyway
@@ -44,4 +49,57 @@ func WatchRuleChanges(ctx context.Context, kick func()) error {
 		}
 	}
 	return nil
+}
+
+// concernsRules reports whether a datagram of nf_tables notifications holds
+// anything but changes to the elements of weft's own ingress table and the
+// generation messages that close every transaction. Those elements follow
+// every peer change; a check of the iptables rules after each one would cost
+// four runs of iptables per peer change, and Ensure checks the elements on
+// its timer anyway.
+func concernsRules(b []byte) bool {
+	const (
+		subsysNFTables = 10 // NFNL_SUBSYS_NFTABLES
+		msgNewSetElem  = 12 // NFT_MSG_NEWSETELEM
+		msgDelSetElem  = 14
+		msgNewGen      = 16
+		attrTable      = 1 // NFTA_SET_ELEM_LIST_TABLE
+		nfgenLen       = 4
+	)
+	for len(b) >= unix.NLMSG_HDRLEN {
+		l := int(binary.NativeEndian.Uint32(b[0:4]))
+		if l < unix.NLMSG_HDRLEN || l > len(b) {
+			return true // malformed: let the check decide
+		}
+		typ := binary.NativeEndian.Uint16(b[4:6])
+		body := b[unix.NLMSG_HDRLEN:l]
+		switch {
+		case typ>>8 != subsysNFTables:
+			return true
+		case typ&0xff == msgNewGen:
+		case typ&0xff == msgNewSetElem || typ&0xff == msgDelSetElem:
+			if len(body) < nfgenLen || attrString(body[nfgenLen:], attrTable) != ingressTable {
+				return true
+			}
+		default:
+			return true
+		}
+		b = b[min(len(b), (l+3)&^3):]
+	}
+	return false
+}
+
+// attrString returns the string attribute typ of a netlink attribute list.
+func attrString(b []byte, typ uint16) string {
+	for len(b) >= 4 {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		if l < 4 || l > len(b) {
+			return ""
+		}
+		if binary.NativeEndian.Uint16(b[2:4])&0x3fff == typ {
+			return string(bytes.TrimRight(b[4:l], "\x00"))
+		}
+		b = b[min(len(b), (l+3)&^3):]
+	}
+	return ""
 }

@@ -41,6 +41,9 @@ const subscribeGroups = 1<<(unix.RTNLGRP_LINK-1) |
 // kick must not block for long; debouncing and the Reconcile that follows
 // are the caller's job.
 func (d *Device) Subscribe(ctx context.Context, kick func()) error {
+	if d.closing.Err() != nil {
+		return errors.New("subscribing to kernel changes: device closed")
+	}
 	s, err := d.subscribe()
 	if err != nil {
 		return fmt.Errorf("subscribing to kernel changes: %w", err)
@@ -48,7 +51,15 @@ func (d *Device) Subscribe(ctx context.Context, kick func()) error {
 	d.subMu.Lock()
 	d.sub, d.kick = s, kick
 	d.subMu.Unlock()
-	go d.keepSubscribed(ctx, s, kick)
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(d.closing, cancel)
+	d.subs.Add(1)
+	go func() {
+		defer d.subs.Done()
+		defer cancel()
+		defer stop()
+		d.keepSubscribed(ctx, s, kick)
+	}()
 	return nil
 }
 

@@ -90,6 +90,12 @@ type Device struct {
 	subMu sync.Mutex
 	sub   *subscription
 	kick  func()
+	// closing ends every subscription's goroutine, which subs counts, so
+	// that Close returns only once they are gone with their sockets.
+	closing    context.Context
+	closeSubs  context.CancelFunc
+	subs       sync.WaitGroup
+	closedOnce sync.Once
 
 	mu sync.Mutex // guards the fields below
 	// index and mtu of the device, valid after Ensure.
@@ -156,6 +162,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Device, error) {
 		ns:  o.ns,
 		mac: cfg.MAC,
 	}
+	d.closing, d.closeSubs = context.WithCancel(context.Background())
 	if d.nl == nil {
 		k, err := newKernel(o.ns)
 		if err != nil {
@@ -196,12 +203,20 @@ func (c Config) validate() error {
 	return nil
 }
 
-// Close releases the netlink sockets. It leaves the device and its entries
-// in place, so packets keep flowing while weftd restarts.
+// Close ends the subscriptions, waits for their goroutines and releases the
+// netlink sockets. It leaves the device and its entries in place, so packets
+// keep flowing while weftd restarts. A closed Device must not be used again;
+// Close may be called more than once.
 func (d *Device) Close() {
-	if d.kernel != nil {
-		d.kernel.close()
-	}
+	d.closedOnce.Do(func() {
+		d.closeSubs()
+		d.subs.Wait()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.kernel != nil {
+			d.kernel.close()
+		}
+	})
 }
 
 // Name returns the device's name.

@@ -1,0 +1,383 @@
+package network
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/backend"
+)
+
+// weft's VXLAN ingress filter.
+//
+// The kernel's VXLAN socket takes a frame from anyone who can reach the UDP
+// port, and the inner destination MAC is computable from a node's address:
+// without a filter any host on the underlay, and any container masqueraded
+// as its node, can put packets into the overlay with any inner source. weft
+// keeps an nftables table of its own, "inet weft", that admits the VXLAN
+// port only from the current peers' PublicIPs (a kernel set, one lookup per
+// packet whatever the number of peers) and from the operator's
+// --vxlan-allow-cidr ranges:
+//
+//	table inet weft {
+//	  set peers { type ipv4_addr }                         # the peers' PublicIPs
+//	  chain input   { type filter hook input priority filter - 5
+//	    ip saddr 172.16.28.0/24 udp dport 8472 counter name from_containers drop
+//	    ip saddr 10.9.0.0/16 udp dport 8472 return           # --vxlan-allow-cidr
+//	    ip saddr != @peers udp dport 8472 counter name not_a_peer drop }
+//	  chain forward { type filter hook forward priority filter - 5
+//	    ip saddr 172.16.28.0/24 udp dport 8472 counter name from_containers drop }
+//	  chain prerouting { type filter hook prerouting priority raw
+//	    iifname "flannel.1" ip saddr != 172.16.0.0/12 counter name inner_source drop
+//	    iifname "flannel.1" ip saddr 172.16.28.0/24 counter name inner_source drop }
+//	}
+//
+// Containers are stopped in forward before their node masquerades them (on
+// another node they would look like a peer), and in input when they aim at
+// their own node. A decapsulated packet must come from inside the overlay
+// and not from this node's own subnet, which only this node's containers
+// hold. The set follows the peer snapshots in the data-plane loop: a new
+// peer's address goes in before its routes (Admit), a departed one's after
+// they are gone (the returned func), so no packet of a live peer is ever
+// dropped. Everything else in the table is checked and rebuilt atomically
+// (one nf_tables transaction) by the rules goroutine when nf_tables reports
+// a change, or every --iptables-resync.
+
+const (
+	ingressTable = "weft"
+	peersSet     = "peers"
+	// Counter names; they become weft_dropped_packets_total{reason}.
+	dropFromContainers = "from_containers"
+	dropNotAPeer       = "not_a_peer"
+	dropInnerSource    = "inner_source"
+)
+
+// IngressConfig is the desired state of the filter.
+type IngressConfig struct {
+	Network netip.Prefix   // the whole overlay
+	Subnet  netip.Prefix   // this node's containers
+	Device  string         // flannel.<VNI>
+	Port    uint16         // the VXLAN UDP port
+	Allow   []netip.Prefix // --vxlan-allow-cidr
+	// NetNSFd, when not 0, makes the filter live in that network namespace
+	// (tests); weftd uses its own.
+	NetNSFd int
+}
+
+// Ingress keeps weft's VXLAN ingress filter. It is safe for concurrent use.
+type Ingress struct {
+	log *slog.Logger
+
+	mu   sync.Mutex // guards the fields below and serialises kernel changes
+	cfg  IngressConfig
+	conn *nftables.Conn
+	// refs counts the peers of the last Admit by PublicIP: two leases may
+	// name one address, which stays allowed while either is a peer.
+	refs map[netip.Addr]int
+	// last holds the last Admit's peers (subnet and address, sorted by
+	// subnet, as snapshots are), to find what changed in one walk.
+	last []admitted
+}
+
+type admitted struct {
+	subnet netip.Prefix
+	ip     netip.Addr
+}
+
+// NewIngress returns the filter for cfg; it changes nothing in the kernel
+// until Ensure or Admit.
+func NewIngress(cfg IngressConfig, log *slog.Logger) (*Ingress, error) {
+	if !cfg.Network.IsValid() || !cfg.Subnet.IsValid() || !cfg.Subnet.Addr().Is4() {
+		return nil, fmt.Errorf("ingress filter needs an IPv4 Network and Subnet, have %v and %v", cfg.Network, cfg.Subnet)
+	}
+	if cfg.Device == "" || len(cfg.Device) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("ingress filter: device name %q is not a valid interface name", cfg.Device)
+	}
+	if cfg.Port == 0 {
+		return nil, errors.New("ingress filter: no VXLAN port")
+	}
+	for _, a := range cfg.Allow {
+		if !a.IsValid() || !a.Addr().Is4() {
+			return nil, fmt.Errorf("--vxlan-allow-cidr %v: not an IPv4 prefix", a)
+		}
+	}
+	cfg.Network, cfg.Subnet = cfg.Network.Masked(), cfg.Subnet.Masked()
+	opts := []nftables.ConnOption{nftables.AsLasting()}
+	if cfg.NetNSFd != 0 {
+		opts = append(opts, nftables.WithNetNSFd(cfg.NetNSFd))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("opening nf_tables: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Ingress{log: log.With("component", "ingress"), cfg: cfg, conn: conn, refs: map[netip.Addr]int{}}, nil
+}
+
+// Close releases the netlink socket. The table stays, so the filter keeps
+// working while weftd restarts.
+func (g *Ingress) Close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.conn != nil {
+		_ = g.conn.CloseLasting()
+		g.conn = nil
+	}
+}
+
+// Admit lets the VXLAN packets of peers in: addresses of new peers are in the
+// kernel's set when it returns nil. The returned func takes out those of the
+// peers gone since the last Admit; call it once their routes are gone. peers
+// sorted by subnet (as snapshots are) cost one walk.
+func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.conn == nil {
+		return func() error { return nil }, errors.New("ingress filter closed")
+	}
+	var add, gone []netip.Addr
+	next := make([]admitted, 0, len(peers))
+	for i := range peers {
+		next = append(next, admitted{peers[i].Subnet, peers[i].PublicIP.Unmap()})
+	}
+	if !slices.IsSortedFunc(next, byAdmittedSubnet) {
+		slices.SortFunc(next, byAdmittedSubnet)
+	}
+	i, j := 0, 0
+	for i < len(next) || j < len(g.last) {
+		c := -1 // next[i] is new
+		switch {
+		case i == len(next):
+			c = 1 // last[j] is gone
+		case j < len(g.last):
+			c = byAdmittedSubnet(next[i], g.last[j])
+		}
+		switch {
+		case c < 0:
+			add = g.ref(add, next[i].ip, 1)
+			i++
+		case c > 0:
+			gone = g.ref(gone, g.last[j].ip, -1)
+			j++
+		default:
+			if next[i].ip != g.last[j].ip {
+				add = g.ref(add, next[i].ip, 1)
+				gone = g.ref(gone, g.last[j].ip, -1)
+			}
+			i, j = i+1, j+1
+		}
+	}
+	g.last = next
+	if len(add) > 0 {
+		if err := g.elementsLocked(add, true); err != nil {
+			return func() error { return nil }, err
+		}
+	}
+	if len(gone) == 0 {
+		return func() error { return nil }, nil
+	}
+	return func() error {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		// An address re-admitted meanwhile stays.
+		gone = slices.DeleteFunc(gone, func(a netip.Addr) bool { return g.refs[a] > 0 })
+		if g.conn == nil || len(gone) == 0 {
+			return nil
+		}
+		return g.elementsLocked(gone, false)
+	}, nil
+}
+
+func byAdmittedSubnet(a, b admitted) int { return a.subnet.Addr().Compare(b.subnet.Addr()) }
+
+// ref changes a's count by d and appends it to list when it crosses zero.
+func (g *Ingress) ref(list []netip.Addr, a netip.Addr, d int) []netip.Addr {
+	if !a.Is4() {
+		return list
+	}
+	n := g.refs[a] + d
+	if n <= 0 {
+		delete(g.refs, a)
+	} else {
+		g.refs[a] = n
+	}
+	if (d > 0 && n == 1) || (d < 0 && n == 0) {
+		list = append(list, a)
+	}
+	return list
+}
+
+// elementsLocked adds or deletes set elements in one transaction. A table
+// that is missing (flushed by someone) is rebuilt whole instead.
+func (g *Ingress) elementsLocked(addrs []netip.Addr, add bool) error {
+	t, s := g.names()
+	elems := make([]nftables.SetElement, len(addrs))
+	for i, a := range addrs {
+		b := a.As4()
+		elems[i] = nftables.SetElement{Key: b[:]}
+	}
+	var err error
+	if add {
+		err = g.conn.SetAddElements(s, elems)
+	} else {
+		err = g.conn.SetDeleteElements(s, elems)
+	}
+	if err == nil {
+		err = g.conn.Flush()
+	}
+	if err != nil {
+		// The table or set is gone, or an element was already missing:
+		// write the whole table as it should be.
+		g.log.Debug("updating the peers set failed; rebuilding the table", "table", t.Name, "err", err)
+		return g.rebuildLocked()
+	}
+	return nil
+}
+
+func (g *Ingress) names() (*nftables.Table, *nftables.Set) {
+	t := &nftables.Table{Name: ingressTable, Family: nftables.TableFamilyINet}
+	return t, &nftables.Set{Table: t, Name: peersSet, KeyType: nftables.TypeIPAddr}
+}
+
+// Ensure checks the table against the configuration and the admitted peers,
+// and rebuilds it when anything differs. It returns 1 if it had to, 0 when
+// all was right.
+func (g *Ingress) Ensure() (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.conn == nil {
+		return 0, errors.New("ingress filter closed")
+	}
+	if g.intactLocked() {
+		return 0, nil
+	}
+	return 1, g.rebuildLocked()
+}
+
+// intactLocked reports whether the kernel holds the table exactly as
+// rebuildLocked would write it: the chains with their rules (recognised by
+// the description each carries), the counters and the set's elements.
+func (g *Ingress) intactLocked() bool {
+	t, s := g.names()
+	chains, err := g.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false
+	}
+	want := g.chains(t, s)
+	found := 0
+	for _, c := range chains {
+		if c.Table.Name != ingressTable {
+			continue
+		}
+		found++
+		w, ok := want[c.Name]
+		if !ok || c.Hooknum == nil || *c.Hooknum != *w.chain.Hooknum || c.Priority == nil || *c.Priority != *w.chain.Priority {
+			return false
+		}
+		rules, err := g.conn.GetRules(t, c)
+		if err != nil || len(rules) != len(w.rules) {
+			return false
+		}
+		for i, r := range rules {
+			if !bytes.Equal(r.UserData, w.rules[i].UserData) {
+				return false
+			}
+		}
+	}
+	if found != len(want) {
+		return false
+	}
+	objs, err := g.conn.GetObjects(t)
+	if err != nil || len(objs) != len(counterNames) {
+		return false
+	}
+	elems, err := g.conn.GetSetElements(s)
+	if err != nil || len(elems) != len(g.refs) {
+		return false
+	}
+	for _, e := range elems {
+		a, ok := netip.AddrFromSlice(e.Key)
+		if !ok || g.refs[a] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+var counterNames = []string{dropFromContainers, dropNotAPeer, dropInnerSource}
+
+// rebuildLocked replaces the table whole in one transaction: there is no
+// moment without the filter. Adding the table first makes the delete that
+// follows succeed whether or not it existed.
+func (g *Ingress) rebuildLocked() error {
+	t, s := g.names()
+	g.conn.AddTable(t)
+	g.conn.DelTable(t)
+	g.conn.AddTable(t)
+	elems := make([]nftables.SetElement, 0, len(g.refs))
+	for a := range g.refs {
+		b := a.As4()
+		elems = append(elems, nftables.SetElement{Key: b[:]})
+	}
+	if err := g.conn.AddSet(s, elems); err != nil {
+		return fmt.Errorf("adding set %s: %w", peersSet, err)
+	}
+	for _, name := range counterNames {
+		g.conn.AddObj(&nftables.CounterObj{Table: t, Name: name})
+	}
+	for _, name := range []string{"prerouting", "input", "forward"} {
+		c := g.chains(t, s)[name]
+		g.conn.AddChain(c.chain)
+		for _, r := range c.rules {
+			g.conn.AddRule(r)
+		}
+	}
+	if err := g.conn.Flush(); err != nil {
+		return fmt.Errorf("writing nftables table inet %s: %w", ingressTable, err)
+	}
+	return nil
+}
+
+// Remove deletes the table. weftd does not call it on exit; it is for
+// --vxlan-ingress-filter=false, tests and demo teardown.
+func (g *Ingress) Remove() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.conn == nil {
+		return errors.New("ingress filter closed")
+	}
+	t, _ := g.names()
+	g.conn.AddTable(t)
+	g.conn.DelTable(t)
+	return g.conn.Flush()
+}
+
+// Dropped reads the table's counters: packets dropped by reason.
+func (g *Ingress) Dropped() (map[string]uint64, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.conn == nil {
+		return nil, errors.New("ingress filter closed")
+	}
+	t, _ := g.names()
+	objs, err := g.conn.GetObjects(t)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	for _, o := range objs {
+		if c, ok := o.(*nftables.CounterObj); ok {
+			out[c.Name] = c.Packets
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,152 @@
+package network
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/backend"
+)
+
+// realIngress gives an Ingress in a fresh network namespace, and nft run in
+// that namespace.
+func realIngress(t *testing.T, cfg IngressConfig) (*Ingress, func(args ...string) string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a network namespace and change its nf_tables")
+	}
+	nftBin, err := exec.LookPath("nft")
+	if err != nil {
+		t.Skipf("needs nft (Debian package nftables) to look at the table: %v", err)
+	}
+	ns := "weft-ingress-" + strings.ReplaceAll(t.Name(), "/", "-")
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	run("ip", "netns", "add", ns)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("deleting netns %s: %v\n%s", ns, err, out)
+		}
+	})
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	cfg.NetNSFd = int(h)
+	g, err := NewIngress(cfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	return g, func(args ...string) string { return run(append([]string{"ip", "netns", "exec", ns, nftBin}, args...)...) }
+}
+
+func ingressPeer(n int, ip string) backend.Peer {
+	return backend.Peer{
+		Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16, byte(n), 0}), 24),
+		PublicIP: netip.MustParseAddr(ip),
+		VtepMAC:  net.HardwareAddr{0x0a, 0, 0, 0, 0, byte(n)},
+	}
+}
+
+func TestIngressInstallAdmitRepair(t *testing.T) {
+	cfg := IngressConfig{
+		Network: netip.MustParsePrefix("172.16.0.0/12"), Subnet: netip.MustParsePrefix("172.16.28.0/24"),
+		Device: "flannel.1", Port: 8472, Allow: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")},
+	}
+	g, nft := realIngress(t, cfg)
+	if n, err := g.Ensure(); err != nil || n != 1 {
+		t.Fatalf("first Ensure = %d, %v; want the install counted", n, err)
+	}
+	if n, err := g.Ensure(); err != nil || n != 0 {
+		t.Fatalf("second Ensure = %d, %v; want nothing to do", n, err)
+	}
+	table := nft("list", "table", "inet", "weft")
+	t.Log(table)
+	for _, want := range []string{
+		"udp dport 8472", "ip saddr != @peers", "ip saddr 10.9.0.0/16", "ip saddr 172.16.28.0/24",
+		`iifname "flannel.1" ip saddr != 172.16.0.0/12`, "hook input", "hook forward", "hook prerouting",
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q:\n%s", want, table)
+		}
+	}
+
+	// Two peers in; a third address added, one removed only by prune.
+	prune, err := g.Admit([]backend.Peer{ingressPeer(1, "172.17.42.31"), ingressPeer(2, "172.17.42.32")})
+	if err != nil || prune() != nil {
+		t.Fatal(err)
+	}
+	set := func() string { return nft("list", "set", "inet", "weft", "peers") }
+	if s := set(); !strings.Contains(s, "172.17.42.31") || !strings.Contains(s, "172.17.42.32") {
+		t.Fatalf("set after Admit:\n%s", s)
+	}
+	prune, err = g.Admit([]backend.Peer{ingressPeer(2, "172.17.42.32"), ingressPeer(3, "172.17.42.33")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := set(); !strings.Contains(s, "172.17.42.31") || !strings.Contains(s, "172.17.42.33") {
+		t.Fatalf("before prune the departed peer must still be allowed and the new one already:\n%s", s)
+	}
+	if err := prune(); err != nil {
+		t.Fatal(err)
+	}
+	if s := set(); strings.Contains(s, "172.17.42.31") || !strings.Contains(s, "172.17.42.33") {
+		t.Fatalf("after prune:\n%s", s)
+	}
+
+	// Two leases naming one address: it stays while either is a peer.
+	if p, err := g.Admit([]backend.Peer{ingressPeer(2, "172.17.42.32"), ingressPeer(3, "172.17.42.32")}); err != nil || p() != nil {
+		t.Fatal(err)
+	}
+	if s := set(); !strings.Contains(s, "172.17.42.32") || strings.Contains(s, "172.17.42.33") {
+		t.Fatalf("shared address:\n%s", s)
+	}
+	if p, err := g.Admit([]backend.Peer{ingressPeer(3, "172.17.42.32")}); err != nil || p() != nil {
+		t.Fatal(err)
+	}
+	if s := set(); !strings.Contains(s, "172.17.42.32") {
+		t.Fatalf("address of a remaining peer removed:\n%s", s)
+	}
+
+	// Someone flushes the ruleset, or deletes one rule: Ensure puts it back whole.
+	nft("flush", "ruleset")
+	if n, err := g.Ensure(); err != nil || n != 1 {
+		t.Fatalf("Ensure after flush = %d, %v", n, err)
+	}
+	if s := set(); !strings.Contains(s, "172.17.42.32") {
+		t.Fatalf("set not restored:\n%s", s)
+	}
+	nft("delete", "element", "inet", "weft", "peers", "{ 172.17.42.32 }")
+	if n, err := g.Ensure(); err != nil || n != 1 {
+		t.Fatalf("Ensure after a deleted element = %d, %v", n, err)
+	}
+	nft("add", "rule", "inet", "weft", "input", "accept")
+	if n, err := g.Ensure(); err != nil || n != 1 {
+		t.Fatalf("Ensure after a foreign rule = %d, %v", n, err)
+	}
+	if got := nft("list", "table", "inet", "weft"); got != table && !strings.Contains(got, "172.17.42.32") {
+		t.Errorf("table after repairs:\n%s", got)
+	}
+	if d, err := g.Dropped(); err != nil || len(d) != 3 {
+		t.Errorf("Dropped = %v, %v", d, err)
+	}
+	if err := g.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if out := nft("list", "tables"); strings.Contains(out, "weft") {
+		t.Errorf("table left after Remove:\n%s", out)
+	}
+}
