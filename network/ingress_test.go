@@ -50,7 +50,9 @@ func realIngress(t *testing.T, cfg IngressConfig) (*Ingress, func(args ...string
 		t.Fatal(err)
 	}
 	t.Cleanup(g.Close)
-	return g, func(args ...string) string { return run(append([]string{"ip", "netns", "exec", ns, nftBin}, args...)...) }
+	return g, func(args ...string) string {
+		return run(append([]string{"ip", "netns", "exec", ns, nftBin}, args...)...)
+	}
 }
 
 func ingressPeer(n int, ip string) backend.Peer {

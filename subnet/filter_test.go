@@ -53,21 +53,21 @@ func TestFilter(t *testing.T) {
 		ps.put(&mvccpb.KeyValue{Key: []byte(r.subnetsPrefix() + name), Value: []byte(value), CreateRevision: rev, ModRevision: rev})
 	}
 	const mac = "b2:69:2c:67:63:b8"
-	put("172.16.78.0-24", val("172.17.42.32", macFor("172.17.42.32"), 1))                 // valid
-	put("172.16.28.0-24", val("172.17.42.31", mac, 1))                 // our own
-	put("172.16.90.0-24", val("172.17.42.33", macFor("172.17.42.33"), 1))                 // valid
-	put("172.16.90.0-24x", val("172.17.42.34", mac, 1))                // bad key
-	put("172.16.91.0-24", `garbage`)                                   // bad JSON
-	put("10.0.0.0-24", val("172.17.42.35", mac, 1))                    // outside Network
-	put("172.16.92.0-25", val("172.17.42.36", mac, 1))                 // wrong length
-	put("172.17.42.0-24", val("172.17.42.37", mac, 1))                 // overlaps underlay
-	put("172.16.93.0-24", val("172.17.42.31", mac, 1))                 // our PublicIP on another subnet
-	put("172.16.94.0-24", val("127.0.0.1", mac, 1))                    // loopback
-	put("172.16.95.0-24", val("0.0.0.0", mac, 1))                      // unspecified
-	put("172.16.96.0-24", val("224.0.0.1", mac, 1))                    // multicast
-	put("172.16.97.0-24", val("169.254.1.1", mac, 1))                  // link-local
-	put("172.16.98.0-24", val("172.17.42.38", mac, 2))                 // wrong VNI
-	put("172.16.99.0-24", val("172.17.42.39", "01:00:5e:00:00:01", 1)) // multicast MAC
+	put("172.16.78.0-24", val("172.17.42.32", macFor("172.17.42.32"), 1)) // valid
+	put("172.16.28.0-24", val("172.17.42.31", mac, 1))                    // our own
+	put("172.16.90.0-24", val("172.17.42.33", macFor("172.17.42.33"), 1)) // valid
+	put("172.16.90.0-24x", val("172.17.42.34", mac, 1))                   // bad key
+	put("172.16.91.0-24", `garbage`)                                      // bad JSON
+	put("10.0.0.0-24", val("172.17.42.35", mac, 1))                       // outside Network
+	put("172.16.92.0-25", val("172.17.42.36", mac, 1))                    // wrong length
+	put("172.17.42.0-24", val("172.17.42.37", mac, 1))                    // overlaps underlay
+	put("172.16.93.0-24", val("172.17.42.31", mac, 1))                    // our PublicIP on another subnet
+	put("172.16.94.0-24", val("127.0.0.1", mac, 1))                       // loopback
+	put("172.16.95.0-24", val("0.0.0.0", mac, 1))                         // unspecified
+	put("172.16.96.0-24", val("224.0.0.1", mac, 1))                       // multicast
+	put("172.16.97.0-24", val("169.254.1.1", mac, 1))                     // link-local
+	put("172.16.98.0-24", val("172.17.42.38", mac, 2))                    // wrong VNI
+	put("172.16.99.0-24", val("172.17.42.39", "01:00:5e:00:00:01", 1))    // multicast MAC
 	put("172.16.100.0-24", `{"PublicIP":"172.17.42.40","BackendType":"udp"}`)
 	put("172.16.101.0-24", `{"PublicIP":"172.17.42.41","BackendType":"vxlan","BackendData":{"VNI":"1"}}`)
 	put("172.16.102.0-24", `{"PublicIP":["x"]}`)
