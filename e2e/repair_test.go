@@ -38,6 +38,7 @@ func (n *node) dataplane(ctx context.Context) string {
 		{"bridge", "fdb", "show", "dev", "flannel.1"},
 		{"ip", "-4", "addr", "show", "dev", "flannel.1"},
 		{"iptables-save"},
+		{"nft", "-s", "list", "table", "inet", "weft"}, // -s: without counter values
 	} {
 		out, err := n.Run(ctx, c...)
 		if err != nil {
@@ -151,7 +152,10 @@ func TestRepairs(t *testing.T) {
 			sh(t, ctx, n, "ip", "route", "del", ps.String())
 		}},
 		{"route altered", time.Second, "route", func(t *testing.T, e *env, n, p *node) {
-			sh(t, ctx, n, "ip", "route", "replace", ps.String(), "dev", "eth0")
+			// weft's route, on flannel.1 with its metric, pointed at another gateway.
+			f := strings.Fields(run(t, n, "ip route show "+ps.String()+" dev flannel.1"))
+			metric := f[slices.Index(f, "metric")+1]
+			sh(t, ctx, n, "ip", "route", "replace", ps.String(), "via", "172.16.99.0", "dev", "flannel.1", "metric", metric, "onlink")
 		}},
 		{"neighbour deleted", time.Second, "neigh", func(t *testing.T, e *env, n, p *node) {
 			sh(t, ctx, n, "ip", "neigh", "del", gw, "dev", "flannel.1")
@@ -193,6 +197,9 @@ func TestRepairs(t *testing.T) {
 		}},
 		{"forward chain flushed", 5 * time.Second, "rule", func(t *testing.T, e *env, n, p *node) {
 			sh(t, ctx, n, "iptables", "-F", "WEFT-FWD")
+		}},
+		{"VXLAN ingress table deleted", 5 * time.Second, "rule", func(t *testing.T, e *env, n, p *node) {
+			sh(t, ctx, n, "nft", "delete", "table", "inet", "weft")
 		}},
 		{"masquerade jump deleted", 5 * time.Second, "rule", func(t *testing.T, e *env, n, p *node) {
 			sh(t, ctx, n, "iptables", "-t", "nat", "-D", "POSTROUTING", "-m", "comment", "--comment", "weft: masquerade traffic leaving the overlay", "-j", "WEFT-POSTRTG")

@@ -84,6 +84,11 @@ type Ingress struct {
 	// last holds the last Admit's peers (subnet and address, sorted by
 	// subnet, as snapshots are), to find what changed in one walk.
 	last []admitted
+	// admitted is false until the first Admit: until then the addresses
+	// already in the kernel's set (left by the weftd before a restart) are
+	// kept, so a restart drops no peer's packet; the first Admit removes
+	// the ones that are no peer any more.
+	admitted bool
 }
 
 type admitted struct {
@@ -177,6 +182,17 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 		}
 	}
 	g.last = next
+	if !g.admitted {
+		g.admitted = true
+		_, s := g.names()
+		if elems, err := g.conn.GetSetElements(s); err == nil {
+			for _, e := range elems {
+				if a, ok := netip.AddrFromSlice(e.Key); ok && g.refs[a] == 0 {
+					gone = append(gone, a)
+				}
+			}
+		}
+	}
 	if len(add) > 0 {
 		if err := g.elementsLocked(add, true); err != nil {
 			return func() error { return nil }, err
@@ -301,7 +317,13 @@ func (g *Ingress) intactLocked() bool {
 		return false
 	}
 	elems, err := g.conn.GetSetElements(s)
-	if err != nil || len(elems) != len(g.refs) {
+	if err != nil {
+		return false
+	}
+	if !g.admitted {
+		return true // the elements are adopted as they are until the first Admit
+	}
+	if len(elems) != len(g.refs) {
 		return false
 	}
 	for _, e := range elems {
@@ -320,14 +342,20 @@ var counterNames = []string{dropFromContainers, dropNotAPeer, dropInnerSource}
 // follows succeed whether or not it existed.
 func (g *Ingress) rebuildLocked() error {
 	t, s := g.names()
-	g.conn.AddTable(t)
-	g.conn.DelTable(t)
-	g.conn.AddTable(t)
 	elems := make([]nftables.SetElement, 0, len(g.refs))
 	for a := range g.refs {
 		b := a.As4()
 		elems = append(elems, nftables.SetElement{Key: b[:]})
 	}
+	if !g.admitted {
+		// Before the first Admit, keep what the set holds (a restart).
+		if old, err := g.conn.GetSetElements(s); err == nil {
+			elems = append(elems, old...)
+		}
+	}
+	g.conn.AddTable(t)
+	g.conn.DelTable(t)
+	g.conn.AddTable(t)
 	if err := g.conn.AddSet(s, elems); err != nil {
 		return fmt.Errorf("adding set %s: %w", peersSet, err)
 	}

@@ -15,7 +15,7 @@ import (
 
 // realIngress gives an Ingress in a fresh network namespace, and nft run in
 // that namespace.
-func realIngress(t *testing.T, cfg IngressConfig) (*Ingress, func(args ...string) string) {
+func realIngress(t *testing.T, cfg IngressConfig) (*Ingress, func(args ...string) string, IngressConfig) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to make a network namespace and change its nf_tables")
@@ -52,7 +52,7 @@ func realIngress(t *testing.T, cfg IngressConfig) (*Ingress, func(args ...string
 	t.Cleanup(g.Close)
 	return g, func(args ...string) string {
 		return run(append([]string{"ip", "netns", "exec", ns, nftBin}, args...)...)
-	}
+	}, cfg
 }
 
 func ingressPeer(n int, ip string) backend.Peer {
@@ -68,7 +68,7 @@ func TestIngressInstallAdmitRepair(t *testing.T) {
 		Network: netip.MustParsePrefix("172.16.0.0/12"), Subnet: netip.MustParsePrefix("172.16.28.0/24"),
 		Device: "flannel.1", Port: 8472, Allow: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")},
 	}
-	g, nft := realIngress(t, cfg)
+	g, nft, _ := realIngress(t, cfg)
 	if n, err := g.Ensure(); err != nil || n != 1 {
 		t.Fatalf("first Ensure = %d, %v; want the install counted", n, err)
 	}
@@ -150,5 +150,54 @@ func TestIngressInstallAdmitRepair(t *testing.T) {
 	}
 	if out := nft("list", "tables"); strings.Contains(out, "weft") {
 		t.Errorf("table left after Remove:\n%s", out)
+	}
+}
+
+// A restarted weftd (a new Ingress over the table the old one left) keeps
+// every address in the set until its first Admit, so no peer's packet is
+// dropped across the restart; that Admit removes what is no peer any more.
+func TestIngressAdoptsOnRestart(t *testing.T) {
+	cfg := IngressConfig{Network: netip.MustParsePrefix("172.16.0.0/12"), Subnet: netip.MustParsePrefix("172.16.28.0/24"), Device: "flannel.1", Port: 8472}
+	old, nft, cfg := realIngress(t, cfg)
+	if _, err := old.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := old.Admit([]backend.Peer{ingressPeer(1, "172.17.42.31"), ingressPeer(2, "172.17.42.32")}); err != nil || p() != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	set := func() string { return nft("list", "set", "inet", "weft", "peers") }
+
+	g, err := NewIngress(cfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if n, err := g.Ensure(); err != nil || n != 0 {
+		t.Fatalf("Ensure after a restart = %d, %v; want the table adopted as it is", n, err)
+	}
+	// Delete the forward chain's one rule by its handle ("... drop # handle N",
+	// the last handle listed; the first is the chain's).
+	out := nft("-a", "list", "chain", "inet", "weft", "forward")
+	handle := strings.Fields(out[strings.LastIndex(out, "# handle "):])[2]
+	nft("delete", "rule", "inet", "weft", "forward", "handle", handle)
+	if n, err := g.Ensure(); err != nil || n != 1 {
+		t.Fatalf("Ensure after a rule was deleted = %d, %v", n, err)
+	}
+	if s := set(); !strings.Contains(s, "172.17.42.31") || !strings.Contains(s, "172.17.42.32") {
+		t.Fatalf("a repair before the first Admit dropped the adopted peers:\n%s", s)
+	}
+	prune, err := g.Admit([]backend.Peer{ingressPeer(2, "172.17.42.32"), ingressPeer(3, "172.17.42.33")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := set(); !strings.Contains(s, "172.17.42.31") || !strings.Contains(s, "172.17.42.33") {
+		t.Fatalf("before prune:\n%s", s)
+	}
+	if err := prune(); err != nil {
+		t.Fatal(err)
+	}
+	if s := set(); strings.Contains(s, "172.17.42.31") || !strings.Contains(s, "172.17.42.32") || !strings.Contains(s, "172.17.42.33") {
+		t.Fatalf("after the first Admit's prune:\n%s", s)
 	}
 }

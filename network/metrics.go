@@ -20,6 +20,32 @@ type Metrics struct {
 	repairs           *prometheus.CounterVec
 	lastReconcile     prometheus.Gauge
 	netlinkErrors     *prometheus.CounterVec
+	// dropped reads the ingress filter's counters at scrape time; set by
+	// NewNode.
+	dropped func() map[string]uint64
+}
+
+// droppedCollector is weft_dropped_packets_total, read from the nftables
+// counters of the ingress filter whenever Prometheus scrapes.
+type droppedCollector struct{ m *Metrics }
+
+var droppedDesc = prometheus.NewDesc("weft_dropped_packets_total",
+	"Packets the VXLAN ingress filter dropped, by reason: not_a_peer (VXLAN from an address that is no peer), "+
+		"from_containers (VXLAN sent by this node's containers), inner_source (decapsulated with a source outside the overlay or inside this node's subnet).",
+	[]string{"reason"}, nil)
+
+func (c droppedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- droppedDesc }
+
+func (c droppedCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.m.dropped == nil {
+		return
+	}
+	counts := c.m.dropped()
+	for _, reason := range counterNames {
+		if v, ok := counts[reason]; ok {
+			ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(v), reason)
+		}
+	}
 }
 
 // NewMetrics makes the loop's metrics and registers them on reg when it is not nil.
@@ -60,16 +86,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.netlinkErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weft_netlink_errors_total",
-		Help: "Data-plane operations the kernel refused, by operation (ensure, set, reconcile, subscribe).",
+		Help: "Data-plane operations the kernel refused, by operation (ensure, set, reconcile, subscribe, ingress).",
 	}, []string{"op"})
-	for _, op := range []string{"ensure", "set", "reconcile", "subscribe"} {
+	for _, op := range []string{"ensure", "set", "reconcile", "subscribe", "ingress"} {
 		m.netlinkErrors.WithLabelValues(op)
 	}
 	for _, k := range []string{"route", "neigh", "fdb", "link", "rule"} {
 		m.repairs.WithLabelValues(k)
 	}
 	if reg != nil {
-		reg.MustRegister(m.leaseInfo, m.leaseExpiry, peers, m.programLatency, m.reconcileDuration, m.repairs, m.lastReconcile, m.netlinkErrors)
+		reg.MustRegister(m.leaseInfo, m.leaseExpiry, peers, m.programLatency, m.reconcileDuration, m.repairs, m.lastReconcile, m.netlinkErrors,
+			droppedCollector{m})
 	}
 	return m
 }

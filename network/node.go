@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -30,6 +31,21 @@ type Dataplane interface {
 	MTU() int
 	// Name is the device's name, flannel.<VNI>.
 	Name() string
+	// Close releases what the data plane holds in this process (sockets,
+	// goroutines) and leaves the kernel state in place.
+	Close()
+}
+
+// IngressFilter is what the loop needs of the VXLAN ingress filter (Ingress).
+type IngressFilter interface {
+	// Admit lets peers' VXLAN packets in before their routes go in; the
+	// returned func drops the departed once their routes are gone.
+	Admit(peers []backend.Peer) (prune func() error, err error)
+	// Ensure checks the filter against the kernel and repairs it.
+	Ensure() (int, error)
+	// Dropped reads the filter's drop counters by reason.
+	Dropped() (map[string]uint64, error)
+	Close()
 }
 
 // leaseHolder and peerWatcher are what the loop needs of subnet.Registry.
@@ -73,6 +89,17 @@ type NodeConfig struct {
 	NewDataplane func(own netip.Prefix) (Dataplane, error)
 	// NewRules makes the iptables side.
 	NewRules func(RulesConfig) (RuleSet, error)
+	// SkipForward leaves the FORWARD chain to others (RulesConfig).
+	SkipForward bool
+	// NewIngress makes the VXLAN ingress filter; nil runs without one.
+	NewIngress func(IngressConfig) (IngressFilter, error)
+	// VXLANPort and AllowVXLAN feed the ingress filter (IngressConfig).
+	VXLANPort  uint16
+	AllowVXLAN []netip.Prefix
+	// HostPrefixes lists the destinations of the host's routes and
+	// addresses weft did not make; a peer subnet overlapping one is
+	// skipped (peer.Self.Foreign). Read at start and at every resync.
+	HostPrefixes func() ([]netip.Prefix, error)
 	// Forwarding turns on IP forwarding; EnableForwarding when nil.
 	Forwarding func() error
 
@@ -92,8 +119,16 @@ type Node struct {
 	rulesMu sync.Mutex
 	rules   RuleSet
 
-	mu sync.Mutex // guards the fields below, read by Status from other goroutines
-	st Status
+	ingMu   sync.Mutex    // guards ingress, which the hot path reads
+	ingress IngressFilter // nil without a filter or before the data plane is set up
+
+	// refilter asks the peer watch to check every lease again (foreign
+	// changed).
+	refilter chan struct{}
+
+	mu      sync.Mutex // guards the fields below, read by Status from other goroutines
+	st      Status
+	foreign []netip.Prefix // the host's routes weft did not make, for the peer rules
 }
 
 // NewNode checks cfg and returns a loop ready to Run.
@@ -116,7 +151,15 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	n := &Node{cfg: cfg, log: cfg.Log.With("component", "node"), m: cfg.Metrics}
+	n := &Node{cfg: cfg, log: cfg.Log.With("component", "node"), m: cfg.Metrics, refilter: make(chan struct{}, 1)}
+	n.m.dropped = n.dropped
+	if cfg.HostPrefixes != nil {
+		if f, err := cfg.HostPrefixes(); err == nil {
+			n.foreign = f
+		} else {
+			n.log.Warn("listing the host's routes", "err", err)
+		}
+	}
 	n.st.PublicIP = cfg.PublicIP
 	n.st.VtepMAC = cfg.Leases.VtepMAC.String()
 	return n, nil
@@ -189,6 +232,14 @@ func (n *Node) Run(ctx context.Context) error {
 		haveSnap bool
 		synced   bool // the data plane matches the latest snapshot
 	)
+	// Every data plane made is closed: the one in use when Run returns, and
+	// the one a subnet change replaces (below).
+	defer func() {
+		if dp != nil {
+			dp.Close()
+		}
+		n.setIngress(nil)
+	}()
 	for dp == nil {
 		n.rulesMu.Lock()
 		dp, err = n.setUpLocked(ctx, lease)
@@ -236,15 +287,17 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 			n.log.Warn("the node's subnet changed; containers must be restarted on the new one",
 				"old", lease.Subnet, "new", l.Subnet)
-			stopSub()
-			lease = l
 			n.rulesMu.Lock()
 			ndp, err := n.setUpLocked(ctx, l)
 			n.rulesMu.Unlock()
 			if err != nil {
-				n.log.Error("moving the data plane to the new subnet", "err", err)
+				n.log.Error("moving the data plane to the new subnet, will retry", "err", err)
+				time.AfterFunc(2*time.Second, func() { leases.put(l) })
 				continue
 			}
+			stopSub()
+			lease = l
+			dp.Close()
 			dp = ndp
 			synced, haveSnap = false, false
 			n.markEnvWritten(false)
@@ -318,7 +371,51 @@ func (n *Node) keepRules(ctx context.Context) {
 			n.ensureRules(n.rules)
 		}
 		n.rulesMu.Unlock()
+		if g := n.getIngress(); g != nil {
+			n.ensureIngress(g)
+		}
 	}
+}
+
+func (n *Node) getIngress() IngressFilter {
+	n.ingMu.Lock()
+	defer n.ingMu.Unlock()
+	return n.ingress
+}
+
+// setIngress makes g the filter in use and closes the one before.
+func (n *Node) setIngress(g IngressFilter) {
+	n.ingMu.Lock()
+	old := n.ingress
+	n.ingress = g
+	n.ingMu.Unlock()
+	if old != nil && old != g {
+		old.Close()
+	}
+}
+
+func (n *Node) ensureIngress(g IngressFilter) {
+	k, err := g.Ensure()
+	if k > 0 {
+		n.m.repairs.WithLabelValues("rule").Add(float64(k))
+		n.log.Info("repaired the VXLAN ingress filter", "fixed", k)
+	}
+	if err != nil {
+		n.log.Error("checking the VXLAN ingress filter", "err", err)
+	}
+}
+
+// dropped reads the ingress filter's counters for the metrics.
+func (n *Node) dropped() map[string]uint64 {
+	g := n.getIngress()
+	if g == nil {
+		return nil
+	}
+	d, err := g.Dropped()
+	if err != nil {
+		return nil
+	}
+	return d
 }
 
 // previousSubnet is the subnet this node had before, according to subnet.env.
@@ -385,9 +482,10 @@ func avoidExcept(avoid []netip.Prefix, prev netip.Prefix) []netip.Prefix {
 	return out
 }
 
-// setUpLocked makes the device and the rules for the node's subnet, and
-// makes those rules the ones keepRules checks. n.rulesMu must be held.
-func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (Dataplane, error) {
+// setUpLocked makes the device, the rules and the ingress filter for the
+// node's subnet, and makes those rules the ones keepRules checks. Whatever
+// it made is closed again if a later step fails. n.rulesMu must be held.
+func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, err error) {
 	if err := n.cfg.Forwarding(); err != nil {
 		return nil, err
 	}
@@ -395,6 +493,11 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (Dataplane, erro
 	if err != nil {
 		return nil, fmt.Errorf("making the VXLAN device: %w", err)
 	}
+	defer func() {
+		if err != nil {
+			dp.Close()
+		}
+	}()
 	created, err := dp.Ensure(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("creating %s: %w", dp.Name(), err)
@@ -404,15 +507,31 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (Dataplane, erro
 		how = "created or fixed"
 	}
 	n.log.Info("VXLAN device ready", "device", dp.Name(), "how", how, "mtu", dp.MTU())
-	rc := RulesConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(), IPMasq: n.cfg.IPMasq}
-	rules, err := n.cfg.NewRules(rc)
-	if err != nil {
-		return nil, fmt.Errorf("setting up iptables: %w", err)
+	var g IngressFilter
+	if n.cfg.NewIngress != nil {
+		g, err = n.cfg.NewIngress(IngressConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(),
+			Port: n.cfg.VXLANPort, Allow: n.cfg.AllowVXLAN})
+		if err != nil {
+			return nil, fmt.Errorf("setting up the VXLAN ingress filter: %w", err)
+		}
+		if _, err := g.Ensure(); err != nil {
+			g.Close()
+			return nil, fmt.Errorf("installing the VXLAN ingress filter: %w", err)
+		}
 	}
-	if _, err := rules.Ensure(); err != nil {
+	rc := RulesConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(), IPMasq: n.cfg.IPMasq, SkipForward: n.cfg.SkipForward}
+	rules, err := n.cfg.NewRules(rc)
+	if err == nil {
+		_, err = rules.Ensure()
+	}
+	if err != nil {
+		if g != nil {
+			g.Close()
+		}
 		return nil, fmt.Errorf("installing iptables rules: %w", err)
 	}
 	n.rules = rules
+	n.setIngress(g)
 	return dp, nil
 }
 
@@ -422,6 +541,13 @@ func (n *Node) watchPeers(ctx context.Context, snaps mailbox[snapshotIn]) {
 	filter := subnet.PeerFilter{
 		Config:   n.cfg.Config,
 		Underlay: n.cfg.Underlay,
+		VtepMAC:  n.cfg.Leases.VtepMAC,
+		Foreign: func() []netip.Prefix {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			return n.foreign
+		},
+		Refilter: n.refilter,
 		Self: func() (netip.Prefix, netip.Addr) {
 			n.mu.Lock()
 			defer n.mu.Unlock()
@@ -460,7 +586,23 @@ func (n *Node) subscribe(ctx context.Context, wg *sync.WaitGroup, dp Dataplane, 
 
 // apply programs a snapshot and reports whether the kernel now matches it.
 func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, received time.Time) bool {
+	// New peers are let in by the ingress filter before their routes go in;
+	// departed ones are shut out after their routes are gone.
+	var prune func() error
+	if g := n.getIngress(); g != nil {
+		var err error
+		if prune, err = g.Admit(peers); err != nil {
+			n.m.netlinkErrors.WithLabelValues("ingress").Inc()
+			n.log.Error("admitting peers to the VXLAN ingress filter", "err", err)
+		}
+	}
 	err := dp.Set(ctx, peers)
+	if err == nil && prune != nil {
+		if perr := prune(); perr != nil {
+			n.m.netlinkErrors.WithLabelValues("ingress").Inc()
+			n.log.Error("removing departed peers from the VXLAN ingress filter", "err", perr)
+		}
+	}
 	if err != nil {
 		n.m.netlinkErrors.WithLabelValues("set").Inc()
 		n.log.Error("programming peers", "peers", len(peers), "err", err)
@@ -475,6 +617,7 @@ func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, re
 
 // check re-creates the device if it was broken and repairs the entries.
 func (n *Node) check(ctx context.Context, dp Dataplane, peers []backend.Peer, haveSnap bool) bool {
+	n.refreshForeign()
 	start := time.Now()
 	// Reconcile ensures the device first: a deleted or altered flannel.1 is
 	// recreated and refilled, and counted as a link repair.
@@ -532,4 +675,30 @@ func (n *Node) writeEnv(dp Dataplane, l subnet.Lease) {
 	}
 	n.log.Info("data plane ready", "subnet", l.Subnet, "mtu", env.MTU, "subnet_file", n.cfg.SubnetFile)
 	n.markEnvWritten(true)
+}
+
+// refreshForeign reads the host's routes weft did not make again, and asks
+// the peer watch to check every lease if they changed: an operator's route
+// to a peer's subnet makes weft skip that peer (and leave the route alone).
+func (n *Node) refreshForeign() {
+	if n.cfg.HostPrefixes == nil {
+		return
+	}
+	f, err := n.cfg.HostPrefixes()
+	if err != nil {
+		n.log.Debug("listing the host's routes", "err", err)
+		return
+	}
+	n.mu.Lock()
+	changed := !slices.Equal(f, n.foreign)
+	if changed {
+		n.foreign = f
+	}
+	n.mu.Unlock()
+	if changed {
+		select {
+		case n.refilter <- struct{}{}:
+		default:
+		}
+	}
 }

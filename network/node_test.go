@@ -46,13 +46,15 @@ func (f *fakeWatcher) Recycle(subnet.Snapshot) {}
 
 // fakeDataplane records what it was asked to program.
 type fakeDataplane struct {
-	mu        sync.Mutex // guards the fields below
-	peers     []backend.Peer
-	sets      int
-	failSet   error
-	repairs   map[string]int
-	reconcile int
-	kick      func()
+	mu         sync.Mutex // guards the fields below
+	peers      []backend.Peer
+	sets       int
+	failSet    error
+	repairs    map[string]int
+	reconcile  int
+	kick       func()
+	failEnsure error
+	closed     int
 }
 
 var _ Dataplane = (*fakeDataplane)(nil)
@@ -67,7 +69,16 @@ func (f *fakeDataplane) Set(_ context.Context, p []backend.Peer) error {
 	f.peers = p
 	return nil
 }
-func (f *fakeDataplane) Ensure(context.Context) (bool, error) { return false, nil }
+func (f *fakeDataplane) Ensure(context.Context) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return false, f.failEnsure
+}
+func (f *fakeDataplane) Close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed++
+}
 func (f *fakeDataplane) Reconcile(context.Context) (map[string]int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -262,5 +273,72 @@ func TestPeersDoNotWaitForRules(t *testing.T) {
 	})
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("the peer took %v", d)
+	}
+}
+
+// A data plane that cannot be set up is closed on every failed attempt, and
+// the one in use is closed when the loop stops: nothing leaks while a
+// device keeps failing.
+func TestNodeClosesEveryDataplane(t *testing.T) {
+	cfg, err := subnet.ParseConfig([]byte(`{"Network":"172.16.0.0/12"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var made []*fakeDataplane
+	failing := true
+	n, err := NewNode(NodeConfig{
+		Config:   cfg,
+		PublicIP: netip.MustParseAddr("172.17.42.31"),
+		Holder:   &fakeHolder{lease: subnet.Lease{Subnet: netip.MustParsePrefix("172.16.28.0/24")}},
+		Watcher:  &fakeWatcher{snaps: make(chan subnet.Snapshot)},
+		NewDataplane: func(netip.Prefix) (Dataplane, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			dp := &fakeDataplane{}
+			if failing {
+				dp.failEnsure = errors.New("vxlan: VNI 1 taken")
+			}
+			made = append(made, dp)
+			if len(made) == 2 {
+				failing = false
+			}
+			return dp, nil
+		},
+		NewRules:   func(RulesConfig) (RuleSet, error) { return fakeRules{}, nil },
+		Forwarding: func() error { return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		k := len(made)
+		mu.Unlock()
+		if k == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("made %d data planes in 10 s, want 3 (two failing)", k)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	for i, dp := range made[:2] {
+		if dp.closed != 1 {
+			t.Errorf("failed data plane %d closed %d times, want 1", i, dp.closed)
+		}
+	}
+	mu.Unlock()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if c := made[2].closed; c != 1 {
+		t.Errorf("the data plane in use was closed %d times when Run returned, want 1", c)
 	}
 }

@@ -49,8 +49,9 @@ type Self struct {
 	Subnet   netip.Prefix // the node's own lease; zero before it has one
 	PublicIP netip.Addr   // the node's underlay address
 	VtepMAC  net.HardwareAddr
-	// Underlay is the networks of the node's uplink: a PublicIP equal to one
-	// of their broadcast addresses is refused.
+	// Underlay is the networks of the node's uplink: a subnet overlapping
+	// one (unless it covers all of Network, like Foreign) and a PublicIP
+	// equal to one of their broadcast addresses are refused.
 	Underlay []netip.Prefix
 	// Foreign is the destinations of this node's routes and addresses that
 	// weft did not make. A peer subnet overlapping one would take traffic
@@ -120,7 +121,13 @@ func CheckAgainst(p *Peer, n Network, self *Self) error {
 	if len(self.VtepMAC) == 6 && len(p.VtepMAC) == 6 && [6]byte(self.VtepMAC) == [6]byte(p.VtepMAC) {
 		return fmt.Errorf("VtepMAC %v: %w", p.VtepMAC, errOwnMAC)
 	}
+	if a := self.PublicIP.Unmap(); a.IsValid() && p.Subnet.Contains(a) {
+		return fmt.Errorf("subnet %v: contains this node's address %v", p.Subnet, a)
+	}
 	for _, u := range self.Underlay {
+		if u.Overlaps(p.Subnet) && !n.coveredBy(u) {
+			return fmt.Errorf("subnet %v: overlaps the underlay %v", p.Subnet, u)
+		}
 		if u.Addr().Is4() && u.Bits() < 31 && pub == lastAddr(u) {
 			return fmt.Errorf("PublicIP %v: the broadcast address of the underlay %v", pub, u)
 		}
@@ -157,7 +164,7 @@ func Check(p *Peer, n Network, self *Self) error {
 // lease refuse a peer whose PublicIP's block is leased.
 func (n Network) Block(a netip.Addr) (netip.Prefix, bool) {
 	a = a.Unmap()
-	if !n.Prefix.IsValid() || n.SubnetLen == 0 || !n.Prefix.Contains(a) {
+	if !n.Prefix.IsValid() || n.SubnetLen == 0 || n.SubnetLen < n.Prefix.Bits() || !n.Prefix.Contains(a) {
 		return netip.Prefix{}, false
 	}
 	b, err := a.Prefix(n.SubnetLen)

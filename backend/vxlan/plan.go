@@ -46,14 +46,11 @@ func (d *Device) compareLocked(ops *[numOpKinds][]op) (st stamps, err error) {
 			w := d.want[r.dst.Addr()]
 			wanted := w != nil && w.subnet == r.dst
 			if r.index != d.index {
-				// Not on the device: only a route that would take a
-				// peer's traffic from ours (same subnet, lower metric)
-				// is our business. flannel's metric-0 routes were
-				// overwritten by "ip route replace"; ours, with their
-				// own metric, are shadowed instead, so the shadow goes.
-				if wanted && shadows(r) {
-					ops[routeDel] = append(ops[routeDel], foreignRouteDel(r))
-				}
+				// Not on the device, so not weft's: it is never deleted
+				// (weft never removes a route it did not make). One that
+				// takes a peer's traffic is an operator's decision; the
+				// loop sees it among the host's routes and the lease
+				// rules skip that peer (package peer, Self.Foreign).
 				return
 			}
 			switch {
@@ -137,15 +134,6 @@ func (d *Device) compareLocked(ops *[numOpKinds][]op) (st stamps, err error) {
 // ours, would carry the peer's traffic instead of ours.
 func shadows(r *kRoute) bool {
 	return r.tos == 0 && r.metric < metricOf(r.dst)
-}
-
-// foreignRouteDel removes exactly r, a route on another device (or none).
-func foreignRouteDel(r *kRoute) op {
-	o := op{kind: routeDel, dst: r.dst, metric: r.metric, tos: r.tos, nhid: r.nhid, oif: r.index}
-	if r.index == 0 {
-		o.oif = -1
-	}
-	return o
 }
 
 func routeIsCanonical(r *kRoute) bool {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -29,6 +30,10 @@ type options struct {
 
 	ipMasq     bool
 	subnetFile string
+
+	forwardRules   bool           // --iptables-forward-rules
+	vxlanAllow     []string       // --vxlan-allow-cidr, as given
+	vxlanAllowNets []netip.Prefix // parsed
 
 	metricsAddr    string
 	leaseTTL       time.Duration
@@ -63,6 +68,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringArrayVar(&o.ifaceRegex, "iface-regex", nil, "regular expression matching interface names or addresses; repeatable")
 	fs.StringVar(&o.publicIP, "public-ip", "", "address other nodes send VXLAN packets to (default: the interface's first address)")
 	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade container traffic that leaves the overlay")
+	fs.BoolVar(&o.forwardRules, "iptables-forward-rules", true, "add FORWARD rules that accept this node's containers' traffic (flannel's flag); false leaves FORWARD alone")
+	fs.StringArrayVar(&o.vxlanAllow, "vxlan-allow-cidr", nil, "also accept VXLAN packets from this IPv4 range besides the peers' addresses; repeatable")
 	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "where to write the node's subnet for Docker or CNI")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8285", "address serving /metrics, /healthz, /readyz and /status; empty disables")
 	fs.DurationVar(&o.leaseTTL, "lease-ttl", 24*time.Hour, "TTL of the node's etcd lease, renewed by keep-alive")
@@ -111,6 +118,15 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	for name, d := range map[string]time.Duration{"--resync-interval": o.resyncInterval, "--iptables-resync": o.iptablesResync} {
 		if d < 100*time.Millisecond {
 			return o, fmt.Errorf("%s %v: must be at least 100ms", name, d)
+		}
+	}
+	for _, v := range o.vxlanAllow {
+		for _, c := range splitList(v) {
+			p, err := netip.ParsePrefix(c)
+			if err != nil || !p.Addr().Is4() {
+				return o, fmt.Errorf("--vxlan-allow-cidr %q: not an IPv4 prefix such as 10.9.0.0/16", c)
+			}
+			o.vxlanAllowNets = append(o.vxlanAllowNets, p.Masked())
 		}
 	}
 	if (o.etcdCertFile == "") != (o.etcdKeyFile == "") {

@@ -133,6 +133,17 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 			}
 			return r, nil
 		},
+		SkipForward: !o.forwardRules,
+		NewIngress: func(ic network.IngressConfig) (network.IngressFilter, error) {
+			g, err := network.NewIngress(ic, log)
+			if err != nil {
+				return nil, err
+			}
+			return g, nil
+		},
+		VXLANPort:    cfg.Backend.Port,
+		AllowVXLAN:   o.vxlanAllowNets,
+		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixes(devName) },
 		Log:     log,
 		Metrics: network.NewMetrics(promReg),
 	})

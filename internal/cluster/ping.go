@@ -21,6 +21,7 @@ type PingOpts struct {
 	Size         int           // ICMP payload bytes (-s); 0 = ping's default 56. IPv4 packet = Size+28
 	DontFragment bool          // -M do: set DF and never fragment locally; too big fails with "message too long"
 	Timeout      time.Duration // deadline for all replies (-w); default 2s
+	Source       netip.Addr    // -I: send from this address; zero = the kernel's choice
 }
 
 // Ping pings to from namespace fromNS and succeeds once Count replies arrived before the
@@ -42,6 +43,9 @@ func Ping(ctx context.Context, fromNS string, to netip.Addr, opts PingOpts) erro
 	}
 	if opts.DontFragment {
 		args = append(args, "-M", "do")
+	}
+	if opts.Source.IsValid() {
+		args = append(args, "-I", opts.Source.String())
 	}
 	args = append(args, to.String())
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout+5*time.Second)
