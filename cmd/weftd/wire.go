@@ -144,8 +144,8 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		VXLANPort:    cfg.Backend.Port,
 		AllowVXLAN:   o.vxlanAllowNets,
 		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixes(devName) },
-		Log:     log,
-		Metrics: network.NewMetrics(promReg),
+		Log:          log,
+		Metrics:      network.NewMetrics(promReg),
 	})
 	if err != nil {
 		cli.Close()
