@@ -59,11 +59,21 @@ vet:
 bench: deps build
 	WEFT_BIN=$(BIN) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
 
+# fuzz runs every fuzz target in the repo, FUZZTIME each (make fuzz FUZZTIME=5m).
+# Their seed corpora live in each package's testdata/fuzz and also run in test.
+fuzz: FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseConfig -fuzztime 30s ./subnet/
-	$(GO) test -run '^$$' -fuzz FuzzParseKey -fuzztime 30s ./subnet/
-	$(GO) test -run '^$$' -fuzz FuzzParseLeaseAttrs -fuzztime 30s ./subnet/
-	$(GO) test -run '^$$' -fuzz FuzzReadSubnetEnv -fuzztime 30s ./network/
+	$(GO) test -run '^$$' -fuzz '^FuzzPick$$' -fuzztime $(FUZZTIME) ./ip/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./peer/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./subnet/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./subnet/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLeaseAttrs$$' -fuzztime $(FUZZTIME) ./subnet/
+	$(GO) test -run '^$$' -fuzz '^FuzzPeerSnapshot$$' -fuzztime $(FUZZTIME) ./subnet/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
+	$(GO) test -run '^$$' -fuzz '^FuzzSet$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadSubnetEnv$$' -fuzztime $(FUZZTIME) ./network/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseFlags$$' -fuzztime $(FUZZTIME) ./cmd/weftd/
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePing$$' -fuzztime $(FUZZTIME) ./internal/cluster/
 
 clean:
 	rm -rf $(BIN)
