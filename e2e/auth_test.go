@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -146,21 +147,21 @@ func TestEtcdRoles(t *testing.T) {
 		if _, err := nodeCli.Put(ctx, prefix+"/config", `{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}`); !isDenied(err) {
 			t.Errorf("the node role wrote the config: %v, want permission denied", err)
 		}
-		before := configKV(t, root)
+		before := kvAt(t, root, prefix+"/config")
 		weftctl := filepath.Join(e.bin, "weftctl")
 		set := []string{weftctl, "config", "set", netConfig}
 		out, err := e.master.Run(ctx, append(set, tlsArgs("weft-node", nodeFile)...)...)
 		if err == nil || !strings.Contains(out, "permission denied") {
 			t.Errorf("weftctl config set as weft-node: %v\n%s\nwant it refused with permission denied", err, out)
 		}
-		if after := configKV(t, root); after.ModRevision != before.ModRevision {
+		if after := kvAt(t, root, prefix+"/config"); after.ModRevision != before.ModRevision {
 			t.Errorf("the config changed after a refused weftctl config set: %s", after.Value)
 		}
 		out, err = e.master.Run(ctx, append(set, tlsArgs("weft-operator", opFile)...)...)
 		if err != nil {
 			t.Fatalf("weftctl config set as weft-operator: %v", err)
 		}
-		after := configKV(t, root)
+		after := kvAt(t, root, prefix+"/config")
 		if after.ModRevision <= before.ModRevision || !strings.Contains(out, string(after.Value)) {
 			t.Errorf("weftctl config set as weft-operator said %q; the config is %s at revision %d (was %d)",
 				out, after.Value, after.ModRevision, before.ModRevision)
@@ -192,6 +193,33 @@ func TestEtcdRoles(t *testing.T) {
 		n5 := e.addWeftd("node5", "172.17.42.35", nil, allowed...)
 		n5.waitReady(t, 3, 30*time.Second)
 	})
+
+	t.Run("read-only node whose reservation differs says so", func(t *testing.T) {
+		// The reservation names node6 but not its VTEP MAC: weftd would have
+		// to write, and may not.
+		key := e.putReservation(root, "172.16.98.0/24", "172.17.42.36", "0e:5d:9f:0a:0b:36")
+		before := kvAt(t, root, key)
+		n6 := e.addWeftd("node6", "172.17.42.36", nil, tlsArgs("weft-reader", readerFile)...)
+		n6.waitLog(t, "A node with a read-only etcd role needs a reservation holding exactly this value", 15*time.Second)
+		if code, body := n6.weftdGet(ctx, "/readyz"); code != http.StatusServiceUnavailable {
+			t.Errorf("/readyz of a node that could not take its subnet: %d %q, want 503", code, body)
+		}
+		if after := kvAt(t, root, key); after.ModRevision != before.ModRevision {
+			t.Errorf("the reservation changed: %s", after.Value)
+		}
+	})
+}
+
+// putReservation writes a subnet key with no etcd lease for publicIP.
+func (e *env) putReservation(cli *clientv3.Client, subnet, publicIP, mac string) string {
+	e.t.Helper()
+	p := netip.MustParsePrefix(subnet)
+	key := fmt.Sprintf("%s/subnets/%s-%d", prefix, p.Addr(), p.Bits())
+	val := fmt.Sprintf(`{"PublicIP":%q,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":%q}}`, publicIP, mac)
+	if _, err := cli.Put(e.ctx, key, val); err != nil {
+		e.t.Fatalf("writing %s: %v", key, err)
+	}
+	return key
 }
 
 // rolePerms lists role's permissions as "READ key" or "READWRITE prefix*".
@@ -217,12 +245,12 @@ func rolePerms(t *testing.T, cli *clientv3.Client, role string) []string {
 	return out
 }
 
-// configKV reads the config key as etcd holds it.
-func configKV(t *testing.T, cli *clientv3.Client) *mvccpb.KeyValue {
+// kvAt reads key as etcd holds it.
+func kvAt(t *testing.T, cli *clientv3.Client, key string) *mvccpb.KeyValue {
 	t.Helper()
-	resp, err := cli.Get(context.Background(), prefix+"/config")
+	resp, err := cli.Get(context.Background(), key)
 	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("reading the config: %v %v", resp, err)
+		t.Fatalf("reading %s: %v %v", key, resp, err)
 	}
 	return resp.Kvs[0]
 }
