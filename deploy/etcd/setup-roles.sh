@@ -108,6 +108,10 @@ done
 command -v etcdctl >/dev/null || die "etcdctl not found (Debian: apt-get install etcd-client)"
 
 export ETCDCTL_API=3
+# etcdctl's 5 s default gives up on a busy etcd, where each request with auth
+# on also pays for a bcrypt login; the script has no deadline of its own.
+export ETCDCTL_DIAL_TIMEOUT=${ETCDCTL_DIAL_TIMEOUT:-10s}
+export ETCDCTL_COMMAND_TIMEOUT=${ETCDCTL_COMMAND_TIMEOUT:-30s}
 # Log in only where auth is on: etcd refuses a login while it is off.
 if [ -n "$root_pw" ] && ! env -u ETCDCTL_USER -u ETCDCTL_PASSWORD etcdctl user list >/dev/null 2>&1; then
 	# Through the environment, not the command line, which others can read.
@@ -121,8 +125,23 @@ if ! out=$(ctl user list 2>&1); then
 	die "etcd at ${ETCDCTL_ENDPOINTS:-127.0.0.1:2379} refused to list users (${out##*Error: }): with auth on, give --root-password-file"
 fi
 
+# missing NOUN NAME: whether etcd says it has no such role or user. Any
+# other failure (etcd unreachable, too slow, access denied) stops the script.
+missing() {
+	local out
+	if out=$(ctl "$1" get "$2" 2>&1); then
+		return 1
+	fi
+	case "$out" in
+	*"$1 name not found"* | *"$1 not found"*) return 0 ;;
+	esac
+	die "etcdctl $1 get $2: ${out##*Error: }"
+}
+
 ensure_role() {
-	ctl role get "$1" >/dev/null 2>&1 || ctl role add "$1" >/dev/null
+	if missing role "$1"; then
+		ctl role add "$1" >/dev/null
+	fi
 	echo "role $1"
 }
 
@@ -130,7 +149,7 @@ ensure_role() {
 ensure_user() {
 	local user=$1 pwfile=$2 role=$3 flag=$4
 	[ -n "$user" ] || return 0
-	if ! ctl user get "$user" >/dev/null 2>&1; then
+	if missing user "$user"; then
 		[ -n "$pwfile" ] || die "user $user does not exist: give $flag to create it"
 		# etcdctl reads one word from stdin with --interactive=false.
 		head -n1 "$pwfile" | ctl user add "$user" --interactive=false >/dev/null
@@ -161,7 +180,7 @@ ensure_user "$operator_user" "$operator_pw" "$roles-operator" --operator-passwor
 
 if $enable_auth; then
 	[ -n "$root_pw" ] || die "--enable-auth needs --root-password-file"
-	if ! ctl user get root >/dev/null 2>&1; then
+	if missing user root; then
 		head -n1 "$root_pw" | ctl user add root --interactive=false >/dev/null
 		echo "user root created"
 	fi
