@@ -162,9 +162,10 @@ func TestEtcdRoles(t *testing.T) {
 			t.Fatalf("weftctl config set as weft-operator: %v", err)
 		}
 		after := kvAt(t, root, prefix+"/config")
-		if after.ModRevision <= before.ModRevision || !strings.Contains(out, string(after.Value)) {
-			t.Errorf("weftctl config set as weft-operator said %q; the config is %s at revision %d (was %d)",
-				out, after.Value, after.ModRevision, before.ModRevision)
+		cfg, err := subnet.ParseConfig(after.Value)
+		if after.ModRevision <= before.ModRevision || err != nil || cfg.Network != mustPrefix("172.16.0.0/12") {
+			t.Errorf("weftctl config set as weft-operator said %q; the config is %s (%v) at revision %d (was %d)",
+				out, after.Value, err, after.ModRevision, before.ModRevision)
 		}
 	})
 
