@@ -14,7 +14,7 @@ BIN     := $(CURDIR)/bin
 # Debian packages the demo and the tests use: ip and bridge, iptables, the etcd
 # server the end-to-end suite runs, ping and ncat for traffic, prometheus and
 # promtool for the scrape test.
-DEB_PACKAGES := iproute2 iptables nftables etcd-server iputils-ping ncat prometheus procps ca-certificates
+DEB_PACKAGES := iproute2 iptables nftables etcd-server etcd-client iputils-ping ncat prometheus procps ca-certificates
 
 # Packages whose tests never need root; they also run under the race detector.
 UNIT_PKGS := ./ip/... ./subnet/... ./cmd/... ./internal/etcdconn/...
