@@ -95,7 +95,8 @@ func delegateConf(n *netConf, env subnetEnv, cniVersion string) (map[string]any,
 }
 
 // delegateIPAM is ipam (host-local unless it names another type) with
-// ranges set to the node's lease and routes covering the overlay, plus a
+// ranges set to the node's lease and routes covering the overlay through the
+// bridge's address, plus a
 // default route through the bridge when the delegate is the default gateway.
 // Routes the user listed are kept; an explicit dataDir is kept.
 func delegateIPAM(user map[string]any, env subnetEnv, defaultGW bool) (map[string]any, error) {
@@ -122,8 +123,11 @@ func delegateIPAM(user map[string]any, env subnetEnv, defaultGW bool) (map[strin
 		}
 		have[p.Masked()] = true
 	}
+	// The gateway is written out although host-local would fill in the same:
+	// the bridge plugin's CHECK (1.1.1, Debian 12's) looks routes up by
+	// destination and gateway, and a route without one is never found.
 	if !have[env.network.Masked()] {
-		routes = append(routes, map[string]any{"dst": env.network.Masked().String()})
+		routes = append(routes, map[string]any{"dst": env.network.Masked().String(), "gw": env.gateway().String()})
 	}
 	if defaultGW {
 		all := netip.PrefixFrom(netip.IPv4Unspecified(), 0)

@@ -80,12 +80,19 @@ func cmdAdd(args *skel.CmdArgs) error {
 }
 
 // buildDelegate returns the delegate's plugin type and its config as JSON.
+// The plugin must be found in CNI_PATH: nothing is recorded or attempted for
+// a delegate that is not installed.
 func buildDelegate(ctx context.Context, n *netConf, env subnetEnv) (string, []byte, error) {
 	typ := "bridge"
 	if t, ok := n.Delegate["type"].(string); ok && t != "" {
 		typ = t
 	}
-	ver, err := delegateVersion(ctx, typ, n.CNIVersion)
+	path, err := invoke.FindInPath(typ, filepath.SplitList(os.Getenv("CNI_PATH")))
+	if err != nil {
+		return "", nil, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("delegate plugin %q: %v (CNI_PATH=%s)", typ, err, os.Getenv("CNI_PATH")), "")
+	}
+	ver, err := delegateVersion(ctx, path, n.CNIVersion)
 	if err != nil {
 		return "", nil, err
 	}
@@ -100,16 +107,12 @@ func buildDelegate(ctx context.Context, n *netConf, env subnetEnv) (string, []by
 	return typ, raw, nil
 }
 
-// delegateVersion is the spec version to speak with the delegate: the
-// config's own, except that a 1.1.0 config meets plugins that stop at 1.0.0
-// (Debian 12's) with 1.0.0, whose results have the same form.
-func delegateVersion(ctx context.Context, typ, confVersion string) (string, error) {
+// delegateVersion is the spec version to speak with the delegate at path:
+// the config's own, except that a 1.1.0 config meets plugins that stop at
+// 1.0.0 (Debian 12's) with 1.0.0, whose results have the same form.
+func delegateVersion(ctx context.Context, path, confVersion string) (string, error) {
 	if newer, err := version.GreaterThan(confVersion, "1.0.0"); err != nil || !newer {
 		return confVersion, nil
-	}
-	path, err := invoke.FindInPath(typ, filepath.SplitList(os.Getenv("CNI_PATH")))
-	if err != nil {
-		return "", types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("delegate plugin %q: %v", typ, err), "")
 	}
 	info, err := invoke.GetVersionInfo(ctx, path, nil)
 	if err != nil {
