@@ -130,11 +130,11 @@ func TestParseSubnetEnv(t *testing.T) {
 		t.Errorf("lease %v, gateway %v", env.lease(), env.gateway())
 	}
 	for in, want := range map[string]string{
-		"FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=172.16.28.1/24\nFLANNEL_MTU=1450\n":                        "missing FLANNEL_IPMASQ",
-		"FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=172.16.28.1\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n":      `line 2: FLANNEL_SUBNET "172.16.28.1": not an address/length`,
-		"FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=172.16.28.1/24\nFLANNEL_MTU=9\nFLANNEL_IPMASQ=true\n":      `line 3: FLANNEL_MTU "9": outside 68..65535`,
-		"FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_NETWORK=10.0.0.0/8\n":                                            "line 2: FLANNEL_NETWORK set again (first on line 1)",
-		"garbage\n":                                                                                             `line 1: "garbage" is not KEY=VALUE`,
+		"FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=172.16.28.1/24\nFLANNEL_MTU=1450\n":                   "missing FLANNEL_IPMASQ",
+		"FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=172.16.28.1\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n": `line 2: FLANNEL_SUBNET "172.16.28.1": not an address/length`,
+		"FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=172.16.28.1/24\nFLANNEL_MTU=9\nFLANNEL_IPMASQ=true\n": `line 3: FLANNEL_MTU "9": outside 68..65535`,
+		"FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_NETWORK=10.0.0.0/8\n":                                        "line 2: FLANNEL_NETWORK set again (first on line 1)",
+		"garbage\n": `line 1: "garbage" is not KEY=VALUE`,
 		"FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=172.16.28.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=maybe\n": `line 4: FLANNEL_IPMASQ "maybe": not true or false`,
 	} {
 		if _, err := parseSubnetEnv([]byte(in)); err == nil || err.Error() != want {
