@@ -13,8 +13,10 @@ BIN     := $(CURDIR)/bin
 
 # Debian packages the demo and the tests use: ip and bridge, iptables, the etcd
 # server the end-to-end suite runs, ping and ncat for traffic, prometheus and
-# promtool for the scrape test.
-DEB_PACKAGES := iproute2 iptables etcd-server iputils-ping ncat prometheus procps ca-certificates
+# promtool for the scrape test; the CNI plugins weft-cni delegates to, and
+# podman with runc and a static busybox for the container image of its test.
+DEB_PACKAGES := iproute2 iptables etcd-server iputils-ping ncat prometheus procps ca-certificates \
+	containernetworking-plugins podman runc busybox-static
 
 # Packages whose tests never need root; they also run under the race detector.
 UNIT_PKGS := ./ip/... ./subnet/... ./cmd/... ./internal/etcdconn/...
@@ -26,6 +28,7 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/weftd ./cmd/weftd
 	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/weftctl ./cmd/weftctl
+	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/weft-cni ./cmd/weft-cni
 
 # deps installs whatever of DEB_PACKAGES is missing (root, Debian).
 deps:
@@ -43,6 +46,7 @@ demo: deps build
 test: deps build vet
 	WEFT_REQUIRE_ETCD=1 $(GO) test -race -count=1 $(UNIT_PKGS)
 	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./internal/cluster/...
+	WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 ./cni/...
 	WEFT_REQUIRE_ETCD=1 WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 -timeout 20m ./e2e/...
 
 test-unit:
@@ -64,6 +68,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseKey -fuzztime 30s ./subnet/
 	$(GO) test -run '^$$' -fuzz FuzzParseLeaseAttrs -fuzztime 30s ./subnet/
 	$(GO) test -run '^$$' -fuzz FuzzReadSubnetEnv -fuzztime 30s ./network/
+	$(GO) test -run '^$$' -fuzz FuzzSubnetEnv -fuzztime 30s ./cni/
 
 clean:
 	rm -rf $(BIN)
