@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/version"
 
@@ -208,5 +207,3 @@ func TestAddFailureLeavesNothing(t *testing.T) {
 		t.Errorf("cni0 has ports %v, want only pod a's", ports)
 	}
 }
-
-var _ = time.Second
