@@ -45,24 +45,29 @@ func cniBin(t *testing.T) string {
 	return dir
 }
 
-// flannelConflist is kube-flannel's conflist with "type" changed to
-// weft-cni, plus the paths a namespace node needs because all nodes share
-// this machine's /run and /var/lib.
-func flannelConflist(cniVersion, subnetFile, dir string) string {
-	return fmt.Sprintf(`{
-  "name": "cbr0",
-  "cniVersion": %q,
-  "plugins": [
-    {
-      "type": "weft-cni",
-      "subnetFile": %q,
-      "dataDir": %q,
-      "ipam": {"dataDir": %q},
-      "delegate": {"hairpinMode": true, "isDefaultGateway": true}
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}`, cniVersion, subnetFile, filepath.Join(dir, "weft"), filepath.Join(dir, "ipam"))
+// shippedConflist is deploy/cni/10-weft.conflist (kube-flannel's conflist
+// with "type" changed to weft-cni) at cniVersion, plus the paths a namespace
+// node needs because all nodes share this machine's /run and /var/lib.
+func shippedConflist(t *testing.T, cniVersion, subnetFile, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile("../deploy/cni/10-weft.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list map[string]any
+	if err := json.Unmarshal(b, &list); err != nil {
+		t.Fatalf("deploy/cni/10-weft.conflist: %v", err)
+	}
+	list["cniVersion"] = cniVersion
+	weft := list["plugins"].([]any)[0].(map[string]any)
+	weft["subnetFile"] = subnetFile
+	weft["dataDir"] = filepath.Join(dir, "weft")
+	weft["ipam"] = map[string]any{"dataDir": filepath.Join(dir, "ipam")}
+	out, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
 }
 
 // cniNode is a weft node with a CNI runtime's view of it.
@@ -80,7 +85,7 @@ func newCNINode(t *testing.T, n *node, bin, cniVersion string) *cniNode {
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	list, err := libcni.ConfListFromBytes([]byte(flannelConflist(cniVersion, n.subnetFile, c.dir)))
+	list, err := libcni.ConfListFromBytes([]byte(shippedConflist(t, cniVersion, n.subnetFile, c.dir)))
 	if err != nil {
 		t.Fatalf("loading the conflist: %v", err)
 	}

@@ -18,7 +18,7 @@ import (
 )
 
 // TestCNI is issue 11 on the namespace cluster: pods attached by weft-cni
-// through flannel's conflist (type changed) on three weftd nodes, driven by
+// through deploy/cni's conflist (flannel's, type changed) on three weftd nodes, driven by
 // libcni as containerd and podman drive it.
 func TestCNI(t *testing.T) {
 	e := newEnv(t, clusterOpts{nodes: 3})
@@ -290,8 +290,8 @@ func TestCNIErrors(t *testing.T) {
 		name, conf string
 		code       uint
 	}{
-		{"unknown version", strings.Replace(flannelConflist("1.0.0", e.nodes[0].subnetFile, n1.dir), `"cniVersion": "1.0.0"`, `"cniVersion": "7.0.0"`, 1), types.ErrIncompatibleCNIVersion},
-		{"malformed delegate", strings.Replace(flannelConflist("1.0.0", e.nodes[0].subnetFile, n1.dir), `"isDefaultGateway": true`, `"isDefaultGateway": 1`, 1), types.ErrDecodingFailure},
+		{"unknown version", strings.Replace(shippedConflist(t, "1.0.0", e.nodes[0].subnetFile, n1.dir), `"cniVersion": "1.0.0"`, `"cniVersion": "7.0.0"`, 1), types.ErrIncompatibleCNIVersion},
+		{"malformed delegate", strings.Replace(shippedConflist(t, "1.0.0", e.nodes[0].subnetFile, n1.dir), `"isDefaultGateway": true`, `"isDefaultGateway": 1`, 1), types.ErrDecodingFailure},
 	} {
 		bad := *n1
 		list, err := libcniList(tc.conf)

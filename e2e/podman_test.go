@@ -88,7 +88,7 @@ func newPodmanNode(t *testing.T, c *cniNode) *podmanNode {
 			t.Fatal(err)
 		}
 	}
-	conflist := flannelConflist("1.0.0", c.subnetFile, c.dir)
+	conflist := shippedConflist(t, "1.0.0", c.subnetFile, c.dir)
 	if err := os.WriteFile(filepath.Join(netd, "10-weft.conflist"), []byte(conflist), 0o644); err != nil {
 		t.Fatal(err)
 	}
