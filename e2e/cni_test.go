@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -116,6 +117,43 @@ func TestCNI(t *testing.T) {
 		got := connectFrom(t, ctx, e.outside.NS, p.NS, p.node.Addr.Addr())
 		if got != outsideAddr {
 			t.Errorf("the pod behind %s:80 saw the client as %q, want %s", p.node.Addr.Addr(), got, outsideAddr)
+		}
+	})
+
+	t.Run("bandwidth through a chained bandwidth plugin", func(t *testing.T) {
+		c := nodes[1]
+		var list map[string]any
+		if err := json.Unmarshal(c.list.Bytes, &list); err != nil {
+			t.Fatal(err)
+		}
+		list["plugins"] = append(list["plugins"].([]any), map[string]any{"type": "bandwidth", "capabilities": map[string]any{"bandwidth": true}})
+		b, _ := json.Marshal(list)
+		shaped, err := libcniList(string(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := c.AddPod(ctx, "bw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt := c.rt(p, map[string]any{"bandwidth": map[string]any{"ingressRate": 1000000, "ingressBurst": 100000, "egressRate": 2000000, "egressBurst": 100000}})
+		if _, err := c.cni.AddNetworkList(ctx, shaped, rt); err != nil {
+			t.Fatalf("ADD with bandwidth: %v", err)
+		}
+		out, err := c.Run(ctx, "tc", "qdisc", "show")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"rate 1Mbit", "rate 2Mbit"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("node has no tbf qdisc with %s for the pod:\n%s", want, out)
+			}
+		}
+		if err := c.cni.DelNetworkList(ctx, shaped, rt); err != nil {
+			t.Fatalf("DEL with bandwidth: %v", err)
+		}
+		if out, _ := c.Run(ctx, "tc", "qdisc", "show"); strings.Contains(out, "tbf") {
+			t.Errorf("shaping left after DEL:\n%s", out)
 		}
 	})
 
