@@ -74,7 +74,11 @@ func delegateConf(n *netConf, env subnetEnv, cniVersion string) (map[string]any,
 	if typ == "bridge" {
 		setDefault(d, "bridge", defaultBridge)
 		setDefault(d, "isGateway", true)
-		setDefault(d, "hairpinMode", true)
+		// The bridge plugin refuses hairpin and promiscuous mode together;
+		// promiscMode asked for explicitly wins over the default.
+		if promisc, _ := d["promiscMode"].(bool); !promisc {
+			setDefault(d, "hairpinMode", true)
+		}
 	}
 	if n.RuntimeConfig != nil {
 		d["runtimeConfig"] = n.RuntimeConfig

@@ -74,6 +74,11 @@ func TestDelegateConf(t *testing.T) {
 		env:  nodeEnv,
 		want: `{"bridge":"cni0","cniVersion":"1.0.0","dns":{"nameservers":["172.16.28.1"]},"hairpinMode":true,"ipMasq":false,"ipam":{"ranges":[[{"subnet":"172.16.28.0/24"}]],"routes":[{"dst":"172.16.0.0/12","gw":"172.16.28.1"}],"type":"host-local"},"isGateway":true,"mtu":1450,"name":"weft","runtimeConfig":{"bandwidth":{"ingressBurst":2000000,"ingressRate":1000000},"portMappings":[{"containerPort":80,"hostPort":8080,"protocol":"tcp"}]},"type":"bridge"}`,
 	}, {
+		name: "promiscuous mode asked for: no default hairpin mode, which the bridge refuses with it",
+		conf: `{"cniVersion":"1.0.0","name":"weft","type":"weft-cni","delegate":{"promiscMode":true}}`,
+		env:  nodeEnv,
+		want: `{"bridge":"cni0","cniVersion":"1.0.0","ipMasq":false,"ipam":{"ranges":[[{"subnet":"172.16.28.0/24"}]],"routes":[{"dst":"172.16.0.0/12","gw":"172.16.28.1"}],"type":"host-local"},"isGateway":true,"mtu":1450,"name":"weft","promiscMode":true,"type":"bridge"}`,
+	}, {
 		name: "another delegate type gets no bridge fields",
 		conf: `{"cniVersion":"1.0.0","name":"weft","type":"weft-cni","delegate":{"type":"ptp"}}`,
 		env:  nodeEnv,
