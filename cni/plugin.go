@@ -32,7 +32,8 @@ func Funcs() skel.CNIFuncs {
 // ADD requests now".
 const errPluginNotAvailable uint = 50
 
-// confError is a config that decodes as JSON but cannot be used.
+// confError is the spec's decoding failure, for a config that is not the
+// JSON weft-cni reads or whose fields cannot be used.
 func confError(err error) *types.Error {
 	return types.NewError(types.ErrDecodingFailure, err.Error(), "")
 }
