@@ -69,6 +69,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseLeaseAttrs -fuzztime 30s ./subnet/
 	$(GO) test -run '^$$' -fuzz FuzzReadSubnetEnv -fuzztime 30s ./network/
 	$(GO) test -run '^$$' -fuzz FuzzSubnetEnv -fuzztime 30s ./cni/
+	$(GO) test -run '^$$' -fuzz FuzzConf -fuzztime 30s ./cni/
 
 clean:
 	rm -rf $(BIN)

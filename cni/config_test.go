@@ -168,3 +168,51 @@ func FuzzSubnetEnv(f *testing.F) {
 		}
 	})
 }
+
+// FuzzConf feeds arbitrary configs to the plugin's config path: it never
+// panics, and whatever it accepts becomes a delegate config with the node's
+// range and the overlay's route.
+func FuzzConf(f *testing.F) {
+	f.Add([]byte(`{"cniVersion":"1.0.0","name":"weft","type":"weft-cni"}`))
+	f.Add([]byte(`{"cniVersion":"0.3.1","name":"cbr0","type":"weft-cni","delegate":{"hairpinMode":true,"isDefaultGateway":true}}`))
+	f.Add([]byte(`{"name":"w","delegate":{"type":"ptp","mtu":9000},"ipam":{"dataDir":"/x","routes":[{"dst":"10.0.0.0/8"}]},"runtimeConfig":{"portMappings":[]}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, err := parseConf(b)
+		if err != nil {
+			return
+		}
+		d, err := delegateConf(n, nodeEnv, "1.0.0")
+		if err != nil {
+			return
+		}
+		out, err := json.Marshal(d)
+		if err != nil {
+			t.Fatalf("%q: delegate config does not encode: %v", b, err)
+		}
+		var got struct {
+			IPAM struct {
+				Ranges [][]struct {
+					Subnet string `json:"subnet"`
+				} `json:"ranges"`
+				Routes []struct {
+					Dst string `json:"dst"`
+				} `json:"routes"`
+			} `json:"ipam"`
+		}
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("%q gave delegate config %s: %v", b, out, err)
+		}
+		if r := got.IPAM.Ranges; len(r) != 1 || len(r[0]) != 1 || r[0][0].Subnet != "172.16.28.0/24" {
+			t.Fatalf("%q gave ranges %v, want the lease alone", b, r)
+		}
+		covered := false
+		for _, r := range got.IPAM.Routes {
+			if p, err := netip.ParsePrefix(r.Dst); err == nil && p.Masked() == nodeEnv.network {
+				covered = true
+			}
+		}
+		if !covered {
+			t.Fatalf("%q gave routes %v, none to the overlay", b, got.IPAM.Routes)
+		}
+	})
+}

@@ -109,7 +109,8 @@ func TestPodsOnOneNode(t *testing.T) {
 }
 
 // TestDelWhenThingsAreGone: DEL releases the address from its record when
-// subnet.env is gone or the pod's namespace was already deleted.
+// subnet.env is gone or the pod's namespace was already deleted, and from
+// today's subnet.env when the record is gone.
 func TestDelWhenThingsAreGone(t *testing.T) {
 	n := newNode(t)
 	conf := confFor("1.0.0", n.dir)
@@ -142,6 +143,20 @@ func TestDelWhenThingsAreGone(t *testing.T) {
 	}
 	if ports := n.bridgePorts(t); len(ports) != 0 {
 		t.Errorf("cni0 still has ports %v", ports)
+	}
+
+	// A pod attached before weft-cni kept a record of it (by flannel's
+	// plugin, before the node switched): DEL still frees it.
+	c := n.pod(t, "c")
+	cAddr := addrOf(t, n.add(t, conf, c))
+	if err := os.Remove(filepath.Join(n.dir, "data", "id-c-eth0")); err != nil {
+		t.Fatal(err)
+	}
+	if _, e := run(t, n.NS, call{command: "DEL", containerID: "id-c", netns: c.NetnsPath(), ifName: "eth0", conf: conf}); e != nil {
+		t.Fatalf("DEL without a record: %v", e)
+	}
+	if hasLink(t, c, "eth0") || slices.Contains(n.ipamFiles(t), cAddr.Addr().String()) {
+		t.Errorf("DEL without a record left eth0 or the address %v: %v", cAddr, n.ipamFiles(t))
 	}
 }
 
