@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -58,4 +61,75 @@ func TestCNIDeployFiles(t *testing.T) {
 			}
 		}
 	})
+	t.Run("the init container's script installs over a running plugin", func(t *testing.T) {
+		script := initScript(t, read("../deploy/kubernetes/weft-daemonset.yaml"))
+		root := t.TempDir()
+		for _, d := range []string{"usr/local/bin", "etc/weft/cni", "opt/cni/bin", "etc/cni/net.d"} {
+			if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		plugin := []byte("#!/bin/sh\necho new weft-cni\n")
+		conflist := []byte(read("../deploy/cni/10-weft.conflist"))
+		os.WriteFile(filepath.Join(root, "usr/local/bin/weft-cni"), plugin, 0o755)
+		os.WriteFile(filepath.Join(root, "etc/weft/cni/10-weft.conflist"), conflist, 0o644)
+		// An older weft-cni is running on the node while the new one is
+		// installed: overwriting it in place would fail with "text file busy".
+		old := filepath.Join(root, "opt/cni/bin/weft-cni")
+		sleep, err := os.ReadFile("/bin/sleep")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(old, sleep, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		running := exec.Command(old, "30")
+		if err := running.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { running.Process.Kill(); running.Wait() })
+
+		for _, p := range []string{"/usr/local/bin/", "/etc/weft/cni/", "/opt/cni/bin/", "/etc/cni/net.d/"} {
+			script = strings.ReplaceAll(script, p, root+p)
+		}
+		if out, err := exec.Command("sh", "-ec", script).CombinedOutput(); err != nil {
+			t.Fatalf("the init script failed: %v\n%s\nscript:\n%s", err, out, script)
+		}
+		if b, _ := os.ReadFile(old); !bytes.Equal(b, plugin) {
+			t.Error("/opt/cni/bin/weft-cni is not the image's weft-cni")
+		}
+		if b, _ := os.ReadFile(filepath.Join(root, "etc/cni/net.d/10-weft.conflist")); !bytes.Equal(b, conflist) {
+			t.Error("/etc/cni/net.d/10-weft.conflist is not deploy/cni's")
+		}
+		if left, _ := filepath.Glob(filepath.Join(root, "*/*/.*.tmp")); len(left) > 0 {
+			t.Errorf("temporary files left: %v", left)
+		}
+	})
+}
+
+// initScript is the shell script of the DaemonSet's install-cni container:
+// the block after "- |" in its command.
+func initScript(t *testing.T, yaml string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(yaml, "- name: install-cni")
+	if !ok {
+		t.Fatal("the DaemonSet has no install-cni container")
+	}
+	_, rest, ok = strings.Cut(rest, "- |\n")
+	if !ok {
+		t.Fatal("install-cni has no script block")
+	}
+	var lines []string
+	indent := ""
+	for line := range strings.Lines(rest) {
+		trimmed := strings.TrimLeft(line, " ")
+		if indent == "" {
+			indent = line[:len(line)-len(trimmed)]
+		}
+		if !strings.HasPrefix(line, indent) {
+			break
+		}
+		lines = append(lines, strings.TrimPrefix(line, indent))
+	}
+	return strings.Join(lines, "")
 }
