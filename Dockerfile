@@ -1,5 +1,5 @@
-# weft's image: weftd (the entrypoint) and weftctl, static binaries on a slim
-# Debian with iptables and nothing else weftd runs.
+# weft's image: weftd (the entrypoint), weftctl and weft-cni, static binaries
+# on a slim Debian with iptables and nothing else weftd runs.
 #
 #   docker build --build-arg VERSION="$(git describe --tags --always --dirty)" -t weft .
 #
@@ -25,6 +25,7 @@ ARG VERSION=dev
 # The same build as `make build`.
 RUN CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/weftd ./cmd/weftd
 RUN CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/weftctl ./cmd/weftctl
+RUN CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/weft-cni ./cmd/weft-cni
 
 FROM debian:trixie-slim
 RUN apt-get update \
@@ -32,7 +33,9 @@ RUN apt-get update \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
       /usr/share/doc /usr/share/man /usr/share/info /usr/share/locale
-COPY --from=build /out/weftd /out/weftctl /usr/local/bin/
+COPY --from=build /out/weftd /out/weftctl /out/weft-cni /usr/local/bin/
+# The CNI plugin's conflist, which the DaemonSet's init container installs.
+COPY deploy/cni/10-weft.conflist /etc/weft/cni/
 # Root in the container, for the capabilities the DaemonSet grants (NET_ADMIN,
 # NET_RAW); the DaemonSet drops every other one and forbids escalation.
 USER 0:0
