@@ -20,7 +20,7 @@ DEB_PACKAGES := iproute2 iptables nftables etcd-server etcd-client iputils-ping 
 	containernetworking-plugins podman runc busybox-static
 
 # Packages whose tests never need root; they also run under the race detector.
-UNIT_PKGS := ./ip/... ./subnet/... ./cmd/... ./internal/etcdconn/...
+UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./cmd/... ./internal/etcdconn/...
 
 .PHONY: all build deps demo test test-unit test-kernel e2e bench fuzz vet clean
 
