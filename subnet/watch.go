@@ -195,6 +195,9 @@ func (ps *peerState) list(ctx context.Context) error {
 	for _, l := range ps.valid {
 		ps.account(l, 1)
 	}
+	for _, h := range ps.held { // held keys are never in valid
+		ps.account(h.Lease, 1)
+	}
 	return nil
 }
 
@@ -227,6 +230,7 @@ func (ps *peerState) expireHeld(now time.Time) time.Time {
 	var next time.Time
 	for k, h := range ps.held {
 		if !now.Before(h.until) {
+			ps.account(h.Lease, -1)
 			delete(ps.held, k)
 			ps.clean, ps.touched = false, nil
 			continue
@@ -249,6 +253,8 @@ func (ps *peerState) put(kv *mvccpb.KeyValue) {
 	shared := false
 	if old, ok := ps.valid[l.Key]; ok {
 		shared = ps.account(old, -1)
+	} else if h, held := ps.held[l.Key]; held {
+		shared = ps.account(h.Lease, -1)
 	}
 	if ps.account(&l, 1) || shared {
 		ps.outOK, ps.touched = false, nil // others' verdicts may change: check all
@@ -315,6 +321,8 @@ func (ps *peerState) remove(key string) {
 		l, ok = h.Lease, true
 	}
 	if v, inValid := ps.valid[key]; inValid && ps.account(v, -1) {
+		ps.outOK, ps.touched = false, nil
+	} else if h, held := ps.held[key]; held && !inValid && ps.account(h.Lease, -1) {
 		ps.outOK, ps.touched = false, nil
 	}
 	delete(ps.valid, key)
