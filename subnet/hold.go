@@ -373,23 +373,28 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 	return Lease{}, ctx.Err()
 }
 
-// txn runs If(cmp).Then(then).Else(Get subnets prefix). On failure of the
-// comparison it stores the Else data in *kvs.
+// txn runs If(cmp).Then(then). On failure of the comparison it lists the
+// subnets prefix again into *kvs, in pages: an Else branch reading the whole
+// prefix in one response would be unbounded (a prefix of megabyte values
+// would fail the transaction forever).
 func (h *holder) txn(ctx context.Context, c clientv3.Cmp, then clientv3.Op, kvs *[]*mvccpb.KeyValue) (bool, int64, error) {
 	r := h.r
 	var resp *clientv3.TxnResponse
 	err := r.timed("txn", func() (err error) {
 		tc, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
-		resp, err = r.cli.Txn(tc).If(c).Then(then).
-			Else(clientv3.OpGet(r.subnetsPrefix(), clientv3.WithPrefix())).Commit()
+		resp, err = r.cli.Txn(tc).If(c).Then(then).Commit()
 		return
 	})
 	if err != nil {
 		return false, 0, err
 	}
 	if !resp.Succeeded {
-		*kvs = resp.Responses[0].GetResponseRange().Kvs
+		list, err := r.listSubnets(ctx, false)
+		if err != nil {
+			return false, 0, err
+		}
+		*kvs = list.Kvs
 	}
 	return resp.Succeeded, resp.Header.Revision, nil
 }

@@ -62,6 +62,7 @@ type Registry struct {
 	restoreGrace time.Duration // how long peers a restored etcd forgot stay programmed
 	backoffMin   time.Duration
 	backoffMax   time.Duration
+	pageMax      int // most keys one listing request asks for
 	// Test hooks, nil in production.
 	hookBeforeCreate func(key string) // before a create-if-absent txn
 	hookAfterList    func()           // after WatchPeers lists, before it watches
@@ -111,16 +112,7 @@ func (r *Registry) listSubnets(ctx context.Context, share bool) (*clientv3.GetRe
 		r.listing = c
 		r.mu.Unlock()
 	}
-	var resp *clientv3.GetResponse
-	err := r.timed("get", func() (err error) {
-		c, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		resp, err = r.cli.Get(c, r.subnetsPrefix(), clientv3.WithPrefix())
-		return
-	})
-	if err != nil {
-		err = fmt.Errorf("listing %s: %w", r.subnetsPrefix(), err)
-	}
+	resp, err := r.rangeAll(ctx, r.subnetsPrefix())
 	if c != nil {
 		c.resp, c.err = resp, err
 		r.mu.Lock()
@@ -210,6 +202,7 @@ func NewRegistry(cli *clientv3.Client, prefix string, log *slog.Logger, reg prom
 		restoreGrace: 30 * time.Second,
 		backoffMin:   200 * time.Millisecond,
 		backoffMax:   30 * time.Second,
+		pageMax:      pageMax,
 	}
 }
 
@@ -262,13 +255,9 @@ func (r *Registry) SetConfig(ctx context.Context, c Config) error {
 // in with one LeaseTimeToLive per distinct etcd lease: this is for operators,
 // not for the agent.
 func (r *Registry) ListLeases(ctx context.Context) ([]Lease, int64, error) {
-	var resp *clientv3.GetResponse
-	err := r.timed("get", func() (err error) {
-		resp, err = r.cli.Get(ctx, r.subnetsPrefix(), clientv3.WithPrefix())
-		return
-	})
+	resp, err := r.rangeAll(ctx, r.subnetsPrefix())
 	if err != nil {
-		return nil, 0, fmt.Errorf("listing %s: %w", r.subnetsPrefix(), err)
+		return nil, 0, err
 	}
 	cfg, cfgErr := r.GetConfig(ctx)
 	ttls := map[int64]time.Duration{}

@@ -1,0 +1,98 @@
+package subnet
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// MaxValueSize is the largest value weft parses, of a lease or of the
+// config: a lease is under 200 bytes and a config under 300. A bigger value
+// is an invalid entry with its size as the reason; it is never read as a
+// deletion. Listings keep only a short note of its size, so that a prefix
+// full of megabyte values costs weftd no more memory than one page of them.
+const MaxValueSize = 64 << 10
+
+// pageMax is how many keys one listing request asks for at most: 4,000
+// leases are four pages of 200 kB. Pages shrink when one is larger than the
+// client's receive limit (megabyte values).
+const pageMax = 1000
+
+// oversized starts the note that replaces a value over MaxValueSize in a
+// listing; the value's size in bytes follows. The NUL makes it unparseable
+// as anything else.
+const oversized = "\x00weft: value over the size limit, bytes: "
+
+// capValue replaces kv's value with a note of its size if it is over
+// MaxValueSize, so that the big value can be collected.
+func capValue(kv *mvccpb.KeyValue) {
+	if len(kv.Value) > MaxValueSize {
+		kv.Value = []byte(oversized + strconv.Itoa(len(kv.Value)))
+	}
+}
+
+// valueSizeErr says why value is too big to parse, or nil.
+func valueSizeErr(what string, value []byte) error {
+	n := len(value)
+	if s, ok := strings.CutPrefix(string(value), oversized); ok {
+		n, _ = strconv.Atoi(s)
+	} else if n <= MaxValueSize {
+		return nil
+	}
+	return fmt.Errorf("%s: %d bytes, over the %d-byte limit", what, n, MaxValueSize)
+}
+
+// rangeAll reads every key under prefix in pages of at most r.pageMax keys,
+// all at the revision of the first page, so that the listing is one
+// consistent view. Values over MaxValueSize are replaced by a note of their
+// size as each page arrives (capValue). A page bigger than the client's
+// receive limit (etcdconn sets it) is asked again with a sixteenth of the
+// keys, down to one, and pages stay that small for the rest of the listing.
+// A compaction between two pages fails the listing; callers retry.
+func (r *Registry) rangeAll(ctx context.Context, prefix string) (*clientv3.GetResponse, error) {
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from, limit, shrunk := prefix, r.pageMax, false
+	var out *clientv3.GetResponse
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(limit))}
+		if out != nil {
+			opts = append(opts, clientv3.WithRev(out.Header.Revision))
+		}
+		var resp *clientv3.GetResponse
+		err := r.timed("get", func() (err error) {
+			c, cancel := context.WithTimeout(ctx, requestTimeout)
+			defer cancel()
+			resp, err = r.cli.Get(c, from, opts...)
+			return
+		})
+		if status.Code(err) == codes.ResourceExhausted && limit > 1 && ctx.Err() == nil {
+			limit, shrunk = max(1, limit/16), true
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", prefix, err)
+		}
+		for _, kv := range resp.Kvs {
+			capValue(kv)
+		}
+		if out == nil {
+			out = resp
+		} else {
+			out.Kvs = append(out.Kvs, resp.Kvs...)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			out.More, out.Count = false, int64(len(out.Kvs))
+			return out, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		if !shrunk {
+			limit = r.pageMax
+		}
+	}
+}
