@@ -157,11 +157,11 @@ func (n *Node) Run(ctx context.Context) error {
 	defer cancel()
 
 	leases := newMailbox[subnet.Lease]()
-	prev := n.previousSubnet()
+	prev, prevLease := n.previousSubnet()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		n.holdLease(ctx, prev, leases)
+		n.holdLease(ctx, prev, prevLease, leases)
 	}()
 
 	// The peer watch starts with the lease acquisition rather than after it:
@@ -230,8 +230,12 @@ func (n *Node) Run(ctx context.Context) error {
 
 		case l := <-leases.ch:
 			if l.Subnet == lease.Subnet {
+				renewed := l.EtcdLeaseID != lease.EtcdLeaseID
 				lease = l
 				n.setLease(l)
+				if renewed && n.envWritten() {
+					n.writeEnv(dp, lease) // subnet.env records the etcd lease
+				}
 				continue
 			}
 			n.log.Warn("the node's subnet changed; containers must be restarted on the new one",
@@ -321,34 +325,36 @@ func (n *Node) keepRules(ctx context.Context) {
 	}
 }
 
-// previousSubnet is the subnet this node had before, according to subnet.env.
-func (n *Node) previousSubnet() netip.Prefix {
+// previousSubnet is the subnet this node had before, and the etcd lease it
+// held it with, according to subnet.env.
+func (n *Node) previousSubnet() (netip.Prefix, int64) {
 	if n.cfg.SubnetFile == "" {
-		return netip.Prefix{}
+		return netip.Prefix{}, 0
 	}
 	env, err := ReadSubnetEnv(n.cfg.SubnetFile)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return netip.Prefix{}
+		return netip.Prefix{}, 0
 	case err != nil:
 		n.log.Warn("ignoring unreadable subnet file", "err", err)
-		return netip.Prefix{}
+		return netip.Prefix{}, 0
 	}
-	return env.Lease()
+	return env.Lease(), env.EtcdLease
 }
 
 // holdLease keeps the node's lease until ctx ends, retrying acquisition
 // failures (an exhausted range, etcd down at start) with backoff.
-func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, out mailbox[subnet.Lease]) {
+func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, prevLease int64, out mailbox[subnet.Lease]) {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		err := n.cfg.Holder.Hold(ctx, subnet.HoldRequest{
-			Config:   n.cfg.Config,
-			PublicIP: n.cfg.PublicIP,
-			VtepMAC:  n.cfg.Leases.VtepMAC,
-			TTL:      n.cfg.LeaseTTL,
-			Previous: prev,
-			Avoid:    avoidExcept(n.cfg.Avoid, prev),
+			Config:        n.cfg.Config,
+			PublicIP:      n.cfg.PublicIP,
+			VtepMAC:       n.cfg.Leases.VtepMAC,
+			TTL:           n.cfg.LeaseTTL,
+			Previous:      prev,
+			PreviousLease: prevLease,
+			Avoid:         avoidExcept(n.cfg.Avoid, prev),
 			OnLease: func(l subnet.Lease) {
 				n.setLease(l)
 				out.put(l)
@@ -521,10 +527,11 @@ func (n *Node) ensureRules(r RuleSet) {
 
 func (n *Node) writeEnv(dp Dataplane, l subnet.Lease) {
 	env := SubnetEnv{
-		Network: n.cfg.Config.Network,
-		Subnet:  netip.PrefixFrom(l.Subnet.Addr().Next(), l.Subnet.Bits()),
-		MTU:     dp.MTU(),
-		IPMasq:  n.cfg.IPMasq,
+		Network:   n.cfg.Config.Network,
+		Subnet:    netip.PrefixFrom(l.Subnet.Addr().Next(), l.Subnet.Bits()),
+		MTU:       dp.MTU(),
+		IPMasq:    n.cfg.IPMasq,
+		EtcdLease: l.EtcdLeaseID,
 	}
 	if err := WriteSubnetEnv(n.cfg.SubnetFile, env); err != nil {
 		n.log.Error("writing the subnet file", "err", err)

@@ -34,6 +34,10 @@ type HoldRequest struct {
 	// Previous is the subnet from the last run (subnet.env); it is taken
 	// again if still free. May be zero.
 	Previous netip.Prefix
+	// PreviousLease is the etcd lease this node held Previous with
+	// (subnet.env records it); 0 if unknown. A key at Previous attached to
+	// it was this node's, whatever address it names now.
+	PreviousLease int64
 	// Avoid lists prefixes the node uses for something else (its own
 	// addresses and routes weft did not make); no subnet overlapping them is
 	// ever taken.
@@ -56,6 +60,9 @@ type holder struct {
 	attrs LeaseAttrs
 	value string // attrs as JSON
 	down  bool   // etcd unreachable; logged once when it starts and ends
+	// repairLogged is when a repair of our key was last logged at warning
+	// level: a writer overwriting it in a loop gets one line a minute.
+	repairLogged time.Time
 }
 
 // Hold acquires a subnet for this node and keeps it for as long as ctx lives:
@@ -221,12 +228,16 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	if len(mine) > 0 && (!sticky || mine[0].Subnet == prev || !alloc.Eligible(prev)) {
 		return adopt, mine[0], nil
 	}
-	// The previous subnet's key names another address: this node's address
-	// changed (subnet.env, the node's own record, says the subnet is ours).
-	// Take the key over, as flanneld does, so peers switch to the new
-	// address instead of keeping a dead lease for a day. Reservations are
-	// never taken over: they belong to the address they name.
-	if l := prevLease; l.Subnet == prev && prev.IsValid() && !sticky && l.Err == nil && l.EtcdLeaseID != 0 && inRange.Eligible(prev) {
+	// The previous subnet's key names another address, or garbage, but is
+	// attached to the etcd lease this node held it with (subnet.env, the
+	// node's own record, says so): this node's address changed, or its key
+	// was overwritten while it was down. Take the key over, so peers switch
+	// to the new address instead of keeping a dead lease for a day. A key
+	// on any other etcd lease may be a live node's and is never taken:
+	// the node gets another subnet. Reservations are never taken over:
+	// they belong to the address they name.
+	if l := prevLease; l.Subnet == prev && prev.IsValid() && !sticky && l.EtcdLeaseID != 0 &&
+		l.EtcdLeaseID == h.req.PreviousLease && inRange.Eligible(prev) {
 		h.r.log.Info("taking over the previous subnet's lease for this node's new address",
 			"subnet", prev, "old_public_ip", l.Attrs.PublicIP, "public_ip", h.req.PublicIP)
 		return adopt, l, nil
