@@ -222,22 +222,8 @@ func (r *Registry) timed(op string, f func() error) error {
 
 // GetConfig reads and parses the network config.
 func (r *Registry) GetConfig(ctx context.Context) (Config, error) {
-	var resp *clientv3.GetResponse
-	err := r.timed("get", func() (err error) { resp, err = r.cli.Get(ctx, r.configKey()); return })
-	if err != nil {
-		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), err)
-	}
-	// etcd answered: it is up even if the config is missing or bad.
-	r.m.etcdUp.Set(1)
-	r.markSync()
-	if len(resp.Kvs) == 0 {
-		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), ErrNoConfig)
-	}
-	c, err := ParseConfig(resp.Kvs[0].Value)
-	if err != nil {
-		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), err)
-	}
-	return c, nil
+	c, _, err := r.ReadConfig(ctx)
+	return c, err
 }
 
 // SetConfig writes the network config (defaults spelled out).
