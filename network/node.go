@@ -65,6 +65,10 @@ type NodeConfig struct {
 
 	Holder  leaseHolder
 	Watcher peerWatcher
+	// ConfigWatcher follows the config key from ConfigRevision, the mod
+	// revision Config was read at; nil leaves the config as it is.
+	ConfigWatcher  configWatcher
+	ConfigRevision int64
 	// EtcdSynced says when the node's view of etcd was last current (for
 	// /readyz); subnet.Registry.LastSync.
 	EtcdSynced func() time.Time
@@ -119,6 +123,7 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	n := &Node{cfg: cfg, log: cfg.Log.With("component", "node"), m: cfg.Metrics}
 	n.st.PublicIP = cfg.PublicIP
 	n.st.VtepMAC = cfg.Leases.VtepMAC.String()
+	n.st.ConfigRevision = cfg.ConfigRevision
 	return n, nil
 }
 
@@ -157,21 +162,16 @@ func (n *Node) Run(ctx context.Context) error {
 	defer cancel()
 
 	leases := newMailbox[subnet.Lease]()
-	prev, prevLease := n.previousSubnet()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n.holdLease(ctx, prev, prevLease, leases)
-	}()
-
-	// The peer watch starts with the lease acquisition rather than after it:
-	// its listing then overlaps Hold's and the device set-up at a cold start.
 	snaps := newMailbox[snapshotIn]()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n.watchPeers(ctx, snaps)
-	}()
+	prev, prevLease := n.previousSubnet()
+	stopEtcd := n.startEtcdSide(ctx, prev, prevLease, leases, snaps)
+	defer func() { stopEtcd() }()
+	configs := newMailbox[subnet.ConfigUpdate]()
+	if n.cfg.ConfigWatcher != nil {
+		wg.Go(func() {
+			_ = n.cfg.ConfigWatcher.WatchConfig(ctx, n.cfg.ConfigRevision, func(u subnet.ConfigUpdate) { configs.put(u) })
+		})
+	}
 
 	n.beat()
 	var lease subnet.Lease
@@ -254,6 +254,16 @@ func (n *Node) Run(ctx context.Context) error {
 			n.markEnvWritten(false)
 			subCtx, stopSub = context.WithCancel(ctx)
 			n.subscribe(subCtx, &wg, dp, kicks)
+
+		case u := <-configs.ch:
+			if next, apply := n.configChange(u); apply {
+				// Hold and the peer watch start again with the new
+				// config: the lease is adopted as it is, the peers are
+				// listed again and judged by the new range.
+				stopEtcd()
+				n.cfg.Config = next
+				stopEtcd = n.startEtcdSide(ctx, lease.Subnet, lease.EtcdLeaseID, leases, snaps)
+			}
 
 		case in := <-snaps.ch:
 			// The snapshot's peers are the desired state as they are

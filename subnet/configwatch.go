@@ -164,3 +164,40 @@ func LiveChange(cur, next Config) (bool, string) {
 	}
 	return true, ""
 }
+
+// ErrConfigChanged means the config key is no longer at the revision a
+// compare-and-swap expected.
+var ErrConfigChanged = errors.New("the config in etcd changed since it was read")
+
+// RawConfig is the config key as stored: its bytes and mod revision (0 when
+// the key does not exist), unparsed, so that a tool can show and replace a
+// config weft refuses.
+func (r *Registry) RawConfig(ctx context.Context) ([]byte, int64, error) {
+	resp, err := r.cli.Get(ctx, r.configKey())
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading %s: %w", r.configKey(), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, nil
+	}
+	return resp.Kvs[0].Value, resp.Kvs[0].ModRevision, nil
+}
+
+// PutConfig writes c only if the config key's mod revision is still rev (0:
+// only if there is no config yet), in one transaction; otherwise it returns
+// ErrConfigChanged and writes nothing. It returns the new mod revision.
+func (r *Registry) PutConfig(ctx context.Context, c Config, rev int64) (int64, error) {
+	var resp *clientv3.TxnResponse
+	err := r.timed("txn", func() (err error) {
+		resp, err = r.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(r.configKey()), "=", rev)).
+			Then(clientv3.OpPut(r.configKey(), string(c.JSON()))).Commit()
+		return
+	})
+	if err != nil {
+		return 0, fmt.Errorf("writing %s: %w", r.configKey(), err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("writing %s: %w", r.configKey(), ErrConfigChanged)
+	}
+	return resp.Header.Revision, nil
+}
