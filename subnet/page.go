@@ -20,9 +20,15 @@ import (
 const MaxValueSize = 64 << 10
 
 // pageMax is how many keys one listing request asks for at most: 4,000
-// leases are four pages of 200 kB. Pages shrink when one is larger than the
-// client's receive limit (megabyte values).
-const pageMax = 1000
+// leases of 200 bytes are one page of under a megabyte, so a cold start
+// makes the same requests at any cluster size weft is measured at. Pages
+// shrink when one is larger than the client's receive limit (megabyte
+// values), and grow back while they carry less than pageGrowBytes.
+const pageMax = 5000
+
+// pageGrowBytes: a page that carried less than this lets the next ask for
+// twice as many keys.
+const pageGrowBytes = 1 << 20
 
 // oversized starts the note that replaces a value over MaxValueSize in a
 // listing; the value's size in bytes follows. The NUL makes it unparseable
@@ -48,16 +54,23 @@ func valueSizeErr(what string, value []byte) error {
 	return fmt.Errorf("%s: %d bytes, over the %d-byte limit", what, n, MaxValueSize)
 }
 
-// rangeAll reads every key under prefix in pages of at most r.pageMax keys,
-// all at the revision of the first page, so that the listing is one
-// consistent view. Values over MaxValueSize are replaced by a note of their
-// size as each page arrives (capValue). A page bigger than the client's
-// receive limit (etcdconn sets it) is asked again with a sixteenth of the
-// keys, down to one, and pages stay that small for the rest of the listing.
+// rangeAll reads every key under prefix in pages, all at the revision of
+// the first page, so that the listing is one consistent view. Values over
+// MaxValueSize are replaced by a note of their size as each page arrives
+// (capValue). A page bigger than the client's receive limit (etcdconn sets
+// it) is asked again with a sixteenth of the keys, down to one; a page that
+// carried less than pageGrowBytes lets the next one double, up to r.pageMax.
+// The size reached is where the next listing starts, so that a prefix full
+// of megabyte values costs etcd one oversized response, not one a listing.
 // A compaction between two pages fails the listing; callers retry.
 func (r *Registry) rangeAll(ctx context.Context, prefix string) (*clientv3.GetResponse, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
-	from, limit, shrunk := prefix, r.pageMax, false
+	from := prefix
+	limit := int(r.pageLimit.Load())
+	if limit <= 0 || limit > r.pageMax {
+		limit = r.pageMax
+	}
+	defer func() { r.pageLimit.Store(int64(limit)) }()
 	var out *clientv3.GetResponse
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(limit))}
@@ -72,14 +85,19 @@ func (r *Registry) rangeAll(ctx context.Context, prefix string) (*clientv3.GetRe
 			return
 		})
 		if status.Code(err) == codes.ResourceExhausted && limit > 1 && ctx.Err() == nil {
-			limit, shrunk = max(1, limit/16), true
+			limit = max(1, limit/16)
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("listing %s: %w", prefix, err)
 		}
+		size := 0
 		for _, kv := range resp.Kvs {
+			size += len(kv.Key) + len(kv.Value)
 			capValue(kv)
+		}
+		if size < pageGrowBytes {
+			limit = min(r.pageMax, limit*2)
 		}
 		if out == nil {
 			out = resp
@@ -91,8 +109,5 @@ func (r *Registry) rangeAll(ctx context.Context, prefix string) (*clientv3.GetRe
 			return out, nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-		if !shrunk {
-			limit = r.pageMax
-		}
 	}
 }

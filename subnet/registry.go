@@ -36,6 +36,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,6 +64,8 @@ type Registry struct {
 	backoffMin   time.Duration
 	backoffMax   time.Duration
 	pageMax      int // most keys one listing request asks for
+	// pageLimit is the page size the last listing ended with (rangeAll).
+	pageLimit atomic.Int64
 	// Test hooks, nil in production.
 	hookBeforeCreate func(key string) // before a create-if-absent txn
 	hookAfterList    func()           // after WatchPeers lists, before it watches
