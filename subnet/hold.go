@@ -273,8 +273,8 @@ func cmpBool(a, b bool) int {
 	return 1
 }
 
-// acquire gets a subnet: one prefix Get, then transactions whose Else branch
-// supplies the data for the next attempt. It retries etcd errors forever
+// acquire gets a subnet: one listing of the prefix, then transactions; a
+// failed comparison lists again for the next attempt. It retries etcd errors forever
 // (quietly) and lost races immediately. It returns an error only when no
 // subnet is free on a first acquisition, or ctx ends.
 func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (Lease, error) {
@@ -344,7 +344,7 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 				continue
 			}
 			if !ok {
-				continue // kvs now holds the Else branch's fresh list
+				continue // kvs now holds a fresh listing
 			}
 			l.Attrs, l.ModRevision = h.attrs, rev
 			return l, nil
@@ -374,7 +374,7 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 				continue
 			}
 			if !ok {
-				continue // lost the race; retry from the Else data
+				continue // lost the race; retry from the fresh listing
 			}
 			used = true
 			return Lease{Subnet: l.Subnet, Attrs: h.attrs, EtcdLeaseID: granted, Key: key,

@@ -6,10 +6,12 @@
 // Three things live here. ParseConfig, ParseKey and ParseLeaseAttrs turn
 // outside bytes into validated values; every error names the field. Hold
 // acquires this node's subnet with a constant number of etcd requests
-// whatever the cluster size (one prefix Get, then create-if-absent
-// transactions whose Else branch returns fresh data for the retry), keeps the
-// etcd lease alive, and re-acquires the same subnet when etcd forgets it
-// (lease expired, key deleted, etcd restored empty). WatchPeers lists once,
+// whatever the cluster size (one listing of the prefix, then a
+// create-if-absent transaction; a lost race lists again), keeps the etcd
+// lease alive, re-acquires the same subnet when etcd forgets it (lease
+// expired, key deleted, etcd restored empty), and writes its value back when
+// someone overwrites its key with anything that cannot be a live node's claim
+// (keep.go, judge). WatchPeers lists once,
 // watches from the next revision and hands the caller a whole Snapshot of
 // usable peers after every change, so the consumer is a plain "make the kernel
 // look like this" function and never has to interpret events.
@@ -17,7 +19,11 @@
 // The code never trusts etcd content: a peer value that fails validation is
 // logged once, counted, and ignored; if the key had a valid value before, that
 // value stays in effect, so a corrupt write cannot tear down a working route.
-// Only a delete removes a peer. etcd outages are waited out quietly: one log
+// Only a delete removes a peer. Nothing under the prefix can make weftd's
+// memory grow without bound: listings come in pages (page.go) that fit the
+// client's receive limit, and values over MaxValueSize are never parsed or
+// kept. WatchConfig follows the config key; LiveChange says which changes a
+// running node may apply. etcd outages are waited out quietly: one log
 // line when one starts, one when it ends, and a full re-list afterwards
 // because etcd may have come back from a backup or from nothing.
 //
