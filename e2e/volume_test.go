@@ -44,10 +44,11 @@ const rssBound = 64 << 20
 const (
 	smallKeys = 2000 // hostile keys with small values
 	bigKeys   = 150  // values of a megabyte each: 150 MiB, far over rssBound
+	longKeys  = 50   // keys of a megabyte each
 )
 
-// TestBoundedUnderVolume: an attacker writes thousands of keys and 150 MiB of
-// megabyte values under the subnets prefix, one key named with a terminal
+// TestBoundedUnderVolume: an attacker writes thousands of keys, 150 MiB of
+// megabyte values and 50 megabyte keys under the subnets prefix, one key named with a terminal
 // escape. weftd watching it live, and weftd restarted into it (which lists
 // it all), stay under rssBound of peak RSS and ready; every bad key is
 // counted, no log line is longer than a few hundred bytes, the data planes
@@ -84,8 +85,14 @@ func TestBoundedUnderVolume(t *testing.T) {
 			t.Fatalf("writing megabyte value %d: %v", i, err)
 		}
 	}
-	t.Logf("wrote %d small keys and %d MiB in %v", smallKeys+1, bigKeys, time.Since(start).Round(time.Millisecond))
-	total := float64(smallKeys + bigKeys + 1)
+	for i := range longKeys {
+		k := fmt.Sprintf("%s/subnets/172.31.%d.0-24%s", prefix, i, strings.Repeat("k", 1<<20))
+		if _, err := e.cli.Put(ctx, k, "x"); err != nil {
+			t.Fatalf("writing megabyte key %d: %v", i, err)
+		}
+	}
+	t.Logf("wrote %d small keys, %d MiB of values and %d MiB of keys in %v", smallKeys+1, bigKeys, longKeys, time.Since(start).Round(time.Millisecond))
+	total := float64(smallKeys + bigKeys + longKeys + 1)
 
 	// node2 saw it all through its watch.
 	e.eventually("node2 counts every bad key", 30*time.Second, func() (bool, string) {

@@ -2,6 +2,7 @@ package subnet
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"strconv"
 	"strings"
@@ -40,6 +41,19 @@ const oversized = "\x00weft: value over the size limit, bytes: "
 func capValue(kv *mvccpb.KeyValue) {
 	if len(kv.Value) > MaxValueSize {
 		kv.Value = []byte(oversized + strconv.Itoa(len(kv.Value)))
+	}
+}
+
+// MaxKeySize is the longest key weft keeps as it is. A subnet key is the
+// prefix and at most 18 bytes; a longer one is kept as its first 128 bytes,
+// its size and a hash, which tell keys apart and never parse as a subnet.
+const MaxKeySize = 1 << 10
+
+// capKey shortens kv's key if it is over MaxKeySize (see there).
+func capKey(kv *mvccpb.KeyValue) {
+	if len(kv.Key) > MaxKeySize {
+		sum := sha256.Sum256(kv.Key)
+		kv.Key = fmt.Appendf(nil, "%s\x00weft: key of %d bytes, sha256 %x", kv.Key[:128], len(kv.Key), sum[:12])
 	}
 }
 
@@ -92,8 +106,12 @@ func (r *Registry) rangeAll(ctx context.Context, prefix string) (*clientv3.GetRe
 			return nil, fmt.Errorf("listing %s: %w", prefix, err)
 		}
 		size := 0
+		if n := len(resp.Kvs); n > 0 {
+			from = string(resp.Kvs[n-1].Key) + "\x00" // the next page's start, before capKey
+		}
 		for _, kv := range resp.Kvs {
 			size += len(kv.Key) + len(kv.Value)
+			capKey(kv)
 			capValue(kv)
 		}
 		if size < pageGrowBytes {
@@ -108,6 +126,5 @@ func (r *Registry) rangeAll(ctx context.Context, prefix string) (*clientv3.GetRe
 			out.More, out.Count = false, int64(len(out.Kvs))
 			return out, nil
 		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -48,10 +49,30 @@ func TestRangeAllPagesAndCapsValues(t *testing.T) {
 		}
 		want[k] = len(v)
 	}
+	// Keys of 100 kB: kept short, told apart, and the pages go on past them.
+	longKeys := map[string]bool{}
+	for i := range 3 {
+		k := r.subnetsPrefix() + "172.16.5.0-24" + strings.Repeat(string(rune('a'+i)), 100<<10)
+		if _, err := writer.Put(ctx, k, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	resp, err := r.rangeAll(ctx, r.subnetsPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
+	var kept []*mvccpb.KeyValue
+	for _, kv := range resp.Kvs {
+		if strings.Contains(string(kv.Key), "\x00weft: key of 102441 bytes, sha256 ") && len(kv.Key) < 300 {
+			longKeys[string(kv.Key)] = true
+			continue
+		}
+		kept = append(kept, kv)
+	}
+	if len(longKeys) != 3 {
+		t.Errorf("long keys listed as %d distinct short ones, want 3", len(longKeys))
+	}
+	resp.Kvs = kept
 	if len(resp.Kvs) != len(want) {
 		t.Fatalf("listed %d keys, want %d", len(resp.Kvs), len(want))
 	}

@@ -333,6 +333,7 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 				ps.clean = false // merged once by the snapshot
 			}
 			for _, ev := range wr.Events {
+				capKey(ev.Kv)
 				if ev.Type == clientv3.EventTypeDelete {
 					ps.remove(string(ev.Kv.Key))
 					continue
