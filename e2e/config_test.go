@@ -48,7 +48,6 @@ func TestConfigRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	put(`{"Network":"127.0.0.0/8"}`)
 	a := e.addNode("node1", mustPrefix("172.17.42.31/16"))
 	rulesBefore, err := a.Run(ctx, "iptables-save")
 	if err != nil {
