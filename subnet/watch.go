@@ -360,7 +360,7 @@ func (ps *peerState) invalid(l Lease, err error, kept bool) {
 	}
 	ps.logged[l.Key] = l.ModRevision
 	ps.r.m.peerEvents.WithLabelValues("invalid").Inc()
-	ps.r.log.Warn("ignoring invalid subnet lease", "key", l.Key, "mod_revision", l.ModRevision,
+	ps.r.log.Warn("ignoring invalid subnet lease", "key", clip(l.Key), "mod_revision", l.ModRevision,
 		"err", err, "kept_previous_value", kept)
 }
 
@@ -405,6 +405,7 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 				ps.clean = false // merged once by the snapshot
 			}
 			for _, ev := range wr.Events {
+				capKey(ev.Kv)
 				if ev.Type == clientv3.EventTypeDelete {
 					ps.remove(string(ev.Kv.Key))
 					continue
@@ -659,7 +660,8 @@ func (r *Registry) probe(ctx context.Context, reconnect chan<- struct{}, seen *a
 			// the endpoints, and a member a little behind would answer with
 			// a revision below the watch's, which reads as a restore; a
 			// member cut off from its cluster would still answer too.
-			resp, err = r.cli.Get(c, r.configKey())
+			// Count only: the probe wants the revision, not the value.
+			resp, err = r.cli.Get(c, r.configKey(), clientv3.WithCountOnly())
 			return
 		})
 		if ctx.Err() != nil {
