@@ -113,7 +113,16 @@ func TestConfigChangeLive(t *testing.T) {
 		t.Fatalf("/status shows no config revision: %+v", st)
 	}
 
-	// Wider range: applied live, peers from it programmed.
+	// A peer below SubnetMin is refused by the lease rulebook...
+	e.putPeer(e.cli, "172.16.0.0/24", "172.17.42.77", "02:00:00:00:00:77")
+	e.eventually("node1 refuses a peer below SubnetMin", 5*time.Second, func() (bool, string) {
+		return a.logCount("below SubnetMin") > 0, a.proc.Tail(10)
+	})
+	if routes, _ := a.Routes(ctx); hasRoute(routes, mustPrefix("172.16.0.0/24")) {
+		t.Fatalf("a peer outside SubnetMin..SubnetMax was programmed:\n%s", routes)
+	}
+
+	// ...until a wider range is applied live, and it is programmed.
 	out, err := a.Run(ctx, weftctl, "config", "get", "--etcd-endpoints", etcdURL)
 	if err != nil || !strings.Contains(out, fmt.Sprintf("revision %d", rev0)) {
 		t.Fatalf("weftctl config get: %v\n%s", err, out)
@@ -128,7 +137,6 @@ func TestConfigChangeLive(t *testing.T) {
 		return st.Status.ConfigRevision > rev0 && st.Status.ConfigPending == "", fmt.Sprintf("%+v", st)
 	})
 	a.waitLog(t, "applying config change live", 5*time.Second)
-	e.putPeer(e.cli, "172.16.0.0/24", "172.17.42.77", "02:00:00:00:00:77")
 	e.eventually("node1 programs a peer on the first subnet, now in range", 5*time.Second, func() (bool, string) {
 		routes, _ := a.Routes(ctx)
 		return hasRoute(routes, mustPrefix("172.16.0.0/24")), routes

@@ -320,7 +320,7 @@ func (c Config) checkLease(l Lease) error {
 	a := l.Attrs
 	switch {
 	case a.BackendType != "vxlan":
-		return fmt.Errorf("BackendType %q: %w", a.BackendType, errNotVXLAN)
+		return fmt.Errorf("BackendType %q: %w", clip(a.BackendType), errNotVXLAN)
 	case a.VNI != 0 && a.VNI != c.Backend.VNI:
 		return fmt.Errorf("VNI %d: network uses VNI %d", a.VNI, c.Backend.VNI)
 	}
