@@ -55,12 +55,12 @@ type HoldRequest struct {
 
 // holder is the state of one Hold call.
 type holder struct {
-	r     *Registry
-	req   HoldRequest
-	attrs LeaseAttrs
-	value string // attrs as JSON
-	down  bool   // etcd unreachable; logged once when it starts and ends
-	deniedLogged bool // etcd refused us a write; logged once (deniedWrite)
+	r            *Registry
+	req          HoldRequest
+	attrs        LeaseAttrs
+	value        string // attrs as JSON
+	down         bool   // etcd unreachable; logged once when it starts and ends
+	deniedLogged bool   // etcd refused us a write; logged once (deniedWrite)
 	// repairLogged is when a repair of our key was last logged at warning
 	// level: a writer overwriting it in a loop gets one line a minute.
 	repairLogged time.Time
