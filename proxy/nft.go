@@ -1,0 +1,269 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is the nftables table (family ip) that holds every service rule.
+// weft's other nftables table is "weft"; this one is apart so that each side
+// can be flushed and rebuilt without the other.
+const TableName = "weft-svc"
+
+// Names of the table's fixed objects.
+const (
+	setServices    = "services"     // vip . proto . port : goto svc-…
+	setNoEndpoints = "no-endpoints" // vip . proto . port : goto reject
+	setBackends    = "backends"     // port id . index : backend ip . port
+	setHairpin     = "hairpin"      // ip . ip of every backend: masquerade a connection to itself
+	chainServices  = "services"
+	chainReject    = "reject"
+)
+
+// Registers. NFT_REG32_00 (8) onward are 32-bit registers; a concatenation
+// takes one per field, padded to 4 bytes.
+const (
+	reg1  = 1 // the 128-bit register 1, for simple comparisons
+	reg8  = 8
+	reg9  = 9
+	reg10 = 10
+	reg11 = 11
+)
+
+// rtnLocal is RTN_LOCAL, fib's answer for an address of this host.
+const rtnLocal = 2
+
+var (
+	dispatchKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	backendKey  = nftables.MustConcatSetType(nftables.TypeInteger, nftables.TypeInteger)
+	backendData = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	hairpinKey  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)
+)
+
+// nftConn opens a netlink connection to nf_tables with buffers large enough
+// for a whole rebuild at tens of thousands of services in one transaction:
+// the batch goes out in one sendmsg, and the kernel acknowledges every
+// message before weft reads any of the acknowledgements.
+func nftConn(netnsFd int) (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(func(c *netlink.Conn) error {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		err = rc.Control(func(fd uintptr) {
+			for _, o := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o, 64<<20); e != nil {
+					serr = e
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	})}
+	if netnsFd > 0 {
+		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("opening nf_tables netlink: %w", err)
+	}
+	return c, nil
+}
+
+// objects is the table and its named objects, as google/nftables wants them
+// to refer to by name.
+type objects struct {
+	table                                 *nftables.Table
+	services, noEndpoints, backends, hair *nftables.Set
+}
+
+func newObjects() objects {
+	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+	return objects{
+		table:       t,
+		services:    &nftables.Set{Table: t, Name: setServices, IsMap: true, Concatenation: true, KeyType: dispatchKey, DataType: nftables.TypeVerdict},
+		noEndpoints: &nftables.Set{Table: t, Name: setNoEndpoints, IsMap: true, Concatenation: true, KeyType: dispatchKey, DataType: nftables.TypeVerdict},
+		backends:    &nftables.Set{Table: t, Name: setBackends, IsMap: true, Concatenation: true, KeyType: backendKey, DataType: backendData},
+		hair:        &nftables.Set{Table: t, Name: setHairpin, Concatenation: true, KeyType: hairpinKey},
+	}
+}
+
+func (o objects) chain(name string) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: o.table}
+}
+
+func affinitySet(t *nftables.Table, id uint32, timeout int) *nftables.Set {
+	return &nftables.Set{Table: t, Name: fmt.Sprintf("affinity-%d", id), IsMap: true, Dynamic: true, HasTimeout: true,
+		Timeout: time.Duration(timeout) * time.Second, KeyType: nftables.TypeIPAddr, DataType: backendData, Concatenation: false}
+}
+
+// build queues the whole table from nothing: the table is created (so that
+// deleting it cannot fail), deleted and made again in the same transaction,
+// so packets see either the old rules or the new, never none.
+func (o objects) build(c *nftables.Conn, svcNet netip.Prefix) error {
+	c.AddTable(o.table)
+	c.DelTable(o.table)
+	c.AddTable(o.table)
+	for _, s := range []*nftables.Set{o.services, o.noEndpoints, o.backends, o.hair} {
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("queueing set %s: %w", s.Name, err)
+		}
+	}
+	services := c.AddChain(o.chain(chainServices))
+	reject := c.AddChain(o.chain(chainReject))
+	base := func(name string, hook *nftables.ChainHook, typ nftables.ChainType, prio int32) *nftables.Chain {
+		return c.AddChain(&nftables.Chain{Name: name, Table: o.table, Hooknum: hook, Type: typ,
+			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(prio))})
+	}
+	inNet := inNetwork(svcNet, func(r uint32) expr.Any {
+		return &expr.Payload{DestRegister: r, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}
+	})
+	toServices := append(inNet, &expr.Verdict{Kind: expr.VerdictJump, Chain: chainServices})
+	for _, b := range []struct {
+		name string
+		hook *nftables.ChainHook
+	}{{"nat-prerouting", nftables.ChainHookPrerouting}, {"nat-output", nftables.ChainHookOutput}} {
+		c.AddRule(&nftables.Rule{Table: o.table, Chain: base(b.name, b.hook, nftables.ChainTypeNAT, -100), Exprs: toServices})
+	}
+	c.AddRule(&nftables.Rule{Table: o.table, Chain: services, Exprs: dispatch(o.services)})
+
+	post := base("nat-postrouting", nftables.ChainHookPostrouting, nftables.ChainTypeNAT, 100)
+	serviceConn := append([]expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(0x20), Xor: make([]byte, 4)}, // IPS_DST_NAT
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+	}, inNetwork(svcNet, func(r uint32) expr.Any { return &expr.Ct{Register: r, Key: expr.CtKeyDST, Direction: 0} })...)
+	// The host's own connections leave with an address the backend can
+	// answer; a container's keep its own.
+	c.AddRule(&nftables.Rule{Table: o.table, Chain: post, Exprs: append(clone(serviceConn),
+		&expr.Fib{Register: reg1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLocal)},
+		&expr.Masq{})})
+	// Hairpin: a backend that reached itself through its service must see
+	// another source, or its answer would never go back through the NAT.
+	c.AddRule(&nftables.Rule{Table: o.table, Chain: post, Exprs: append(clone(serviceConn),
+		&expr.Payload{DestRegister: reg8, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Lookup{SourceRegister: reg8, SetName: o.hair.Name, SetID: o.hair.ID},
+		&expr.Masq{})})
+
+	// A service without endpoints refuses at once, as kube-proxy does.
+	noEP := append([]expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(8), Xor: make([]byte, 4)}, // new
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+	}, dispatch(o.noEndpoints)...)
+	for _, b := range []struct {
+		name string
+		hook *nftables.ChainHook
+	}{{"filter-forward", nftables.ChainHookForward}, {"filter-output", nftables.ChainHookOutput}} {
+		c.AddRule(&nftables.Rule{Table: o.table, Chain: base(b.name, b.hook, nftables.ChainTypeFilter, -10), Exprs: clone(noEP)})
+	}
+	c.AddRule(&nftables.Rule{Table: o.table, Chain: reject, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
+	}})
+	c.AddRule(&nftables.Rule{Table: o.table, Chain: reject, Exprs: []expr.Any{
+		&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3}, // port unreachable
+	}})
+	return nil
+}
+
+// baseChains and their rule counts: what a quick check compares.
+var baseChains = map[string]int{
+	"nat-prerouting": 1, "nat-output": 1, "nat-postrouting": 2,
+	"filter-forward": 1, "filter-output": 1, chainServices: 1, chainReject: 2,
+}
+
+func clone(e []expr.Any) []expr.Any { return append([]expr.Any(nil), e...) }
+
+// inNetwork matches the address load puts in a register against p.
+func inNetwork(p netip.Prefix, load func(reg uint32) expr.Any) []expr.Any {
+	m := make([]byte, 4)
+	binary.BigEndian.PutUint32(m, ^uint32(0)<<(32-p.Bits()))
+	a := p.Addr().As4()
+	return []expr.Any{
+		load(reg1),
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: m, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: a[:]},
+	}
+}
+
+// dispatch is `ip daddr . meta l4proto . th dport vmap @set`.
+func dispatch(set *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg8, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg9},
+		&expr.Payload{DestRegister: reg10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: reg8, SetName: set.Name, SetID: set.ID, DestRegister: 0, IsDestRegSet: true},
+	}
+}
+
+func dispatchElem(vip netip.Addr, proto uint8, port uint16) []byte {
+	k := make([]byte, 12)
+	a := vip.As4()
+	copy(k, a[:])
+	k[4] = proto
+	binary.BigEndian.PutUint16(k[8:], port)
+	return k
+}
+
+func backendElemKey(id uint32, i int) []byte {
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint32(k, id)
+	copy(k[4:], binaryutil.NativeEndian.PutUint32(uint32(i))) // numgen writes host order
+	return k
+}
+
+func backendElemVal(b netip.AddrPort) []byte {
+	v := make([]byte, 8)
+	a := b.Addr().As4()
+	copy(v, a[:])
+	binary.BigEndian.PutUint16(v[4:], b.Port())
+	return v
+}
+
+func hairpinElem(a netip.Addr) []byte {
+	b := a.As4()
+	return append(b[:], b[:]...)
+}
+
+// serviceRules are the rules of one service port's chain: pick a backend at
+// random among n (the backends map holds them under id), remember the pick
+// per client with ClientIP affinity, and DNAT to it.
+func serviceRules(o objects, chain *nftables.Chain, id uint32, n int, aff *nftables.Set) []*nftables.Rule {
+	dnat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: reg10, RegProtoMin: reg11, Specified: true}
+	saddr := &expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}
+	idb := make([]byte, 4)
+	binary.BigEndian.PutUint32(idb, id)
+	var rules []*nftables.Rule
+	pick := []expr.Any{
+		&expr.Immediate{Register: reg8, Data: idb},
+		&expr.Numgen{Register: reg9, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg8, SetName: o.backends.Name, SetID: o.backends.ID, DestRegister: reg10, IsDestRegSet: true},
+	}
+	if aff != nil {
+		update := &expr.Dynset{SrcRegKey: reg9, SrcRegData: reg10, SetName: aff.Name, SetID: aff.ID,
+			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: aff.Timeout}
+		rules = append(rules, &nftables.Rule{Table: o.table, Chain: chain, Exprs: []expr.Any{
+			saddr,
+			&expr.Lookup{SourceRegister: reg9, SetName: aff.Name, SetID: aff.ID, DestRegister: reg10, IsDestRegSet: true},
+			update, dnat,
+		}})
+		pick = append(pick, saddr, update)
+	}
+	pick = append(pick, dnat)
+	return append(rules, &nftables.Rule{Table: o.table, Chain: chain, Exprs: pick})
+}
