@@ -13,7 +13,7 @@ import (
 // programmed is a port as it is in the kernel.
 type programmed struct {
 	svcPort
-	id uint32 // its key in the backends map
+	id uint32 // names its affinity map
 }
 
 // kernel is the table as weft last programmed it, and the batch being
@@ -31,6 +31,7 @@ type kernel struct {
 	addElems map[*nftables.Set][]nftables.SetElement
 	dels     []func()
 	flows    []flowGone
+	errs     []error // queueing errors; the batch must not be sent
 }
 
 // flowGone is UDP conntrack state to delete once the batch is in: flows to
@@ -53,7 +54,7 @@ func (k *kernel) reset() {
 	k.hair = map[netip.Addr]int{}
 	k.delElems = map[*nftables.Set][]nftables.SetElement{}
 	k.addElems = map[*nftables.Set][]nftables.SetElement{}
-	k.dels, k.flows = nil, nil
+	k.dels, k.flows, k.errs = nil, nil, nil
 }
 
 // rebuild queues the whole table with ports, replacing what is there in the
@@ -77,7 +78,6 @@ func (k *kernel) change(old *programmed, p *svcPort) {
 	case p == nil:
 		chain.Name = old.key
 		k.delDispatch(old)
-		k.delBackends(old.id, old.backends, nil)
 		k.unhair(old.backends)
 		k.dels = append(k.dels, func() { k.conn.FlushChain(chain); k.conn.DelChain(chain) })
 		if old.affinity > 0 {
@@ -95,7 +95,6 @@ func (k *kernel) change(old *programmed, p *svcPort) {
 		k.conn.AddChain(chain)
 		k.rules(chain, np)
 		k.addDispatch(np)
-		k.addBackends(np.id, nil, p.backends)
 		k.rehair(p.backends)
 		k.prog[p.key] = np
 		k.gone(p, nil, true) // flows that predate the service never saw a DNAT
@@ -108,7 +107,7 @@ func (k *kernel) change(old *programmed, p *svcPort) {
 		k.nextID++
 		np.id = k.nextID
 	}
-	if len(old.backends) != len(p.backends) || np.id != old.id {
+	if !slices.Equal(old.backends, p.backends) || np.id != old.id {
 		k.conn.FlushChain(chain)
 		k.rules(chain, np)
 		if old.affinity > 0 && np.id != old.id {
@@ -119,13 +118,6 @@ func (k *kernel) change(old *programmed, p *svcPort) {
 	if old.vip != p.vip || old.proto != p.proto || old.port != p.port || (len(old.backends) == 0) != (len(p.backends) == 0) {
 		k.delDispatch(old)
 		k.addDispatch(np)
-	}
-	if np.id != old.id {
-		k.delBackends(old.id, old.backends, nil)
-		k.addBackends(np.id, nil, p.backends)
-	} else {
-		k.delBackends(old.id, old.backends, p.backends)
-		k.addBackends(np.id, old.backends, p.backends)
 	}
 	k.rehair(p.backends)
 	k.unhair(old.backends)
@@ -160,9 +152,7 @@ func (k *kernel) rules(chain *nftables.Chain, p *programmed) {
 		// AddSet fails only for anonymous sets or bad element lists.
 		_ = k.conn.AddSet(aff, nil)
 	}
-	for _, r := range serviceRules(k.o, chain, p.id, len(p.backends), aff) {
-		k.conn.AddRule(r)
-	}
+	serviceRules(k.conn, k.o, chain, p.backends, aff)
 }
 
 func (k *kernel) dispatchSet(p *programmed) *nftables.Set {
@@ -186,28 +176,6 @@ func (k *kernel) delDispatch(p *programmed) {
 	k.delElems[s] = append(k.delElems[s], nftables.SetElement{Key: dispatchElem(p.vip, p.proto, p.port)})
 }
 
-// delBackends deletes the elements of old that bs does not hold at the same
-// index; addBackends adds those of bs that old does not hold.
-func (k *kernel) delBackends(id uint32, old, bs []netip.AddrPort) {
-	s := k.o.backends
-	for i, b := range old {
-		if i < len(bs) && bs[i] == b {
-			continue
-		}
-		k.delElems[s] = append(k.delElems[s], nftables.SetElement{Key: backendElemKey(id, i)})
-	}
-}
-
-func (k *kernel) addBackends(id uint32, old, bs []netip.AddrPort) {
-	s := k.o.backends
-	for i, b := range bs {
-		if i < len(old) && old[i] == b {
-			continue
-		}
-		k.addElems[s] = append(k.addElems[s], nftables.SetElement{Key: backendElemKey(id, i), Val: backendElemVal(b)})
-	}
-}
-
 func (k *kernel) rehair(bs []netip.AddrPort) {
 	for _, b := range bs {
 		a := b.Addr()
@@ -228,23 +196,40 @@ func (k *kernel) unhair(bs []netip.AddrPort) {
 	}
 }
 
-// elemChunk bounds one netlink message of set elements.
-const elemChunk = 4096
+// elemBytes bounds the elements of one netlink message: they travel in one
+// nested attribute, whose length field has 16 bits.
+const elemBytes = 60000
+
+// chunk returns how many of els fit in one message.
+func chunk(els []nftables.SetElement) int {
+	size := 0
+	for i, e := range els {
+		size += 64 + len(e.Key) + len(e.Val)
+		if e.VerdictData != nil {
+			size += len(e.VerdictData.Chain)
+		}
+		if size > elemBytes {
+			return i
+		}
+	}
+	return len(els)
+}
 
 // commit sends the batch as one transaction and returns the conntrack
 // clean-up it calls for.
 func (k *kernel) commit() ([]flowGone, error) {
-	var errs []error
-	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.backends, k.o.hair} {
+	errs := k.errs
+	k.errs = nil
+	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.hair} {
 		for els := k.delElems[s]; len(els) > 0; {
-			n := min(len(els), elemChunk)
+			n := chunk(els)
 			errs = append(errs, k.conn.SetDeleteElements(s, els[:n]))
 			els = els[n:]
 		}
 	}
-	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.backends, k.o.hair} {
+	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.hair} {
 		for els := k.addElems[s]; len(els) > 0; {
-			n := min(len(els), elemChunk)
+			n := chunk(els)
 			errs = append(errs, k.conn.SetAddElements(s, els[:n]))
 			els = els[n:]
 		}

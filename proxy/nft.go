@@ -22,7 +22,6 @@ const TableName = "weft-svc"
 const (
 	setServices    = "services"     // vip . proto . port : goto svc-…
 	setNoEndpoints = "no-endpoints" // vip . proto . port : goto reject
-	setBackends    = "backends"     // port id . index : backend ip . port
 	setHairpin     = "hairpin"      // ip . ip of every backend: masquerade a connection to itself
 	chainServices  = "services"
 	chainReject    = "reject"
@@ -43,7 +42,6 @@ const rtnLocal = 2
 
 var (
 	dispatchKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
-	backendKey  = nftables.MustConcatSetType(nftables.TypeInteger, nftables.TypeInteger)
 	backendData = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
 	hairpinKey  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)
 )
@@ -61,7 +59,7 @@ func nftConn(netnsFd int) (*nftables.Conn, error) {
 		var serr error
 		err = rc.Control(func(fd uintptr) {
 			for _, o := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
-				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o, 64<<20); e != nil {
+				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o, 256<<20); e != nil {
 					serr = e
 				}
 			}
@@ -84,8 +82,8 @@ func nftConn(netnsFd int) (*nftables.Conn, error) {
 // objects is the table and its named objects, as google/nftables wants them
 // to refer to by name.
 type objects struct {
-	table                                 *nftables.Table
-	services, noEndpoints, backends, hair *nftables.Set
+	table                       *nftables.Table
+	services, noEndpoints, hair *nftables.Set
 }
 
 func newObjects() objects {
@@ -94,7 +92,6 @@ func newObjects() objects {
 		table:       t,
 		services:    &nftables.Set{Table: t, Name: setServices, IsMap: true, Concatenation: true, KeyType: dispatchKey, DataType: nftables.TypeVerdict},
 		noEndpoints: &nftables.Set{Table: t, Name: setNoEndpoints, IsMap: true, Concatenation: true, KeyType: dispatchKey, DataType: nftables.TypeVerdict},
-		backends:    &nftables.Set{Table: t, Name: setBackends, IsMap: true, Concatenation: true, KeyType: backendKey, DataType: backendData},
 		hair:        &nftables.Set{Table: t, Name: setHairpin, Concatenation: true, KeyType: hairpinKey},
 	}
 }
@@ -115,7 +112,7 @@ func (o objects) build(c *nftables.Conn, svcNet netip.Prefix) error {
 	c.AddTable(o.table)
 	c.DelTable(o.table)
 	c.AddTable(o.table)
-	for _, s := range []*nftables.Set{o.services, o.noEndpoints, o.backends, o.hair} {
+	for _, s := range []*nftables.Set{o.services, o.noEndpoints, o.hair} {
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("queueing set %s: %w", s.Name, err)
 		}
@@ -220,13 +217,6 @@ func dispatchElem(vip netip.Addr, proto uint8, port uint16) []byte {
 	return k
 }
 
-func backendElemKey(id uint32, i int) []byte {
-	k := make([]byte, 8)
-	binary.BigEndian.PutUint32(k, id)
-	copy(k[4:], binaryutil.NativeEndian.PutUint32(uint32(i))) // numgen writes host order
-	return k
-}
-
 func backendElemVal(b netip.AddrPort) []byte {
 	v := make([]byte, 8)
 	a := b.Addr().As4()
@@ -240,30 +230,40 @@ func hairpinElem(a netip.Addr) []byte {
 	return append(b[:], b[:]...)
 }
 
-// serviceRules are the rules of one service port's chain: pick a backend at
-// random among n (the backends map holds them under id), remember the pick
-// per client with ClientIP affinity, and DNAT to it.
-func serviceRules(o objects, chain *nftables.Chain, id uint32, n int, aff *nftables.Set) []*nftables.Rule {
+// serviceRules queues the rules of one service port's chain: one rule per
+// backend, the i-th taken with probability 1/(n-i) (so each with 1/n), that
+// DNATs to it. The backends are immediates in the rules, not a map: a map per
+// service means thousands of sets in one table, which the kernel finds by
+// name with a list walk (and one map shared by all services would be bound
+// thousands of times, which makes every element added walk all bindings),
+// so either made a 10,000-service rebuild quadratic. Only the first packet
+// of a connection is evaluated, and at most n rules of one chain. With
+// ClientIP affinity the pick is remembered per client in the port's own
+// timed map, which a first rule consults.
+func serviceRules(c *nftables.Conn, o objects, chain *nftables.Chain, backends []netip.AddrPort, aff *nftables.Set) {
 	dnat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: reg10, RegProtoMin: reg11, Specified: true}
 	saddr := &expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}
-	idb := make([]byte, 4)
-	binary.BigEndian.PutUint32(idb, id)
-	var rules []*nftables.Rule
-	pick := []expr.Any{
-		&expr.Immediate{Register: reg8, Data: idb},
-		&expr.Numgen{Register: reg9, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: reg8, SetName: o.backends.Name, SetID: o.backends.ID, DestRegister: reg10, IsDestRegSet: true},
-	}
+	var update expr.Any
 	if aff != nil {
-		update := &expr.Dynset{SrcRegKey: reg9, SrcRegData: reg10, SetName: aff.Name, SetID: aff.ID,
+		update = &expr.Dynset{SrcRegKey: reg9, SrcRegData: reg10, SetName: aff.Name, SetID: aff.ID,
 			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: aff.Timeout}
-		rules = append(rules, &nftables.Rule{Table: o.table, Chain: chain, Exprs: []expr.Any{
-			saddr,
-			&expr.Lookup{SourceRegister: reg9, SetName: aff.Name, SetID: aff.ID, DestRegister: reg10, IsDestRegSet: true},
-			update, dnat,
+		c.AddRule(&nftables.Rule{Table: o.table, Chain: chain, Exprs: []expr.Any{
+			saddr, &expr.Lookup{SourceRegister: reg9, SetName: aff.Name, SetID: aff.ID, DestRegister: reg10, IsDestRegSet: true}, update, dnat,
 		}})
-		pick = append(pick, saddr, update)
 	}
-	pick = append(pick, dnat)
-	return append(rules, &nftables.Rule{Table: o.table, Chain: chain, Exprs: pick})
+	n := len(backends)
+	for i, b := range backends {
+		var e []expr.Any
+		if i < n-1 {
+			e = append(e,
+				&expr.Numgen{Register: reg8, Modulus: uint32(n - i), Type: unix.NFT_NG_RANDOM},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg8, Data: make([]byte, 4)})
+		}
+		v := backendElemVal(b)
+		e = append(e, &expr.Immediate{Register: reg10, Data: v[:4]}, &expr.Immediate{Register: reg11, Data: v[4:]})
+		if update != nil {
+			e = append(e, saddr, update)
+		}
+		c.AddRule(&nftables.Rule{Table: o.table, Chain: chain, Exprs: append(e, dnat)})
+	}
 }

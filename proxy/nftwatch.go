@@ -15,11 +15,12 @@ import (
 // deletes it, edits a chain): it reads nf_tables' change notifications,
 // notes whether a transaction touched the table, and at the transaction's
 // closing NEWGEN message checks who made it. weft's own transactions are
-// skipped, so they cost no check. Lost notifications (ENOBUFS) kick too.
-func watchTable(ctx context.Context, kick func()) error {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+// skipped, so they cost no check. Lost notifications (ENOBUFS) ask for a
+// check instead of a rebuild.
+func watchTable(ctx context.Context, nsFd int, kick func(sure bool)) error {
+	fd, err := socketIn(nsFd)
 	if err != nil {
-		return fmt.Errorf("opening a netfilter netlink socket: %w", err)
+		return err
 	}
 	defer unix.Close(fd)
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (unix.NFNLGRP_NFTABLES - 1)}); err != nil {
@@ -45,7 +46,7 @@ func watchTable(ctx context.Context, kick func()) error {
 				switch typ & 0xff {
 				case unix.NFT_MSG_NEWGEN:
 					if touched && genPID(data) != self {
-						kick()
+						kick(true)
 					}
 					touched = false
 				default:
@@ -62,7 +63,7 @@ func watchTable(ctx context.Context, kick func()) error {
 		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
 		case errors.Is(err, unix.ENOBUFS):
 			touched = false
-			kick()
+			kick(false) // lost notifications, most likely of weft's own big change: check
 		default:
 			return fmt.Errorf("reading nf_tables changes: %w", err)
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/weft-net/weft/internal/netnsx"
 	"github.com/weft-net/weft/service"
 )
 
@@ -33,10 +34,11 @@ type Config struct {
 
 // Proxy keeps the kernel's service rules in step with the registry.
 type Proxy struct {
-	cfg  Config
-	log  *slog.Logger
+	cfg     Config
+	log     *slog.Logger
 	kick    chan struct{}
 	foreign chan struct{} // someone else changed the table
+	recheck chan struct{} // the table may have changed
 
 	mu       sync.Mutex // guards the fields below, written by the watchers
 	pending  service.Change
@@ -73,7 +75,7 @@ func New(cfg Config) *Proxy {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Proxy{
-		cfg: cfg, log: cfg.Log.With("component", "services"), kick: make(chan struct{}, 1), foreign: make(chan struct{}, 1),
+		cfg: cfg, log: cfg.Log.With("component", "services"), kick: make(chan struct{}, 1), foreign: make(chan struct{}, 1), recheck: make(chan struct{}, 1),
 		services: map[string]*service.Service{}, endpoints: map[string]*service.Endpoints{},
 		desired: map[string]*svcPort{}, byRef: map[string][]string{},
 	}
@@ -131,11 +133,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer nl.Close()
 	k := newKernel(conn)
 
-	if p.cfg.NetNS == 0 {
+	{
 		go func() {
-			err := watchTable(ctx, func() {
+			err := watchTable(ctx, int(p.cfg.NetNS), func(sure bool) {
+				ch := p.recheck
+				if sure {
+					ch = p.foreign
+				}
 				select {
-				case p.foreign <- struct{}{}:
+				case ch <- struct{}{}:
 				default:
 				}
 			})
@@ -158,6 +164,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 			if started && !broken {
 				p.log.Info("service rules changed by someone else; rebuilding")
 				broken = true
+			}
+		case <-p.recheck:
+			if started && !broken {
+				if why := p.verify(conn, k); why != "" {
+					p.log.Info("service rules changed by someone else; rebuilding", "what", why)
+					broken = true
+				}
 			}
 		case <-check.C:
 			if started && !broken {
@@ -198,6 +211,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 			start := time.Now()
 			err := k.rebuild(p.network, p.desired)
+			p.log.Debug("rebuild queued", "took", time.Since(start))
 			if err == nil {
 				err = p.commit(k, nl, ch.Revision)
 			}
@@ -400,12 +414,12 @@ func (p *Proxy) verify(conn *nftables.Conn, k *kernel) string {
 		if !have[name] {
 			return "chain " + name + " missing"
 		}
-		rs, err := conn.GetRules(k.o.table, k.o.chain(name))
+		n, err := countRules(int(p.cfg.NetNS), name)
 		if err != nil {
-			return "listing rules of " + name + ": " + err.Error()
+			return err.Error()
 		}
-		if len(rs) != rules {
-			return fmt.Sprintf("chain %s has %d rules, want %d", name, len(rs), rules)
+		if n != rules {
+			return fmt.Sprintf("chain %s has %d rules, want %d", name, n, rules)
 		}
 	}
 	withBackends := 0
@@ -428,3 +442,6 @@ func (p *Proxy) verify(conn *nftables.Conn, k *kernel) string {
 	}
 	return ""
 }
+
+// inNS runs fn with sockets made in the namespace nsFd.
+func inNS(nsFd int, fn func() error) error { return netnsx.Do(netns.NsHandle(nsFd), fn) }

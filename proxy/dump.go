@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// countRules returns how many rules the chain of table TableName holds, by a
+// netlink dump that only counts the answers. (google/nftables' GetRules
+// decodes every expression and fails on some it cannot read back.)
+func countRules(nsFd int, chain string) (int, error) {
+	fd, err := socketIn(nsFd)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	attr := func(typ uint16, s string) []byte {
+		v := append([]byte(s), 0)
+		b := make([]byte, 4+(len(v)+3)&^3)
+		binary.NativeEndian.PutUint16(b, uint16(4+len(v)))
+		binary.NativeEndian.PutUint16(b[2:], typ)
+		copy(b[4:], v)
+		return b
+	}
+	body := []byte{unix.NFPROTO_IPV4, unix.NFNETLINK_V0, 0, 0}
+	body = append(body, attr(unix.NFTA_RULE_TABLE, TableName)...)
+	body = append(body, attr(unix.NFTA_RULE_CHAIN, chain)...)
+	msg := make([]byte, unix.NLMSG_HDRLEN, unix.NLMSG_HDRLEN+len(body))
+	binary.NativeEndian.PutUint32(msg, uint32(unix.NLMSG_HDRLEN+len(body)))
+	binary.NativeEndian.PutUint16(msg[4:], unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE)
+	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint32(msg[8:], 1)
+	msg = append(msg, body...)
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, fmt.Errorf("asking for the rules of %s: %w", chain, err)
+	}
+	buf := make([]byte, 64<<10)
+	n := 0
+	for {
+		r, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return 0, fmt.Errorf("reading the rules of %s: %w", chain, err)
+		}
+		for b := buf[:r]; len(b) >= unix.NLMSG_HDRLEN; {
+			l := int(binary.NativeEndian.Uint32(b))
+			if l < unix.NLMSG_HDRLEN || l > len(b) {
+				return 0, errors.New("malformed netlink answer")
+			}
+			switch binary.NativeEndian.Uint16(b[4:]) {
+			case unix.NLMSG_DONE:
+				return n, nil
+			case unix.NLMSG_ERROR:
+				if code := int32(binary.NativeEndian.Uint32(b[unix.NLMSG_HDRLEN:])); code != 0 {
+					return 0, fmt.Errorf("reading the rules of %s: %w", chain, unix.Errno(-code))
+				}
+			default:
+				n++
+			}
+			b = b[min(len(b), (l+3)&^3):]
+		}
+	}
+}
+
+// socketIn opens a netfilter netlink socket in the namespace nsFd (0: ours).
+func socketIn(nsFd int) (int, error) {
+	open := func() (int, error) {
+		return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	}
+	if nsFd == 0 {
+		fd, err := open()
+		if err != nil {
+			return -1, fmt.Errorf("opening a netfilter netlink socket: %w", os.NewSyscallError("socket", err))
+		}
+		return fd, nil
+	}
+	var fd int
+	err := inNS(nsFd, func() (err error) { fd, err = open(); return err })
+	if err != nil {
+		return -1, fmt.Errorf("opening a netfilter netlink socket: %w", err)
+	}
+	return fd, nil
+}
