@@ -29,6 +29,7 @@ type options struct {
 
 	ipMasq     bool
 	subnetFile string
+	services   bool
 
 	metricsAddr    string
 	leaseTTL       time.Duration
@@ -63,6 +64,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringArrayVar(&o.ifaceRegex, "iface-regex", nil, "regular expression matching interface names or addresses; repeatable")
 	fs.StringVar(&o.publicIP, "public-ip", "", "address other nodes send VXLAN packets to (default: the interface's first address)")
 	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade container traffic that leaves the overlay")
+	fs.BoolVar(&o.services, "services", true, "program the services in etcd into the kernel (false leaves them to something else, such as kube-proxy)")
 	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "where to write the node's subnet for Docker or CNI")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8285", "address serving /metrics, /healthz, /readyz and /status; empty disables")
 	fs.DurationVar(&o.leaseTTL, "lease-ttl", 24*time.Hour, "TTL of the node's etcd lease, renewed by keep-alive")

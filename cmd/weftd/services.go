@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/weft-net/weft/proxy"
+	"github.com/weft-net/weft/service"
+	"github.com/weft-net/weft/subnet"
+)
+
+// services is weftd's service proxy, wired to what the node already knows:
+// the services come from their own etcd watch, and which subnets have a live
+// lease comes from the node's lease and peer snapshots (no second watch of
+// the subnets).
+type services struct {
+	p     *proxy.Proxy
+	store *service.Store
+	log   *slog.Logger
+
+	mu    sync.Mutex // guards the fields below
+	own   netip.Prefix
+	peers []netip.Prefix
+	known bool // a peer snapshot has arrived
+}
+
+func newServices(st *service.Store, overlay netip.Prefix, log *slog.Logger) *services {
+	return &services{p: proxy.New(proxy.Config{Overlay: overlay, Log: log}), store: st, log: log}
+}
+
+// run runs the watch and the proxy until ctx ends.
+func (s *services) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.store.Watch(ctx, s.log, s.p.Update); err != nil {
+			s.log.Error("service watch stopped", "err", err)
+		}
+	})
+	wg.Go(func() {
+		if err := s.p.Run(ctx); err != nil {
+			s.log.Error("service proxy stopped", "err", err)
+		}
+	})
+	wg.Wait()
+}
+
+func (s *services) tell() {
+	s.mu.Lock()
+	if !s.known || !s.own.IsValid() {
+		s.mu.Unlock()
+		return
+	}
+	live := append(slices.Clone(s.peers), s.own)
+	s.mu.Unlock()
+	s.p.SetLive(live)
+}
+
+// leaseTee wraps the lease holder to learn the node's own subnet.
+type leaseTee struct {
+	inner interface {
+		Hold(ctx context.Context, req subnet.HoldRequest) error
+	}
+	s *services
+}
+
+func (t *leaseTee) Hold(ctx context.Context, req subnet.HoldRequest) error {
+	next := req.OnLease
+	req.OnLease = func(l subnet.Lease) {
+		t.s.mu.Lock()
+		t.s.own = l.Subnet
+		t.s.mu.Unlock()
+		t.s.tell()
+		if next != nil {
+			next(l)
+		}
+	}
+	return t.inner.Hold(ctx, req)
+}
+
+// peerTee passes the node's peer snapshots on, noting their subnets first.
+type peerTee struct {
+	*subnet.Registry
+	s *services
+}
+
+func (t *peerTee) WatchPeers(ctx context.Context, f subnet.PeerFilter, out func(subnet.Snapshot)) error {
+	return t.Registry.WatchPeers(ctx, f, func(snap subnet.Snapshot) {
+		peers := make([]netip.Prefix, len(snap.Peers))
+		for i, p := range snap.Peers {
+			peers[i] = p.Subnet
+		}
+		t.s.mu.Lock()
+		t.s.peers, t.s.known = peers, true
+		t.s.mu.Unlock()
+		t.s.tell()
+		out(snap)
+	})
+}
