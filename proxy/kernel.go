@@ -59,10 +59,10 @@ func (k *kernel) reset() {
 
 // rebuild queues the whole table with ports, replacing what is there in the
 // same transaction.
-func (k *kernel) rebuild(svcNet netip.Prefix, ports map[string]*svcPort) error {
+func (k *kernel) rebuild(svcNet, own netip.Prefix, ports map[string]*svcPort) error {
 	k.reset()
 	k.o = newObjects()
-	if err := k.o.build(k.conn, svcNet); err != nil {
+	if err := k.o.build(k.conn, svcNet, own); err != nil {
 		return err
 	}
 	for _, p := range ports {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net/netip"
 	"time"
 
@@ -82,6 +83,7 @@ func nftConn(netnsFd int) (*nftables.Conn, error) {
 // objects is the table and its named objects, as google/nftables wants them
 // to refer to by name.
 type objects struct {
+	rules                       map[string]int // base chain -> rules, as built
 	table                       *nftables.Table
 	services, noEndpoints, hair *nftables.Set
 }
@@ -108,7 +110,7 @@ func affinitySet(t *nftables.Table, id uint32, timeout int) *nftables.Set {
 // build queues the whole table from nothing: the table is created (so that
 // deleting it cannot fail), deleted and made again in the same transaction,
 // so packets see either the old rules or the new, never none.
-func (o objects) build(c *nftables.Conn, svcNet netip.Prefix) error {
+func (o *objects) build(c *nftables.Conn, svcNet, own netip.Prefix) error {
 	c.AddTable(o.table)
 	c.DelTable(o.table)
 	c.AddTable(o.table)
@@ -154,6 +156,25 @@ func (o objects) build(c *nftables.Conn, svcNet netip.Prefix) error {
 		&expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 		&expr.Lookup{SourceRegister: reg8, SetName: o.hair.Name, SetID: o.hair.ID},
 		&expr.Masq{})})
+	// A client and a backend both behind this node's bridge: the backend
+	// would answer the client across the bridge, around the DNAT, unless
+	// br_netfilter happens to be loaded. Clients on other nodes keep their
+	// address.
+	nodeRules := 0
+	if own.IsValid() {
+		nodeRules = 1
+		saddr := func(r uint32) expr.Any {
+			return &expr.Payload{DestRegister: r, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}
+		}
+		daddr := func(r uint32) expr.Any {
+			return &expr.Payload{DestRegister: r, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}
+		}
+		e := append(clone(serviceConn), inNetwork(own.Masked(), saddr)...)
+		e = append(e, inNetwork(own.Masked(), daddr)...)
+		c.AddRule(&nftables.Rule{Table: o.table, Chain: post, Exprs: append(e, &expr.Masq{})})
+	}
+	o.rules = maps.Clone(baseChains)
+	o.rules["nat-postrouting"] += nodeRules
 
 	// A service without endpoints refuses at once, as kube-proxy does.
 	noEP := append([]expr.Any{
@@ -178,7 +199,7 @@ func (o objects) build(c *nftables.Conn, svcNet netip.Prefix) error {
 	return nil
 }
 
-// baseChains and their rule counts: what a quick check compares.
+// baseChains and their rule counts (without the node's own masquerade rule).
 var baseChains = map[string]int{
 	"nat-prerouting": 1, "nat-output": 1, "nat-postrouting": 2,
 	"filter-forward": 1, "filter-output": 1, chainServices: 1, chainReject: 2,

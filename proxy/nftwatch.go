@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 // closing NEWGEN message checks who made it. weft's own transactions are
 // skipped, so they cost no check. Lost notifications (ENOBUFS) ask for a
 // check instead of a rebuild.
-func watchTable(ctx context.Context, nsFd int, kick func(sure bool)) error {
+func watchTable(ctx context.Context, nsFd int, log *slog.Logger, kick func(sure bool)) error {
 	fd, err := socketIn(nsFd)
 	if err != nil {
 		return err
@@ -30,7 +31,6 @@ func watchTable(ctx context.Context, nsFd int, kick func(sure bool)) error {
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return fmt.Errorf("setting a receive timeout: %w", err)
 	}
-	self := uint32(os.Getpid())
 	buf := make([]byte, 256<<10)
 	touched := false
 	for ctx.Err() == nil {
@@ -45,7 +45,8 @@ func watchTable(ctx context.Context, nsFd int, kick func(sure bool)) error {
 				typ, data := binary.NativeEndian.Uint16(b[4:]), b[unix.NLMSG_HDRLEN:l]
 				switch typ & 0xff {
 				case unix.NFT_MSG_NEWGEN:
-					if touched && genPID(data) != self {
+					if pid := genPID(data); touched && !ourThread(pid) {
+						log.Debug("weft-svc changed by another process", "pid", pid)
 						kick(true)
 					}
 					touched = false
@@ -122,4 +123,12 @@ func genPID(data []byte) uint32 {
 		return true
 	})
 	return pid
+}
+
+// ourThread reports whether pid, as NEWGEN names the committer, is one of this
+// process's threads: the kernel gives the thread id, and Go commits from any
+// of its threads.
+func ourThread(pid uint32) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", pid))
+	return err == nil
 }

@@ -44,6 +44,8 @@ type Proxy struct {
 	pending  service.Change
 	havePend bool
 	subnets  []netip.Prefix
+	own      netip.Prefix
+	ownNew   bool
 	liveNew  bool
 	haveLive bool
 	st       Status
@@ -102,13 +104,19 @@ func (p *Proxy) Update(c service.Change) {
 
 // SetLive tells the proxy which subnets have a live lease: the node's own
 // and its peers'. Until the first call no rule is programmed, so that a
-// restarted weftd never drops a live node's endpoints for a moment.
-func (p *Proxy) SetLive(subnets []netip.Prefix) {
-	s := slices.Clone(subnets)
+// restarted weftd never drops a live node's endpoints for a moment. A client
+// in the node's own subnet reaching a backend in it is masqueraded: the
+// backend's answer would otherwise cross the bridge straight back, around
+// the DNAT.
+func (p *Proxy) SetLive(own netip.Prefix, peers []netip.Prefix) {
+	s := append(slices.Clone(peers), own)
 	slices.SortFunc(s, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	p.mu.Lock()
-	if !p.haveLive || !slices.Equal(s, p.subnets) {
+	if !p.haveLive || !slices.Equal(s, p.subnets) || own != p.own {
 		p.subnets, p.liveNew, p.haveLive = s, true, true
+	}
+	if own != p.own {
+		p.own, p.ownNew = own, true
 	}
 	p.mu.Unlock()
 	p.wake()
@@ -135,7 +143,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	{
 		go func() {
-			err := watchTable(ctx, int(p.cfg.NetNS), func(sure bool) {
+			err := watchTable(ctx, int(p.cfg.NetNS), p.log, func(sure bool) {
 				ch := p.recheck
 				if sure {
 					ch = p.foreign
@@ -183,8 +191,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.mu.Lock()
 		ch, haveCh := p.pending, p.havePend
 		p.pending, p.havePend = service.Change{}, false
-		subnets, liveNew, haveLive := p.subnets, p.liveNew, p.haveLive
-		p.liveNew = false
+		subnets, liveNew, haveLive, own, ownNew := p.subnets, p.liveNew, p.haveLive, p.own, p.ownNew
+		p.liveNew, p.ownNew = false, false
 		p.mu.Unlock()
 
 		if haveCh {
@@ -196,6 +204,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 		if liveNew {
 			p.lv = newLive(p.cfg.Overlay, subnets)
+		}
+		if ownNew {
+			broken = true // the masquerade rule names the node's subnet
 		}
 		if !haveLive && p.cfg.Overlay.IsValid() || p.network == (netip.Prefix{}) {
 			continue // not ready: touch nothing yet
@@ -210,7 +221,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 				p.log.Info("added a route for the service network", "network", p.network, "dev", "lo")
 			}
 			start := time.Now()
-			err := k.rebuild(p.network, p.desired)
+			err := k.rebuild(p.network, own, p.desired)
 			p.log.Debug("rebuild queued", "took", time.Since(start))
 			if err == nil {
 				err = p.commit(k, nl, ch.Revision)
@@ -410,7 +421,7 @@ func (p *Proxy) verify(conn *nftables.Conn, k *kernel) string {
 	if n != want {
 		return fmt.Sprintf("%d chains, want %d", n, want)
 	}
-	for name, rules := range baseChains {
+	for name, rules := range k.o.rules {
 		if !have[name] {
 			return "chain " + name + " missing"
 		}

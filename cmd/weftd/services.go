@@ -53,9 +53,9 @@ func (s *services) tell() {
 		s.mu.Unlock()
 		return
 	}
-	live := append(slices.Clone(s.peers), s.own)
+	own, peers := s.own, slices.Clone(s.peers)
 	s.mu.Unlock()
-	s.p.SetLive(live)
+	s.p.SetLive(own, peers)
 }
 
 // leaseTee wraps the lease holder to learn the node's own subnet.
