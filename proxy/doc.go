@@ -4,7 +4,8 @@
 //
 //	nat-prerouting, nat-output   ip daddr <service network> jump services
 //	services                     ip daddr . meta l4proto . th dport vmap @services
-//	svc-<ns>/<name>/<port>       one rule per backend: numgen random mod (n-i) == 0 → dnat to it
+//	pick-<n>                     ip daddr . meta l4proto . th dport . numgen random mod n → dnat via map @backends
+//	svc-<ns>/<name>/<port>       ClientIP affinity only: the remembered pick, else one rule per backend
 //	nat-postrouting              masquerade the host's own connections, and hairpins (@hairpin)
 //	filter-forward, filter-output  new connections to a service with no endpoints: vmap @no-endpoints → reject
 //

@@ -13,9 +13,39 @@ import (
 // netlink dump that only counts the answers. (google/nftables' GetRules
 // decodes every expression and fails on some it cannot read back.)
 func countRules(nsFd int, chain string) (int, error) {
+	n := 0
+	err := dump(nsFd, unix.NFT_MSG_GETRULE, unix.NFTA_RULE_TABLE, unix.NFTA_RULE_CHAIN, chain, func([]byte) { n++ })
+	if err != nil {
+		return 0, fmt.Errorf("reading the rules of %s: %w", chain, err)
+	}
+	return n, nil
+}
+
+// countElems returns how many elements set of table TableName holds,
+// without decoding them: verifying 100,000 elements must not cost the loop.
+func countElems(nsFd int, set string) (int, error) {
+	n := 0
+	err := dump(nsFd, unix.NFT_MSG_GETSETELEM, unix.NFTA_SET_ELEM_LIST_TABLE, unix.NFTA_SET_ELEM_LIST_SET, set, func(data []byte) {
+		attrs(data, func(typ uint16, val []byte) bool {
+			if typ == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				attrs(append(make([]byte, 4), val...), func(uint16, []byte) bool { n++; return true })
+			}
+			return true
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reading the elements of %s: %w", set, err)
+	}
+	return n, nil
+}
+
+// dump sends a dump request for the object named name (attribute nameAttr)
+// of table TableName (attribute tableAttr) and calls f with each answer's
+// payload.
+func dump(nsFd int, msgType, tableAttr, nameAttr uint16, name string, f func([]byte)) error {
 	fd, err := socketIn(nsFd)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer unix.Close(fd)
 	attr := func(typ uint16, s string) []byte {
@@ -27,38 +57,37 @@ func countRules(nsFd int, chain string) (int, error) {
 		return b
 	}
 	body := []byte{unix.NFPROTO_IPV4, unix.NFNETLINK_V0, 0, 0}
-	body = append(body, attr(unix.NFTA_RULE_TABLE, TableName)...)
-	body = append(body, attr(unix.NFTA_RULE_CHAIN, chain)...)
+	body = append(body, attr(tableAttr, TableName)...)
+	body = append(body, attr(nameAttr, name)...)
 	msg := make([]byte, unix.NLMSG_HDRLEN, unix.NLMSG_HDRLEN+len(body))
 	binary.NativeEndian.PutUint32(msg, uint32(unix.NLMSG_HDRLEN+len(body)))
-	binary.NativeEndian.PutUint16(msg[4:], unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE)
+	binary.NativeEndian.PutUint16(msg[4:], unix.NFNL_SUBSYS_NFTABLES<<8|msgType)
 	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	binary.NativeEndian.PutUint32(msg[8:], 1)
 	msg = append(msg, body...)
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return 0, fmt.Errorf("asking for the rules of %s: %w", chain, err)
+		return err
 	}
 	buf := make([]byte, 64<<10)
-	n := 0
 	for {
 		r, _, err := unix.Recvfrom(fd, buf, 0)
 		if err != nil {
-			return 0, fmt.Errorf("reading the rules of %s: %w", chain, err)
+			return err
 		}
 		for b := buf[:r]; len(b) >= unix.NLMSG_HDRLEN; {
 			l := int(binary.NativeEndian.Uint32(b))
 			if l < unix.NLMSG_HDRLEN || l > len(b) {
-				return 0, errors.New("malformed netlink answer")
+				return errors.New("malformed netlink answer")
 			}
 			switch binary.NativeEndian.Uint16(b[4:]) {
 			case unix.NLMSG_DONE:
-				return n, nil
+				return nil
 			case unix.NLMSG_ERROR:
 				if code := int32(binary.NativeEndian.Uint32(b[unix.NLMSG_HDRLEN:])); code != 0 {
-					return 0, fmt.Errorf("reading the rules of %s: %w", chain, unix.Errno(-code))
+					return unix.Errno(-code)
 				}
 			default:
-				n++
+				f(b[unix.NLMSG_HDRLEN:l])
 			}
 			b = b[min(len(b), (l+3)&^3):]
 		}

@@ -16,6 +16,23 @@ type programmed struct {
 	id uint32 // names its affinity map
 }
 
+// The three forms a port takes in the kernel.
+const (
+	formReject   = iota // no backends: in no-endpoints, goto reject
+	formPick            // goto pick-<n>, backends in the shared map
+	formAffinity        // its own chain and timed map (ClientIP affinity)
+)
+
+func (p *svcPort) form() int {
+	switch {
+	case len(p.backends) == 0:
+		return formReject
+	case p.affinity > 0:
+		return formAffinity
+	}
+	return formPick
+}
+
 // kernel is the table as weft last programmed it, and the batch being
 // queued. Only the proxy's loop uses it.
 type kernel struct {
@@ -23,6 +40,7 @@ type kernel struct {
 	o      objects
 	prog   map[string]*programmed // by port key (chain name)
 	hair   map[netip.Addr]int     // backends' addresses, with how many ports use each
+	picks  map[int]int            // pick-<n> chains, with how many ports use each
 	nextID uint32
 
 	// the batch: element changes and deletions that must follow the chain
@@ -31,7 +49,6 @@ type kernel struct {
 	addElems map[*nftables.Set][]nftables.SetElement
 	dels     []func()
 	flows    []flowGone
-	errs     []error // queueing errors; the batch must not be sent
 }
 
 // flowGone is UDP conntrack state to delete once the batch is in: flows to
@@ -52,9 +69,10 @@ func newKernel(conn *nftables.Conn) *kernel {
 func (k *kernel) reset() {
 	k.prog = map[string]*programmed{}
 	k.hair = map[netip.Addr]int{}
+	k.picks = map[int]int{}
 	k.delElems = map[*nftables.Set][]nftables.SetElement{}
 	k.addElems = map[*nftables.Set][]nftables.SetElement{}
-	k.dels, k.flows, k.errs = nil, nil, nil
+	k.dels, k.flows = nil, nil
 }
 
 // rebuild queues the whole table with ports, replacing what is there in the
@@ -73,66 +91,153 @@ func (k *kernel) rebuild(svcNet, own netip.Prefix, ports map[string]*svcPort) er
 
 // change queues what turns old into p; either may be nil.
 func (k *kernel) change(old *programmed, p *svcPort) {
-	chain := k.o.chain("")
-	switch {
-	case p == nil:
-		chain.Name = old.key
-		k.delDispatch(old)
+	var np *programmed
+	if p != nil {
+		np = &programmed{svcPort: *p}
+		if old != nil && old.affinity == p.affinity {
+			np.id = old.id
+		} else {
+			k.nextID++
+			np.id = k.nextID
+		}
+	}
+	k.chains(old, np)
+	k.dispatch(old, np)
+	k.backends(old, np)
+	if np != nil {
+		k.rehair(np.backends)
+		k.prog[np.key] = np
+	}
+	if old != nil {
 		k.unhair(old.backends)
-		k.dels = append(k.dels, func() { k.conn.FlushChain(chain); k.conn.DelChain(chain) })
-		if old.affinity > 0 {
-			aff := affinitySet(k.o.table, old.id, old.affinity)
-			k.dels = append(k.dels, func() { k.conn.DelSet(aff) })
+		if np == nil {
+			delete(k.prog, old.key)
 		}
-		delete(k.prog, old.key)
-		k.gone(&old.svcPort, nil, true)
-		return
-
+	}
+	switch {
 	case old == nil:
-		chain.Name = p.key
-		k.nextID++
-		np := &programmed{svcPort: *p, id: k.nextID}
+		k.gone(&np.svcPort, nil, true) // flows that predate the service never saw a DNAT
+	case np == nil:
+		k.gone(&old.svcPort, nil, true)
+	default:
+		var removed []netip.AddrPort
+		for _, b := range old.backends {
+			if _, found := slices.BinarySearchFunc(np.backends, b, netip.AddrPort.Compare); !found {
+				removed = append(removed, b)
+			}
+		}
+		if len(removed) > 0 && old.form() == formAffinity && np.form() == formAffinity && np.id == old.id {
+			// Clients pinned to a backend that left must choose again.
+			k.conn.FlushSet(affinitySet(k.o.table, old.id, old.affinity))
+		}
+		k.gone(&old.svcPort, removed, len(old.backends) == 0 && len(np.backends) > 0)
+	}
+}
+
+// chains keeps a port's own chain (ClientIP affinity) and the shared pick
+// chains' use counts.
+func (k *kernel) chains(old, np *programmed) {
+	chain := k.o.chain("")
+	oldAff := old != nil && old.form() == formAffinity
+	newAff := np != nil && np.form() == formAffinity
+	switch {
+	case newAff && !oldAff:
+		chain.Name = np.key
 		k.conn.AddChain(chain)
-		k.rules(chain, np)
-		k.addDispatch(np)
-		k.rehair(p.backends)
-		k.prog[p.key] = np
-		k.gone(p, nil, true) // flows that predate the service never saw a DNAT
+		k.affRules(chain, np)
+	case newAff && oldAff && (!slices.Equal(old.backends, np.backends) || old.id != np.id):
+		chain.Name = np.key
+		k.conn.FlushChain(chain)
+		k.affRules(chain, np)
+	case oldAff && !newAff:
+		chain.Name = old.key
+		k.dels = append(k.dels, func() { k.conn.FlushChain(chain); k.conn.DelChain(chain) })
+	}
+	if oldAff && (!newAff || old.id != np.id) {
+		aff := affinitySet(k.o.table, old.id, old.affinity)
+		k.dels = append(k.dels, func() { k.conn.DelSet(aff) })
+	}
+	if np != nil && np.form() == formPick {
+		n := len(np.backends)
+		if k.picks[n] == 0 {
+			// Created when first used; an unused one is deleted by commit.
+			if _, there := k.picks[n]; !there {
+				pc := k.conn.AddChain(k.o.chain(pickChain(n)))
+				k.conn.AddRule(pickRule(k.o, pc, n))
+			}
+		}
+		k.picks[n]++
+	}
+	if old != nil && old.form() == formPick {
+		k.picks[len(old.backends)]--
+	}
+}
+
+func (k *kernel) affRules(chain *nftables.Chain, p *programmed) {
+	aff := affinitySet(k.o.table, p.id, p.affinity)
+	// AddSet fails only for anonymous sets or bad element lists.
+	_ = k.conn.AddSet(aff, nil)
+	serviceRules(k.conn, k.o, chain, p.backends, aff)
+}
+
+// dispatchOf is where a port's packets go from the dispatch maps.
+func (k *kernel) dispatchOf(p *programmed) (*nftables.Set, string) {
+	switch p.form() {
+	case formReject:
+		return k.o.noEndpoints, chainReject
+	case formAffinity:
+		return k.o.services, p.key
+	}
+	return k.o.services, pickChain(len(p.backends))
+}
+
+func (k *kernel) dispatch(old, np *programmed) {
+	var os, ns *nftables.Set
+	var ov, nv string
+	if old != nil {
+		os, ov = k.dispatchOf(old)
+	}
+	if np != nil {
+		ns, nv = k.dispatchOf(np)
+	}
+	if old != nil && np != nil && os == ns && ov == nv && old.vip == np.vip && old.proto == np.proto && old.port == np.port {
 		return
 	}
+	if old != nil {
+		k.delElems[os] = append(k.delElems[os], nftables.SetElement{Key: dispatchElem(old.vip, old.proto, old.port)})
+	}
+	if np != nil {
+		k.addElems[ns] = append(k.addElems[ns], nftables.SetElement{Key: dispatchElem(np.vip, np.proto, np.port),
+			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: nv}})
+	}
+}
 
-	chain.Name = p.key
-	np := &programmed{svcPort: *p, id: old.id}
-	if old.affinity != p.affinity {
-		k.nextID++
-		np.id = k.nextID
+// backends swaps the shared map's elements that differ.
+func (k *kernel) backends(old, np *programmed) {
+	type elem struct{ key, val []byte }
+	elems := func(p *programmed) map[string]elem {
+		if p == nil || p.form() != formPick {
+			return nil
+		}
+		m := make(map[string]elem, len(p.backends))
+		for i, b := range p.backends {
+			key := backendKeyOf(p.vip, p.proto, p.port, i)
+			m[string(key)] = elem{key, backendElemVal(b)}
+		}
+		return m
 	}
-	if !slices.Equal(old.backends, p.backends) || np.id != old.id {
-		k.conn.FlushChain(chain)
-		k.rules(chain, np)
-		if old.affinity > 0 && np.id != old.id {
-			aff := affinitySet(k.o.table, old.id, old.affinity)
-			k.dels = append(k.dels, func() { k.conn.DelSet(aff) })
+	was, is := elems(old), elems(np)
+	s := k.o.backends
+	for key, e := range was {
+		if n, ok := is[key]; !ok || string(n.val) != string(e.val) {
+			k.delElems[s] = append(k.delElems[s], nftables.SetElement{Key: e.key})
 		}
 	}
-	if old.vip != p.vip || old.proto != p.proto || old.port != p.port || (len(old.backends) == 0) != (len(p.backends) == 0) {
-		k.delDispatch(old)
-		k.addDispatch(np)
-	}
-	k.rehair(p.backends)
-	k.unhair(old.backends)
-	var removed []netip.AddrPort
-	for _, b := range old.backends {
-		if _, found := slices.BinarySearchFunc(p.backends, b, netip.AddrPort.Compare); !found {
-			removed = append(removed, b)
+	for key, e := range is {
+		if o, ok := was[key]; !ok || string(o.val) != string(e.val) {
+			k.addElems[s] = append(k.addElems[s], nftables.SetElement{Key: e.key, Val: e.val})
 		}
 	}
-	if len(removed) > 0 && old.affinity > 0 && np.id == old.id {
-		// Clients pinned to a backend that left must choose again.
-		k.conn.FlushSet(affinitySet(k.o.table, old.id, old.affinity))
-	}
-	k.gone(&old.svcPort, removed, len(old.backends) == 0 && len(p.backends) > 0)
-	k.prog[p.key] = np
 }
 
 func (k *kernel) gone(p *svcPort, backends []netip.AddrPort, all bool) {
@@ -140,40 +245,6 @@ func (k *kernel) gone(p *svcPort, backends []netip.AddrPort, all bool) {
 		return
 	}
 	k.flows = append(k.flows, flowGone{vip: p.vip, port: p.port, backends: backends, all: all})
-}
-
-func (k *kernel) rules(chain *nftables.Chain, p *programmed) {
-	if len(p.backends) == 0 {
-		return // never jumped to: the service is in no-endpoints
-	}
-	var aff *nftables.Set
-	if p.affinity > 0 {
-		aff = affinitySet(k.o.table, p.id, p.affinity)
-		// AddSet fails only for anonymous sets or bad element lists.
-		_ = k.conn.AddSet(aff, nil)
-	}
-	serviceRules(k.conn, k.o, chain, p.backends, aff)
-}
-
-func (k *kernel) dispatchSet(p *programmed) *nftables.Set {
-	if len(p.backends) == 0 {
-		return k.o.noEndpoints
-	}
-	return k.o.services
-}
-
-func (k *kernel) addDispatch(p *programmed) {
-	v := &expr.Verdict{Kind: expr.VerdictGoto, Chain: p.key}
-	if len(p.backends) == 0 {
-		v.Chain = chainReject
-	}
-	s := k.dispatchSet(p)
-	k.addElems[s] = append(k.addElems[s], nftables.SetElement{Key: dispatchElem(p.vip, p.proto, p.port), VerdictData: v})
-}
-
-func (k *kernel) delDispatch(p *programmed) {
-	s := k.dispatchSet(p)
-	k.delElems[s] = append(k.delElems[s], nftables.SetElement{Key: dispatchElem(p.vip, p.proto, p.port)})
 }
 
 func (k *kernel) rehair(bs []netip.AddrPort) {
@@ -218,16 +289,15 @@ func chunk(els []nftables.SetElement) int {
 // commit sends the batch as one transaction and returns the conntrack
 // clean-up it calls for.
 func (k *kernel) commit() ([]flowGone, error) {
-	errs := k.errs
-	k.errs = nil
-	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.hair} {
+	var errs []error
+	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.hair, k.o.backends} {
 		for els := k.delElems[s]; len(els) > 0; {
 			n := chunk(els)
 			errs = append(errs, k.conn.SetDeleteElements(s, els[:n]))
 			els = els[n:]
 		}
 	}
-	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.hair} {
+	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.hair, k.o.backends} {
 		for els := k.addElems[s]; len(els) > 0; {
 			n := chunk(els)
 			errs = append(errs, k.conn.SetAddElements(s, els[:n]))
@@ -236,6 +306,14 @@ func (k *kernel) commit() ([]flowGone, error) {
 	}
 	for _, d := range k.dels {
 		d()
+	}
+	for n, users := range k.picks {
+		if users == 0 {
+			c := k.o.chain(pickChain(n))
+			k.conn.FlushChain(c)
+			k.conn.DelChain(c)
+			delete(k.picks, n)
+		}
 	}
 	flows := k.flows
 	clear(k.delElems)

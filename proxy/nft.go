@@ -24,6 +24,7 @@ const (
 	setServices    = "services"     // vip . proto . port : goto svc-…
 	setNoEndpoints = "no-endpoints" // vip . proto . port : goto reject
 	setHairpin     = "hairpin"      // ip . ip of every backend: masquerade a connection to itself
+	setBackends    = "backends"     // vip . proto . port . index : backend ip . port
 	chainServices  = "services"
 	chainReject    = "reject"
 )
@@ -36,6 +37,8 @@ const (
 	reg9  = 9
 	reg10 = 10
 	reg11 = 11
+	reg12 = 12
+	reg13 = 13
 )
 
 // rtnLocal is RTN_LOCAL, fib's answer for an address of this host.
@@ -45,6 +48,7 @@ var (
 	dispatchKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
 	backendData = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
 	hairpinKey  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)
+	backendKey  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
 )
 
 // nftConn opens a netlink connection to nf_tables with buffers large enough
@@ -86,6 +90,7 @@ type objects struct {
 	rules                       map[string]int // base chain -> rules, as built
 	table                       *nftables.Table
 	services, noEndpoints, hair *nftables.Set
+	backends                    *nftables.Set
 }
 
 func newObjects() objects {
@@ -95,6 +100,7 @@ func newObjects() objects {
 		services:    &nftables.Set{Table: t, Name: setServices, IsMap: true, Concatenation: true, KeyType: dispatchKey, DataType: nftables.TypeVerdict},
 		noEndpoints: &nftables.Set{Table: t, Name: setNoEndpoints, IsMap: true, Concatenation: true, KeyType: dispatchKey, DataType: nftables.TypeVerdict},
 		hair:        &nftables.Set{Table: t, Name: setHairpin, Concatenation: true, KeyType: hairpinKey},
+		backends:    &nftables.Set{Table: t, Name: setBackends, IsMap: true, Concatenation: true, KeyType: backendKey, DataType: backendData},
 	}
 }
 
@@ -114,7 +120,7 @@ func (o *objects) build(c *nftables.Conn, svcNet, own netip.Prefix) error {
 	c.AddTable(o.table)
 	c.DelTable(o.table)
 	c.AddTable(o.table)
-	for _, s := range []*nftables.Set{o.services, o.noEndpoints, o.hair} {
+	for _, s := range []*nftables.Set{o.services, o.noEndpoints, o.hair, o.backends} {
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("queueing set %s: %w", s.Name, err)
 		}
@@ -251,16 +257,13 @@ func hairpinElem(a netip.Addr) []byte {
 	return append(b[:], b[:]...)
 }
 
-// serviceRules queues the rules of one service port's chain: one rule per
-// backend, the i-th taken with probability 1/(n-i) (so each with 1/n), that
-// DNATs to it. The backends are immediates in the rules, not a map: a map per
-// service means thousands of sets in one table, which the kernel finds by
-// name with a list walk (and one map shared by all services would be bound
-// thousands of times, which makes every element added walk all bindings),
-// so either made a 10,000-service rebuild quadratic. Only the first packet
-// of a connection is evaluated, and at most n rules of one chain. With
-// ClientIP affinity the pick is remembered per client in the port's own
-// timed map, which a first rule consults.
+// serviceRules queues the rules of the chain of a port with ClientIP
+// affinity: a first rule sends a client to the backend its port's timed map
+// remembers (and refreshes the entry), then one rule per backend, the i-th
+// taken with probability 1/(n-i) (so each with 1/n), DNATs to it and
+// remembers the pick. Backends are immediates, not a map: a map per service
+// means thousands of sets in a table, which the kernel finds by name with a
+// list walk. Only the first packet of a connection is evaluated.
 func serviceRules(c *nftables.Conn, o objects, chain *nftables.Chain, backends []netip.AddrPort, aff *nftables.Set) {
 	dnat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: reg10, RegProtoMin: reg11, Specified: true}
 	saddr := &expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}
@@ -287,4 +290,35 @@ func serviceRules(c *nftables.Conn, o objects, chain *nftables.Chain, backends [
 		}
 		c.AddRule(&nftables.Rule{Table: o.table, Chain: chain, Exprs: append(e, dnat)})
 	}
+}
+
+// pickChain is the chain shared by every service port with n backends
+// (without ClientIP affinity): one rule that draws an index below n and
+// looks the backend up by the packet's own destination and the index, in
+// one map for all services. Everything the lookup needs is in the packet or
+// drawn in the same rule, so the map is bound once per distinct n, not once
+// per service: adding an element makes the kernel check every binding of
+// its map, and per-service bindings made a 10,000-service rebuild take
+// 40 s. An endpoint change is then a few element swaps, whatever the number
+// of services.
+func pickChain(n int) string { return "pick-" + itoa(n) }
+
+func pickRule(o objects, chain *nftables.Chain, n int) *nftables.Rule {
+	return &nftables.Rule{Table: o.table, Chain: chain, Exprs: []expr.Any{
+		&expr.Payload{DestRegister: reg8, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg9},
+		&expr.Payload{DestRegister: reg10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Numgen{Register: reg11, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg8, SetName: o.backends.Name, SetID: o.backends.ID, DestRegister: reg12, IsDestRegSet: true},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: reg12, RegProtoMin: reg13, Specified: true},
+	}}
+}
+
+// backendKeyOf is the backends map's key: vip . proto . port . index, the
+// index in host order as numgen writes it.
+func backendKeyOf(vip netip.Addr, proto uint8, port uint16, i int) []byte {
+	k := make([]byte, 16)
+	copy(k, dispatchElem(vip, proto, port))
+	copy(k[12:], binaryutil.NativeEndian.PutUint32(uint32(i)))
+	return k
 }

@@ -417,7 +417,12 @@ func (p *Proxy) verify(conn *nftables.Conn, k *kernel) string {
 			have[c.Name] = true
 		}
 	}
-	want := len(baseChains) + len(k.prog)
+	want := len(k.o.rules) + len(k.picks)
+	for _, pr := range k.prog {
+		if pr.form() == formAffinity {
+			want++
+		}
+	}
 	if n != want {
 		return fmt.Sprintf("%d chains, want %d", n, want)
 	}
@@ -443,12 +448,12 @@ func (p *Proxy) verify(conn *nftables.Conn, k *kernel) string {
 		set  *nftables.Set
 		want int
 	}{{k.o.services, withBackends}, {k.o.noEndpoints, len(k.prog) - withBackends}} {
-		els, err := conn.GetSetElements(s.set)
+		n, err := countElems(int(p.cfg.NetNS), s.set.Name)
 		if err != nil {
-			return "listing " + s.set.Name + ": " + err.Error()
+			return err.Error()
 		}
-		if len(els) != s.want {
-			return fmt.Sprintf("map %s has %d elements, want %d", s.set.Name, len(els), s.want)
+		if n != s.want {
+			return fmt.Sprintf("map %s has %d elements, want %d", s.set.Name, n, s.want)
 		}
 	}
 	return ""
