@@ -163,15 +163,15 @@ func (e *env) writeFile(name, content string) string {
 }
 
 // svcTable is what node n's kernel holds in table weft-svc: chain names,
-// and the sizes of the services, no-endpoints and hairpin sets.
+// and the sizes of the services, no-endpoints and backends maps.
 type svcTable struct {
-	chains                 []string
-	services, noEP, hairpn int
-	exists                 bool
+	chains                   []string
+	services, noEP, backends int
+	exists                   bool
 }
 
 func (s svcTable) String() string {
-	return fmt.Sprintf("%d chains, %d services, %d without endpoints, %d hairpin", len(s.chains), s.services, s.noEP, s.hairpn)
+	return fmt.Sprintf("%d chains, %d services, %d without endpoints, %d backends", len(s.chains), s.services, s.noEP, s.backends)
 }
 
 func (n *node) svcTable() svcTable {
@@ -211,8 +211,8 @@ func (n *node) svcTable() svcTable {
 			st.services = len(els)
 		case "no-endpoints":
 			st.noEP = len(els)
-		case "hairpin":
-			st.hairpn = len(els)
+		case "backends":
+			st.backends = len(els)
 		}
 	}
 	return st

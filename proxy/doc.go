@@ -6,7 +6,7 @@
 //	services                     ip daddr . meta l4proto . th dport vmap @services
 //	pick-<n>                     ip daddr . meta l4proto . th dport . numgen random mod n → dnat via map @backends
 //	svc-<ns>/<name>/<port>       ClientIP affinity only: the remembered pick, else one rule per backend
-//	nat-postrouting              masquerade the host's own connections, and hairpins (@hairpin)
+//	nat-postrouting              masquerade the host's own connections, and clients reaching a backend on their own node
 //	filter-forward, filter-output  new connections to a service with no endpoints: vmap @no-endpoints → reject
 //
 // The services map is the only thing a packet's cost depends on, and it is a

@@ -21,8 +21,12 @@ func countRules(nsFd int, chain string) (int, error) {
 	return n, nil
 }
 
-// countElems returns how many elements set of table TableName holds,
-// without decoding them: verifying 100,000 elements must not cost the loop.
+// CountElements returns how many elements the set (or map) of table
+// TableName holds in the namespace nsFd (0: the caller's), without decoding
+// them: verifying 100,000 elements must not cost the loop. The bench reads
+// the kernel with it too.
+func CountElements(nsFd int, set string) (int, error) { return countElems(nsFd, set) }
+
 func countElems(nsFd int, set string) (int, error) {
 	n := 0
 	err := dump(nsFd, unix.NFT_MSG_GETSETELEM, unix.NFTA_SET_ELEM_LIST_TABLE, unix.NFTA_SET_ELEM_LIST_SET, set, func(data []byte) {

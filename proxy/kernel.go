@@ -39,7 +39,6 @@ type kernel struct {
 	conn   *nftables.Conn
 	o      objects
 	prog   map[string]*programmed // by port key (chain name)
-	hair   map[netip.Addr]int     // backends' addresses, with how many ports use each
 	picks  map[int]int            // pick-<n> chains, with how many ports use each
 	nextID uint32
 
@@ -68,7 +67,6 @@ func newKernel(conn *nftables.Conn) *kernel {
 
 func (k *kernel) reset() {
 	k.prog = map[string]*programmed{}
-	k.hair = map[netip.Addr]int{}
 	k.picks = map[int]int{}
 	k.delElems = map[*nftables.Set][]nftables.SetElement{}
 	k.addElems = map[*nftables.Set][]nftables.SetElement{}
@@ -105,11 +103,9 @@ func (k *kernel) change(old *programmed, p *svcPort) {
 	k.dispatch(old, np)
 	k.backends(old, np)
 	if np != nil {
-		k.rehair(np.backends)
 		k.prog[np.key] = np
 	}
 	if old != nil {
-		k.unhair(old.backends)
 		if np == nil {
 			delete(k.prog, old.key)
 		}
@@ -247,26 +243,6 @@ func (k *kernel) gone(p *svcPort, backends []netip.AddrPort, all bool) {
 	k.flows = append(k.flows, flowGone{vip: p.vip, port: p.port, backends: backends, all: all})
 }
 
-func (k *kernel) rehair(bs []netip.AddrPort) {
-	for _, b := range bs {
-		a := b.Addr()
-		if k.hair[a] == 0 {
-			k.addElems[k.o.hair] = append(k.addElems[k.o.hair], nftables.SetElement{Key: hairpinElem(a)})
-		}
-		k.hair[a]++
-	}
-}
-
-func (k *kernel) unhair(bs []netip.AddrPort) {
-	for _, b := range bs {
-		a := b.Addr()
-		if k.hair[a]--; k.hair[a] <= 0 {
-			delete(k.hair, a)
-			k.delElems[k.o.hair] = append(k.delElems[k.o.hair], nftables.SetElement{Key: hairpinElem(a)})
-		}
-	}
-}
-
 // elemBytes bounds the elements of one netlink message: they travel in one
 // nested attribute, whose length field has 16 bits.
 const elemBytes = 60000
@@ -290,14 +266,14 @@ func chunk(els []nftables.SetElement) int {
 // clean-up it calls for.
 func (k *kernel) commit() ([]flowGone, error) {
 	var errs []error
-	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.hair, k.o.backends} {
+	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.backends} {
 		for els := k.delElems[s]; len(els) > 0; {
 			n := chunk(els)
 			errs = append(errs, k.conn.SetDeleteElements(s, els[:n]))
 			els = els[n:]
 		}
 	}
-	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.hair, k.o.backends} {
+	for _, s := range []*nftables.Set{k.o.services, k.o.noEndpoints, k.o.backends} {
 		for els := k.addElems[s]; len(els) > 0; {
 			n := chunk(els)
 			errs = append(errs, k.conn.SetAddElements(s, els[:n]))

@@ -23,7 +23,6 @@ const TableName = "weft-svc"
 const (
 	setServices    = "services"     // vip . proto . port : goto svc-…
 	setNoEndpoints = "no-endpoints" // vip . proto . port : goto reject
-	setHairpin     = "hairpin"      // ip . ip of every backend: masquerade a connection to itself
 	setBackends    = "backends"     // vip . proto . port . index : backend ip . port
 	chainServices  = "services"
 	chainReject    = "reject"
@@ -47,7 +46,6 @@ const rtnLocal = 2
 var (
 	dispatchKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
 	backendData = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
-	hairpinKey  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)
 	backendKey  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
 )
 
@@ -87,10 +85,10 @@ func nftConn(netnsFd int) (*nftables.Conn, error) {
 // objects is the table and its named objects, as google/nftables wants them
 // to refer to by name.
 type objects struct {
-	rules                       map[string]int // base chain -> rules, as built
-	table                       *nftables.Table
-	services, noEndpoints, hair *nftables.Set
-	backends                    *nftables.Set
+	rules                 map[string]int // base chain -> rules, as built
+	table                 *nftables.Table
+	services, noEndpoints *nftables.Set
+	backends              *nftables.Set
 }
 
 func newObjects() objects {
@@ -99,7 +97,6 @@ func newObjects() objects {
 		table:       t,
 		services:    &nftables.Set{Table: t, Name: setServices, IsMap: true, Concatenation: true, KeyType: dispatchKey, DataType: nftables.TypeVerdict},
 		noEndpoints: &nftables.Set{Table: t, Name: setNoEndpoints, IsMap: true, Concatenation: true, KeyType: dispatchKey, DataType: nftables.TypeVerdict},
-		hair:        &nftables.Set{Table: t, Name: setHairpin, Concatenation: true, KeyType: hairpinKey},
 		backends:    &nftables.Set{Table: t, Name: setBackends, IsMap: true, Concatenation: true, KeyType: backendKey, DataType: backendData},
 	}
 }
@@ -120,7 +117,7 @@ func (o *objects) build(c *nftables.Conn, svcNet, own netip.Prefix) error {
 	c.AddTable(o.table)
 	c.DelTable(o.table)
 	c.AddTable(o.table)
-	for _, s := range []*nftables.Set{o.services, o.noEndpoints, o.hair, o.backends} {
+	for _, s := range []*nftables.Set{o.services, o.noEndpoints, o.backends} {
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("queueing set %s: %w", s.Name, err)
 		}
@@ -155,17 +152,11 @@ func (o *objects) build(c *nftables.Conn, svcNet, own netip.Prefix) error {
 		&expr.Fib{Register: reg1, FlagSADDR: true, ResultADDRTYPE: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLocal)},
 		&expr.Masq{})})
-	// Hairpin: a backend that reached itself through its service must see
-	// another source, or its answer would never go back through the NAT.
-	c.AddRule(&nftables.Rule{Table: o.table, Chain: post, Exprs: append(clone(serviceConn),
-		&expr.Payload{DestRegister: reg8, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-		&expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-		&expr.Lookup{SourceRegister: reg8, SetName: o.hair.Name, SetID: o.hair.ID},
-		&expr.Masq{})})
-	// A client and a backend both behind this node's bridge: the backend
-	// would answer the client across the bridge, around the DNAT, unless
-	// br_netfilter happens to be loaded. Clients on other nodes keep their
-	// address.
+	// A client and a backend both behind this node's bridge, the same
+	// container included (hairpin): the backend would answer across the
+	// bridge, around the DNAT (unless br_netfilter is loaded), or to itself.
+	// Masqueraded, the answer comes back through this host. Clients on
+	// other nodes keep their address.
 	nodeRules := 0
 	if own.IsValid() {
 		nodeRules = 1
@@ -207,7 +198,7 @@ func (o *objects) build(c *nftables.Conn, svcNet, own netip.Prefix) error {
 
 // baseChains and their rule counts (without the node's own masquerade rule).
 var baseChains = map[string]int{
-	"nat-prerouting": 1, "nat-output": 1, "nat-postrouting": 2,
+	"nat-prerouting": 1, "nat-output": 1, "nat-postrouting": 1,
 	"filter-forward": 1, "filter-output": 1, chainServices: 1, chainReject: 2,
 }
 
@@ -250,11 +241,6 @@ func backendElemVal(b netip.AddrPort) []byte {
 	copy(v, a[:])
 	binary.BigEndian.PutUint16(v[4:], b.Port())
 	return v
-}
-
-func hairpinElem(a netip.Addr) []byte {
-	b := a.As4()
-	return append(b[:], b[:]...)
 }
 
 // serviceRules queues the rules of the chain of a port with ClientIP

@@ -47,15 +47,17 @@ func itoa(n int) string {
 }
 
 // live says which overlay addresses have a live lease: those in the node's
-// own subnet or a peer's. Addresses outside the overlay are always live.
+// own subnet or a peer's. Addresses outside the overlay, or on the hosts'
+// own network, are always live.
 type live struct {
-	overlay netip.Prefix
-	subnets map[netip.Prefix]bool
-	bits    []int // the distinct prefix lengths among subnets
+	overlay  netip.Prefix
+	underlay []netip.Prefix
+	subnets  map[netip.Prefix]bool
+	bits     []int // the distinct prefix lengths among subnets
 }
 
-func newLive(overlay netip.Prefix, subnets []netip.Prefix) *live {
-	l := &live{overlay: overlay, subnets: make(map[netip.Prefix]bool, len(subnets))}
+func newLive(overlay netip.Prefix, underlay, subnets []netip.Prefix) *live {
+	l := &live{overlay: overlay, underlay: underlay, subnets: make(map[netip.Prefix]bool, len(subnets))}
 	for _, s := range subnets {
 		s = s.Masked()
 		l.subnets[s] = true
@@ -69,6 +71,11 @@ func newLive(overlay netip.Prefix, subnets []netip.Prefix) *live {
 func (l *live) ok(a netip.Addr) bool {
 	if l == nil || !l.overlay.IsValid() || !l.overlay.Contains(a) {
 		return true
+	}
+	for _, u := range l.underlay {
+		if u.Contains(a) {
+			return true
+		}
 	}
 	for _, b := range l.bits {
 		if p, err := a.Prefix(b); err == nil && l.subnets[p] {

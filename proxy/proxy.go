@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -23,6 +24,10 @@ type Config struct {
 	// while a live lease holds its subnet (see SetLive); with no Overlay,
 	// every endpoint is served.
 	Overlay netip.Prefix
+	// Underlay lists the hosts' own networks. No lease ever covers them
+	// (even inside Overlay, as in the reference layout), so an endpoint on
+	// a host address is always served.
+	Underlay []netip.Prefix
 	// CheckInterval is how often the table is compared with what weft
 	// programmed (default 5s); changes by others are noticed at once anyway.
 	CheckInterval time.Duration
@@ -203,7 +208,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 		}
 		if liveNew {
-			p.lv = newLive(p.cfg.Overlay, subnets)
+			p.lv = newLive(p.cfg.Overlay, p.cfg.Underlay, subnets)
 		}
 		if ownNew {
 			broken = true // the masquerade rule names the node's subnet
@@ -290,6 +295,10 @@ func (p *Proxy) open() (*nftables.Conn, *netlink.Handle, error) {
 	return conn, nl, nil
 }
 
+// bigBatch is the number of element changes above which a commit returns
+// its garbage to the OS at once.
+const bigBatch = 20000
+
 // reopen drops a connection whose batch failed, with whatever it queued.
 func (p *Proxy) reopen(conn *nftables.Conn, k *kernel) (*nftables.Conn, *kernel) {
 	_ = conn.CloseLasting()
@@ -305,7 +314,22 @@ func (p *Proxy) reopen(conn *nftables.Conn, k *kernel) (*nftables.Conn, *kernel)
 
 // commit sends the queued batch, then deletes the UDP flows it calls for.
 func (p *Proxy) commit(k *kernel, nl *netlink.Handle, rev int64) error {
+	t0 := time.Now()
+	nadd := 0
+	for _, e := range k.addElems {
+		nadd += len(e)
+	}
+	for _, e := range k.delElems {
+		nadd += len(e)
+	}
 	flows, err := k.commit()
+	p.log.Debug("committed", "took", time.Since(t0), "elements", nadd)
+	if nadd > bigBatch {
+		// A batch this size leaves tens of MiB of garbage (the messages,
+		// the plan) that the runtime would keep mapped for minutes: give it
+		// back now, so that a node's footprint is its steady state.
+		debug.FreeOSMemory()
+	}
 	p.mu.Lock()
 	if err != nil {
 		p.st.Err = err.Error()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"os"
+	"runtime/debug"
 	"slices"
 	"sync"
 
@@ -11,6 +13,10 @@ import (
 	"github.com/weft-net/weft/service"
 	"github.com/weft-net/weft/subnet"
 )
+
+// memoryLimit is weftd's soft memory limit with services on: the
+// collector works harder only as the heap nears it.
+const memoryLimit = 48 << 20
 
 // services is weftd's service proxy, wired to what the node already knows:
 // the services come from their own etcd watch, and which subnets have a live
@@ -27,8 +33,14 @@ type services struct {
 	known bool // a peer snapshot has arrived
 }
 
-func newServices(st *service.Store, overlay netip.Prefix, log *slog.Logger) *services {
-	return &services{p: proxy.New(proxy.Config{Overlay: overlay, Log: log}), store: st, log: log}
+func newServices(st *service.Store, overlay netip.Prefix, underlay []netip.Prefix, log *slog.Logger) *services {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// Tens of thousands of services make batches of garbage far larger
+		// than weftd's live heap; without a limit the collector lets the
+		// heap double past the live set. GOMEMLIMIT overrides.
+		debug.SetMemoryLimit(memoryLimit)
+	}
+	return &services{p: proxy.New(proxy.Config{Overlay: overlay, Underlay: underlay, Log: log}), store: st, log: log}
 }
 
 // run runs the watch and the proxy until ctx ends.
