@@ -35,8 +35,8 @@ const (
 	srvAddr     = "10.250.0.2"
 	svcEps      = 10
 	changes     = 100
-	connRounds  = 3
-	connsPerRun = 1500
+	connRounds  = 5
+	connsPerRun = 1000
 )
 
 // BenchmarkServices measures issue 10's targets in one run: applying 1,000
@@ -73,6 +73,7 @@ type svcResults struct {
 	changeP50, changeP99        time.Duration
 	changeMax                   time.Duration
 	rateDirect, rate10, rate1e4 float64 // connections per second, medians
+	rateDirect10               float64 // direct, measured beside rate10
 	rss10k                      rss
 }
 
@@ -276,7 +277,7 @@ func measureRates(ctx context.Context, r *svcResults, st *service.Store, cli *cl
 	}
 	vip := netip.AddrPortFrom(svc0.ClusterIP, 80).String()
 	direct := srvAddr + ":8000"
-	var d, big, small []float64
+	var d, dSmall, big, small []float64
 	for range connRounds {
 		for _, m := range []struct {
 			to  string
@@ -309,7 +310,7 @@ func measureRates(ctx context.Context, r *svcResults, st *service.Store, cli *cl
 		for _, m := range []struct {
 			to  string
 			out *[]float64
-		}{{direct, &d}, {vip, &small}} {
+		}{{direct, &dSmall}, {vip, &small}} {
 			rate, err := connRate(node, m.to)
 			if err != nil {
 				return err
@@ -318,7 +319,8 @@ func measureRates(ctx context.Context, r *svcResults, st *service.Store, cli *cl
 		}
 	}
 	r.rateDirect, r.rate1e4, r.rate10 = median(d), median(big), median(small)
-	logf("connections/s: direct %v, via VIP at 10,000 services %v, at 10 services %v", d, big, small)
+	r.rateDirect10 = median(dSmall)
+	logf("connections/s: direct %v, via VIP at 10,000 services %v; direct %v, via VIP at 10 services %v", d, big, dSmall, small)
 	return nil
 }
 
@@ -377,13 +379,16 @@ func (r *svcResults) table(w io.Writer) {
 		}
 		return "MISSED"
 	}
-	vs10 := r.rate1e4 / r.rate10
+	// The machine's speed drifts between the two phases (other work shares
+	// it): each VIP rate is taken relative to the direct rate measured in
+	// the same phase, interleaved run by run.
+	vs10 := (r.rate1e4 / r.rateDirect) / (r.rate10 / r.rateDirect10)
 	vsDirect := r.rate1e4 / r.rateDirect
 	fmt.Fprintln(tw, "services (issue 10)\tmeasured\ttarget\t")
 	fmt.Fprintf(tw, "1,000 x 10 endpoints applied from nothing (etcd writes to kernel)\t%v (%d etcd txns)\t<= 1 s\t%s\n", r.apply1k.Round(time.Millisecond), r.txns1k, ok(r.apply1k <= time.Second))
 	fmt.Fprintf(tw, "10,000 x 10 endpoints applied from nothing\t%v (%d etcd txns)\t<= 5 s\t%s\n", r.apply10k.Round(time.Millisecond), r.txns10k, ok(r.apply10k <= 5*time.Second))
 	fmt.Fprintf(tw, "one endpoint change at 10,000 services, etcd write to kernel, p99 of %d\t%v (p50 %v, max %v)\t<= 100 ms\t%s\n", changes, r.changeP99.Round(time.Microsecond*100), r.changeP50.Round(time.Microsecond*100), r.changeMax.Round(time.Microsecond*100), ok(r.changeP99 <= 100*time.Millisecond))
-	fmt.Fprintf(tw, "connection setup via VIP: 10,000 vs 10 services\t%.0f vs %.0f /s (%.0f%%)\twithin 15%%\t%s\n", r.rate1e4, r.rate10, 100*vs10, ok(vs10 >= 0.85))
+	fmt.Fprintf(tw, "connection setup via VIP: 10,000 vs 10 services (each / direct beside it)\t%.0f/%.0f vs %.0f/%.0f /s (%.0f%%)\twithin 15%%\t%s\n", r.rate1e4, r.rateDirect, r.rate10, r.rateDirect10, 100*vs10, ok(vs10 >= 0.85))
 	fmt.Fprintf(tw, "connection setup via VIP at 10,000 vs direct\t%.0f vs %.0f /s (%.0f%%)\twithin 25%%\t%s\n", r.rate1e4, r.rateDirect, 100*vsDirect, ok(vsDirect >= 0.75))
 	fmt.Fprintf(tw, "weftd memory at 10,000 services (RSS now; peak)\t%.1f MiB; %.1f MiB\t<= 64 MiB\t%s\n", float64(r.rss10k.cur)/(1<<20), float64(r.rss10k.peak)/(1<<20), ok(r.rss10k.cur <= 64<<20))
 	tw.Flush()
