@@ -73,7 +73,7 @@ type svcResults struct {
 	changeP50, changeP99        time.Duration
 	changeMax                   time.Duration
 	rateDirect, rate10, rate1e4 float64 // connections per second, medians
-	rateDirect10               float64 // direct, measured beside rate10
+	rateDirect10                float64 // direct, measured beside rate10
 	rss10k                      rss
 }
 
