@@ -66,7 +66,10 @@ func (s *Store) applyOnce(ctx context.Context, objs []Object, replace bool) (App
 			nsvc++
 		}
 	}
-	var units []unit
+	// Units go out in the order given, so that a List of each Service
+	// followed by its Endpoints reaches the nodes as whole services: a
+	// node then programs each one once, not first without endpoints.
+	units := make([]unit, len(objs))
 	if nsvc > 0 {
 		network, err := s.Network(ctx)
 		if err != nil {
@@ -81,7 +84,7 @@ func (s *Store) applyOnce(ctx context.Context, objs []Object, replace bool) (App
 			return res, err
 		}
 		rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-		for _, o := range objs {
+		for i, o := range objs {
 			if o.Service == nil {
 				continue
 			}
@@ -93,11 +96,11 @@ func (s *Store) applyOnce(ctx context.Context, objs []Object, replace bool) (App
 			if created {
 				res.Created++
 			}
-			units = append(units, u)
+			units[i] = u
 			res.Services = append(res.Services, svc)
 		}
 	}
-	for _, o := range objs {
+	for i, o := range objs {
 		if o.Endpoints == nil {
 			continue
 		}
@@ -105,7 +108,7 @@ func (s *Store) applyOnce(ctx context.Context, objs []Object, replace bool) (App
 		if err != nil {
 			return res, err
 		}
-		units = append(units, unit{ops: []clientv3.Op{clientv3.OpPut(s.epKey(o.Endpoints.Namespace, o.Endpoints.Name), string(val))}})
+		units[i] = unit{ops: []clientv3.Op{clientv3.OpPut(s.epKey(o.Endpoints.Namespace, o.Endpoints.Name), string(val))}}
 		res.Endpoints++
 	}
 	return res, s.commit(ctx, units, &res.Transactions)

@@ -232,9 +232,10 @@ type ApplyResult struct {
 	Transactions int       // etcd transactions committed
 }
 
-// Apply creates or replaces every object: Services first (keeping the
-// ClusterIP of one that exists), then Endpoints, in as few transactions as
-// etcd's operation limit allows. Nothing is written if any object is refused.
+// Apply creates or replaces every object (a Service keeps the ClusterIP it
+// has), in the order given, in as few transactions as etcd's operation limit
+// allows. Nothing is written if any object is refused: every check is made
+// before the first transaction.
 func (s *Store) Apply(ctx context.Context, objs []Object) (ApplyResult, error) {
 	return s.apply(ctx, objs, true)
 }
