@@ -17,7 +17,7 @@ BIN     := $(CURDIR)/bin
 DEB_PACKAGES := iproute2 iptables etcd-server iputils-ping ncat prometheus procps ca-certificates
 
 # Packages whose tests never need root; they also run under the race detector.
-UNIT_PKGS := ./ip/... ./subnet/... ./cmd/... ./internal/etcdconn/...
+UNIT_PKGS := ./ip/... ./subnet/... ./service/... ./cmd/... ./internal/etcdconn/...
 
 .PHONY: all build deps demo test test-unit test-kernel e2e bench fuzz vet clean
 
@@ -42,7 +42,7 @@ demo: deps build
 # and the end-to-end suite on a namespace cluster with a real etcd.
 test: deps build vet
 	WEFT_REQUIRE_ETCD=1 $(GO) test -race -count=1 $(UNIT_PKGS)
-	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./internal/cluster/...
+	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./proxy/... ./internal/cluster/...
 	WEFT_REQUIRE_ETCD=1 WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 -timeout 20m ./e2e/...
 
 test-unit:
@@ -64,6 +64,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseKey -fuzztime 30s ./subnet/
 	$(GO) test -run '^$$' -fuzz FuzzParseLeaseAttrs -fuzztime 30s ./subnet/
 	$(GO) test -run '^$$' -fuzz FuzzReadSubnetEnv -fuzztime 30s ./network/
+	$(GO) test -run '^$$' -fuzz FuzzParseObjects -fuzztime 30s ./service/
 
 clean:
 	rm -rf $(BIN)
