@@ -336,6 +336,19 @@ func TestServices(t *testing.T) {
 		}
 	})
 
+	t.Run("--services=false leaves services alone", func(t *testing.T) {
+		n3 := e.addNode("node3", mustPrefix("172.17.42.33/16"), "--services=false")
+		n3.waitSubnetFile(30 * time.Second)
+		e.mustWeftctl(n1.Host, "apply", "-f", e.writeFile("one.json", `{"kind":"Service","metadata":{"name":"late"},"spec":{"ports":[{"port":80}]}}`))
+		time.Sleep(time.Second)
+		if st := n3.svcTable(); st.exists || len(st.chains) > 0 {
+			t.Fatalf("node3 (--services=false) has a weft-svc table: %s", st)
+		}
+		if routes, _ := n3.Routes(e.ctx); strings.Contains(routes, "10.254.0.0/16") {
+			t.Fatalf("node3 (--services=false) routes the service network:\n%s", routes)
+		}
+	})
+
 	t.Run("a dead node's endpoints are left out", func(t *testing.T) {
 		f := e.writeFile("mixed.json", `{"kind":"Service","apiVersion":"v1","metadata":{"name":"mixed"},"spec":{"ports":[{"port":80}]}}`)
 		out := strings.Fields(e.mustWeftctl(n1.Host, "service", "create", "-f", f))
