@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -217,17 +218,42 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
-// commit writes units in as few transactions as etcd's limits allow.
+// commit writes units in as few transactions as etcd's limits allow. It
+// first tries large transactions (up to bigTxnOps operations, 1 MiB); an
+// etcd that refuses them (its --max-txn-ops is 128 by default) is written in
+// transactions of 128 from then on.
 func (s *Store) commit(ctx context.Context, units []unit, count *int) error {
 	const maxBytes = 1 << 20 // under etcd's default 1.5 MiB request limit
-	var cmps []clientv3.Cmp
-	var ops []clientv3.Op
-	size := 0
-	flush := func() error {
+	for len(units) > 0 {
+		limit := int(s.txnOps.Load())
+		if limit == 0 {
+			limit = bigTxnOps
+		}
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		size, n := 0, 0
+		for _, u := range units {
+			usize := 0
+			for _, op := range u.ops {
+				usize += len(op.KeyBytes()) + len(op.ValueBytes())
+			}
+			if n > 0 && (len(cmps)+len(u.cmps) > limit || len(ops)+len(u.ops) > limit || size+usize > maxBytes) {
+				break
+			}
+			cmps = append(cmps, u.cmps...)
+			ops = append(ops, u.ops...)
+			size += usize
+			n++
+		}
 		if len(ops) == 0 {
-			return nil
+			units = units[n:]
+			continue
 		}
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil && limit > maxTxnOps && errors.Is(err, rpctypes.ErrTooManyOps) {
+			s.txnOps.Store(maxTxnOps)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("writing services: %w", err)
 		}
@@ -235,22 +261,7 @@ func (s *Store) commit(ctx context.Context, units []unit, count *int) error {
 		if !resp.Succeeded {
 			return errConflict
 		}
-		cmps, ops, size = nil, nil, 0
-		return nil
+		units = units[n:]
 	}
-	for _, u := range units {
-		usize := 0
-		for _, op := range u.ops {
-			usize += len(op.KeyBytes()) + len(op.ValueBytes())
-		}
-		if len(cmps)+len(u.cmps) > maxTxnOps || len(ops)+len(u.ops) > maxTxnOps || size+usize > maxBytes {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-		cmps = append(cmps, u.cmps...)
-		ops = append(ops, u.ops...)
-		size += usize
-	}
-	return flush()
+	return nil
 }

@@ -304,3 +304,21 @@ func TestWatchSeesChanges(t *testing.T) {
 		t.Fatalf("endpoints of a missing service: %v", err)
 	}
 }
+
+// An etcd that allows large transactions gets few of them.
+func TestApplyUsesLargeTransactionsWhenAllowed(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{ExtraArgs: []string{"--max-txn-ops", "5000"}})
+	st := NewStore(e.Client(t), "/coreos.com/network")
+	var objs []Object
+	for i := range 1000 {
+		objs = append(objs, Object{Service: &Service{Namespace: "default", Name: fmt.Sprintf("s%d", i), Ports: []Port{{Protocol: TCP, Port: 80, TargetPort: 80}}}},
+			Object{Endpoints: &Endpoints{Namespace: "default", Name: fmt.Sprintf("s%d", i)}})
+	}
+	res, err := st.Apply(context.Background(), objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Created != 1000 || res.Transactions > 3 {
+		t.Fatalf("%+v: want 1,000 services in at most 3 transactions", res)
+	}
+}

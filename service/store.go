@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -20,13 +21,18 @@ var DefaultNetwork = netip.MustParsePrefix("10.254.0.0/16")
 var ErrNotFound = errors.New("not found")
 
 // maxTxnOps is etcd's default --max-txn-ops: no transaction may hold more
-// operations (or more comparisons) than this.
-const maxTxnOps = 128
+// operations (or more comparisons) than this, unless the server allows more.
+// bigTxnOps is what apply tries first.
+const (
+	maxTxnOps = 128
+	bigTxnOps = 2048
+)
 
 // Store reads and writes services in etcd under one prefix.
 type Store struct {
 	cli    *clientv3.Client
 	prefix string
+	txnOps atomic.Int64 // operations per transaction etcd accepts; 0 until refused
 }
 
 // NewStore returns the store for the keys under prefix (weft's
