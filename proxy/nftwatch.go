@@ -18,19 +18,46 @@ import (
 // closing NEWGEN message checks who made it. weft's own transactions are
 // skipped, so they cost no check. Lost notifications (ENOBUFS) ask for a
 // check instead of a rebuild.
-func watchTable(ctx context.Context, nsFd int, log *slog.Logger, kick func(sure bool)) error {
+// tableWatch is the subscription to nf_tables notifications.
+type tableWatch struct{ fd int }
+
+func openTableWatch(nsFd int) (*tableWatch, error) {
 	fd, err := socketIn(nsFd)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer unix.Close(fd)
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (unix.NFNLGRP_NFTABLES - 1)}); err != nil {
-		return fmt.Errorf("subscribing to nf_tables changes: %w", err)
+		unix.Close(fd)
+		return nil, fmt.Errorf("subscribing to nf_tables changes: %w", err)
 	}
 	tv := unix.NsecToTimeval((500 * time.Millisecond).Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return fmt.Errorf("setting a receive timeout: %w", err)
+		unix.Close(fd)
+		return nil, fmt.Errorf("setting a receive timeout: %w", err)
 	}
+	return &tableWatch{fd: fd}, nil
+}
+
+// pause leaves the notification group while weft commits: a batch of
+// 100,000 elements is 100,000 notifications, each copied to every member,
+// which weft would read only to skip them as its own. resume joins again.
+// A change by someone else in between is found by the periodic check.
+func (w *tableWatch) pause() {
+	if w != nil {
+		_ = unix.SetsockoptInt(w.fd, unix.SOL_NETLINK, unix.NETLINK_DROP_MEMBERSHIP, unix.NFNLGRP_NFTABLES)
+	}
+}
+
+func (w *tableWatch) resume() {
+	if w != nil {
+		_ = unix.SetsockoptInt(w.fd, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, unix.NFNLGRP_NFTABLES)
+	}
+}
+
+func (w *tableWatch) close() { unix.Close(w.fd) }
+
+func (w *tableWatch) run(ctx context.Context, log *slog.Logger, kick func(sure bool)) error {
+	fd := w.fd
 	buf := make([]byte, 256<<10)
 	touched := false
 	for ctx.Err() == nil {

@@ -43,6 +43,7 @@ type Proxy struct {
 	log     *slog.Logger
 	kick    chan struct{}
 	foreign chan struct{} // someone else changed the table
+	tw      *tableWatch   // nil without a subscription; the loop's
 	recheck chan struct{} // the table may have changed
 
 	mu       sync.Mutex // guards the fields below, written by the watchers
@@ -146,9 +147,17 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer nl.Close()
 	k := newKernel(conn)
 
-	{
+	tw, err := openTableWatch(int(p.cfg.NetNS))
+	if err != nil {
+		p.log.Warn("not watching nf_tables changes; relying on the periodic check", "err", err)
+		tw = nil
+	} else {
+		defer tw.close()
+		done := make(chan struct{})
+		defer func() { <-done }()
 		go func() {
-			err := watchTable(ctx, int(p.cfg.NetNS), p.log, func(sure bool) {
+			defer close(done)
+			err := tw.run(ctx, p.log, func(sure bool) {
 				ch := p.recheck
 				if sure {
 					ch = p.foreign
@@ -159,10 +168,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 				}
 			})
 			if err != nil && ctx.Err() == nil {
-				p.log.Warn("not watching nf_tables changes; relying on the periodic check", "err", err)
+				p.log.Warn("stopped watching nf_tables changes; relying on the periodic check", "err", err)
 			}
 		}()
 	}
+	p.tw = tw
 	check := time.NewTicker(p.cfg.CheckInterval)
 	defer check.Stop()
 	started, broken := false, true
@@ -322,7 +332,9 @@ func (p *Proxy) commit(k *kernel, nl *netlink.Handle, rev int64) error {
 	for _, e := range k.delElems {
 		nadd += len(e)
 	}
+	p.tw.pause()
 	flows, err := k.commit()
+	p.tw.resume()
 	p.log.Debug("committed", "took", time.Since(t0), "elements", nadd)
 	if nadd > bigBatch {
 		// A batch this size leaves tens of MiB of garbage (the messages,
