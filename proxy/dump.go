@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -116,4 +117,64 @@ func socketIn(nsFd int) (int, error) {
 		return -1, fmt.Errorf("opening a netfilter netlink socket: %w", err)
 	}
 	return fd, nil
+}
+
+// ServiceKey is the key of a service port in the services and no-endpoints
+// maps.
+func ServiceKey(vip netip.Addr, udp bool, port uint16) []byte {
+	proto := uint8(unix.IPPROTO_TCP)
+	if udp {
+		proto = unix.IPPROTO_UDP
+	}
+	return dispatchElem(vip, proto, port)
+}
+
+// HasElement reports whether set of table TableName in namespace nsFd holds
+// key: one lookup in the kernel, however large the set.
+func HasElement(nsFd int, set string, key []byte) (bool, error) {
+	fd, err := socketIn(nsFd)
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(fd)
+	attr := func(typ uint16, v []byte) []byte {
+		b := make([]byte, 4+(len(v)+3)&^3)
+		binary.NativeEndian.PutUint16(b, uint16(4+len(v)))
+		binary.NativeEndian.PutUint16(b[2:], typ)
+		copy(b[4:], v)
+		return b
+	}
+	data := attr(unix.NFTA_DATA_VALUE, key)
+	elem := attr(unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_KEY, data)
+	list := attr(unix.NLA_F_NESTED|1, elem) // NFTA_LIST_ELEM
+	body := []byte{unix.NFPROTO_IPV4, unix.NFNETLINK_V0, 0, 0}
+	body = append(body, attr(unix.NFTA_SET_ELEM_LIST_TABLE, append([]byte(TableName), 0))...)
+	body = append(body, attr(unix.NFTA_SET_ELEM_LIST_SET, append([]byte(set), 0))...)
+	body = append(body, attr(unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_LIST_ELEMENTS, list)...)
+	msg := make([]byte, unix.NLMSG_HDRLEN, unix.NLMSG_HDRLEN+len(body))
+	binary.NativeEndian.PutUint32(msg, uint32(unix.NLMSG_HDRLEN+len(body)))
+	binary.NativeEndian.PutUint16(msg[4:], unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM)
+	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST)
+	msg = append(msg, body...)
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return false, err
+	}
+	buf := make([]byte, 8192)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return false, err
+	}
+	if n < unix.NLMSG_HDRLEN+4 {
+		return false, errors.New("short netlink answer")
+	}
+	if binary.NativeEndian.Uint16(buf[4:]) == unix.NLMSG_ERROR {
+		code := int32(binary.NativeEndian.Uint32(buf[unix.NLMSG_HDRLEN:]))
+		if code == -int32(unix.ENOENT) {
+			return false, nil
+		}
+		if code != 0 {
+			return false, unix.Errno(-code)
+		}
+	}
+	return true, nil
 }

@@ -250,3 +250,19 @@ func (b *bed) chains() int {
 	}
 	return n
 }
+
+func TestHasElement(t *testing.T) {
+	b := newBed(t)
+	web := svc("web", "10.254.0.10", 0, service.Port{Protocol: service.TCP, Port: 80, TargetPort: 8080})
+	b.start(netip.Prefix{})
+	b.p.Update(full([]*service.Service{web}, []*service.Endpoints{eps("web", 8080, service.TCP, "10.99.0.2")}))
+	b.eventually("the service's element", func() (bool, string) {
+		ok, err := HasElement(int(b.ns), "services", ServiceKey(web.ClusterIP, false, 80))
+		return ok, fmt.Sprint(err)
+	})
+	for _, k := range [][]byte{ServiceKey(web.ClusterIP, true, 80), ServiceKey(web.ClusterIP, false, 81), ServiceKey(netip.MustParseAddr("10.254.0.11"), false, 80)} {
+		if ok, err := HasElement(int(b.ns), "services", k); ok || err != nil {
+			t.Fatalf("key %x: %v %v, want absent", k, ok, err)
+		}
+	}
+}
