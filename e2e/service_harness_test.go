@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -236,5 +235,3 @@ func (n *node) nftDo(fn func(c *nftables.Conn, t *nftables.Table)) {
 		n.t.Fatal(err)
 	}
 }
-
-func addrOf(ct *cluster.Container) netip.Addr { return ct.Addr }

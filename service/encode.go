@@ -64,7 +64,7 @@ func (s Service) MarshalJSON() ([]byte, error) {
 	}
 	w.Spec.Ports = make([]wirePort, len(s.Ports))
 	for i, p := range s.Ports {
-		w.Spec.Ports[i] = wirePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port, TargetPort: p.TargetPort}
+		w.Spec.Ports[i] = wirePort(p)
 	}
 	w.Spec.SessionAffinity = "None"
 	if s.AffinityTimeout > 0 {
