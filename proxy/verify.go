@@ -63,4 +63,3 @@ func (p *Proxy) verify(conn *nftables.Conn, k *kernel) string {
 	}
 	return ""
 }
-
