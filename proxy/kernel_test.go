@@ -266,3 +266,27 @@ func TestHasElement(t *testing.T) {
 		}
 	}
 }
+
+// A fresh listing (after an etcd outage or a compaction) that no longer has
+// a service removes it.
+func TestFullListingRemovesMissing(t *testing.T) {
+	b := newBed(t)
+	b.start(netip.Prefix{})
+	a := svc("a", "10.254.0.10", 0, service.Port{Protocol: service.TCP, Port: 80, TargetPort: 8080})
+	c := svc("c", "10.254.0.11", 0, service.Port{Protocol: service.UDP, Port: 53, TargetPort: 8080})
+	b.p.Update(full([]*service.Service{a, c}, []*service.Endpoints{eps("a", 8080, service.TCP, "10.99.0.2")}))
+	has := func(set string, s *service.Service, udp bool, port uint16) bool {
+		ok, err := HasElement(int(b.ns), set, ServiceKey(s.ClusterIP, udp, port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	b.eventually("both programmed", func() (bool, string) {
+		return has("services", a, false, 80) && has("no-endpoints", c, true, 53), ""
+	})
+	b.p.Update(full([]*service.Service{a}, []*service.Endpoints{eps("a", 8080, service.TCP, "10.99.0.2")}))
+	b.eventually("c removed, a kept", func() (bool, string) {
+		return has("services", a, false, 80) && !has("no-endpoints", c, true, 53), ""
+	})
+}

@@ -259,7 +259,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 			started, broken = true, false
 			continue
 		}
-		if liveNew {
+		if liveNew || ch.Full {
+			// A new live set, or a fresh listing (after an etcd outage or
+			// compaction): anything may differ, deletions included.
 			p.replanAll()
 			for key := range k.prog {
 				p.diffKey(k, key)

@@ -46,7 +46,7 @@ func (c *Change) Merge(later Change) {
 // lease is never read as a deletion.
 func (s *Store) Watch(ctx context.Context, log *slog.Logger, out func(Change)) error {
 	log = log.With("component", "services")
-	w := watcher{s: s, log: log, out: out, network: DefaultNetwork}
+	w := watcher{s: s, log: log, out: out, network: DefaultNetwork, goodSvc: map[string]*Service{}, goodEp: map[string]*Endpoints{}}
 	delay := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		rev, err := w.list(ctx)
@@ -72,6 +72,11 @@ type watcher struct {
 	log     *slog.Logger
 	out     func(Change)
 	network netip.Prefix
+	// the last good value of every key, so that a re-listing that finds
+	// garbage where a good value was keeps the good one, as a watch event
+	// does
+	goodSvc map[string]*Service
+	goodEp  map[string]*Endpoints
 }
 
 func (w *watcher) list(ctx context.Context) (int64, error) {
@@ -83,8 +88,27 @@ func (w *watcher) list(ctx context.Context) (int64, error) {
 	}
 	c := Change{Full: true, Services: map[string]*Service{}, Endpoints: map[string]*Endpoints{}, Revision: resp.Header.Revision}
 	w.network = DefaultNetwork
+	present := map[string]bool{}
 	for _, kv := range resp.Kvs {
+		kind, ref, _ := w.split(string(kv.Key))
+		present[kind+"/"+ref] = true
 		w.put(&c, kv)
+	}
+	// Keys that are gone are gone; keys that hold garbage keep their last
+	// good value.
+	for ref, sv := range w.goodSvc {
+		if !present["specs/"+ref] {
+			delete(w.goodSvc, ref)
+		} else if c.Services[ref] == nil {
+			c.Services[ref] = sv
+		}
+	}
+	for ref, ep := range w.goodEp {
+		if !present["endpoints/"+ref] {
+			delete(w.goodEp, ref)
+		} else if c.Endpoints[ref] == nil {
+			c.Endpoints[ref] = ep
+		}
 	}
 	c.Network = w.network
 	w.out(c)
@@ -146,6 +170,7 @@ func (w *watcher) put(c *Change, kv *mvccpb.KeyValue) {
 			return
 		}
 		c.Services[ref] = &sv
+		w.goodSvc[ref] = &sv
 	case "endpoints":
 		ep, err := ParseEndpoints(kv.Value, ns)
 		if err == nil && ep.Ref() != ref {
@@ -156,6 +181,7 @@ func (w *watcher) put(c *Change, kv *mvccpb.KeyValue) {
 			return
 		}
 		c.Endpoints[ref] = &ep
+		w.goodEp[ref] = &ep
 	}
 }
 
@@ -166,7 +192,9 @@ func (w *watcher) del(c *Change, key string) {
 		w.network = DefaultNetwork
 	case "specs":
 		c.Services[ref] = nil
+		delete(w.goodSvc, ref)
 	case "endpoints":
 		c.Endpoints[ref] = nil
+		delete(w.goodEp, ref)
 	}
 }
