@@ -65,6 +65,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseLeaseAttrs -fuzztime 30s ./subnet/
 	$(GO) test -run '^$$' -fuzz FuzzReadSubnetEnv -fuzztime 30s ./network/
 	$(GO) test -run '^$$' -fuzz FuzzParseObjects -fuzztime 30s ./service/
+	$(GO) test -run '^$$' -fuzz FuzzParseNetworkConfig -fuzztime 30s ./service/
 
 clean:
 	rm -rf $(BIN)

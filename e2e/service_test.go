@@ -65,6 +65,10 @@ func TestServices(t *testing.T) {
 			t.Fatalf("weftctl service create printed %q, want a ClusterIP in 10.254.0.0/16", out)
 		}
 		e.mustWeftctl(n2.Host, "endpoints", "set", "my-nginx-service", ep9.Addr.String()+":80", ep10.Addr.String()+":80")
+		eps := e.mustWeftctl(n1.Host, "endpoints", "get", "my-nginx-service")
+		if !strings.Contains(eps, ep9.Addr.String()+":80") || !strings.Contains(eps, ep10.Addr.String()+":80") {
+			t.Fatalf("endpoints get:\n%s", eps)
+		}
 		got := e.mustWeftctl(n1.Host, "service", "get", "my-nginx-service", "-o", "json")
 		if !strings.Contains(got, `"clusterIP": "`+vip+`"`) || !strings.Contains(got, `"targetPort": 80`) {
 			t.Fatalf("service get -o json:\n%s", got)

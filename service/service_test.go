@@ -322,3 +322,17 @@ func TestApplyUsesLargeTransactionsWhenAllowed(t *testing.T) {
 		t.Fatalf("%+v: want 1,000 services in at most 3 transactions", res)
 	}
 }
+
+func FuzzParseNetworkConfig(f *testing.F) {
+	f.Add([]byte(`{"Network":"10.254.0.0/16"}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := ParseNetworkConfig(b)
+		if err != nil {
+			return
+		}
+		if !p.Addr().Is4() || p != p.Masked() || p.Bits() < 8 || p.Bits() > 28 {
+			t.Fatalf("%q accepted as %v", b, p)
+		}
+	})
+}
