@@ -307,6 +307,10 @@ func TestServices(t *testing.T) {
 				return st.services >= 1003, st.String()
 			})
 			t.Logf("%s: all in the kernel %v after the apply returned", n.Name, took)
+			e.eventually("weft_service_ports on "+n.Name, 5*time.Second, func() (bool, string) {
+				v := n.metric(e.ctx, "weft_service_ports", "")
+				return v >= 1003, fmt.Sprint(v)
+			})
 		}
 		got := e.mustWeftctl(n1.Host, "service", "get", "bulk777", "-n", "bulk", "-o", "json")
 		i := strings.Index(got, `"clusterIP": "`)

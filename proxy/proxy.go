@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -35,12 +36,15 @@ type Config struct {
 	// one (tests).
 	NetNS netns.NsHandle
 	Log   *slog.Logger
+	// Metrics, when set, receives the proxy's series.
+	Metrics prometheus.Registerer
 }
 
 // Proxy keeps the kernel's service rules in step with the registry.
 type Proxy struct {
 	cfg     Config
 	log     *slog.Logger
+	m       *metrics
 	kick    chan struct{}
 	foreign chan struct{} // someone else changed the table
 	tw      *tableWatch   // nil without a subscription; the loop's
@@ -83,7 +87,7 @@ func New(cfg Config) *Proxy {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Proxy{
-		cfg: cfg, log: cfg.Log.With("component", "services"), kick: make(chan struct{}, 1), foreign: make(chan struct{}, 1), recheck: make(chan struct{}, 1),
+		cfg: cfg, log: cfg.Log.With("component", "services"), m: newMetrics(cfg.Metrics), kick: make(chan struct{}, 1), foreign: make(chan struct{}, 1), recheck: make(chan struct{}, 1),
 		services: map[string]*service.Service{}, endpoints: map[string]*service.Endpoints{},
 		desired: map[string]*svcPort{}, byRef: map[string][]string{},
 	}
@@ -255,6 +259,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			p.mu.Lock()
 			p.st.Rebuilds++
 			p.mu.Unlock()
+			p.m.rebuilds.Inc()
 			p.log.Info("service rules programmed", "ports", len(k.prog), "took", time.Since(start).Round(time.Millisecond))
 			started, broken = true, false
 			continue
@@ -337,6 +342,12 @@ func (p *Proxy) commit(k *kernel, nl *netlink.Handle, rev int64) error {
 	p.tw.pause()
 	flows, err := k.commit()
 	p.tw.resume()
+	p.m.commit.Observe(time.Since(t0).Seconds())
+	if err != nil {
+		p.m.errors.Inc()
+	} else {
+		p.m.ports.Set(float64(len(k.prog)))
+	}
 	p.log.Debug("committed", "took", time.Since(t0), "elements", nadd)
 	if nadd > bigBatch {
 		// A batch this size leaves tens of MiB of garbage (the messages,

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/weft-net/weft/proxy"
 	"github.com/weft-net/weft/service"
 	"github.com/weft-net/weft/subnet"
@@ -33,14 +35,14 @@ type services struct {
 	known bool // a peer snapshot has arrived
 }
 
-func newServices(st *service.Store, overlay netip.Prefix, underlay []netip.Prefix, log *slog.Logger) *services {
+func newServices(st *service.Store, overlay netip.Prefix, underlay []netip.Prefix, log *slog.Logger, reg prometheus.Registerer) *services {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Tens of thousands of services make batches of garbage far larger
 		// than weftd's live heap; without a limit the collector lets the
 		// heap double past the live set. GOMEMLIMIT overrides.
 		debug.SetMemoryLimit(memoryLimit)
 	}
-	return &services{p: proxy.New(proxy.Config{Overlay: overlay, Underlay: underlay, Log: log}), store: st, log: log}
+	return &services{p: proxy.New(proxy.Config{Overlay: overlay, Underlay: underlay, Log: log, Metrics: reg}), store: st, log: log}
 }
 
 // run runs the watch and the proxy until ctx ends.

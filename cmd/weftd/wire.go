@@ -110,7 +110,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		Recycle(subnet.Snapshot)
 	} = a.reg
 	if o.services {
-		a.svc = newServices(service.NewStore(cli, o.etcdPrefix), cfg.Network, up.Networks, log)
+		a.svc = newServices(service.NewStore(cli, o.etcdPrefix), cfg.Network, up.Networks, log, promReg)
 		holder, watcher = &leaseTee{inner: a.reg, s: a.svc}, &peerTee{Registry: a.reg, s: a.svc}
 	}
 	node, err := network.NewNode(network.NodeConfig{
