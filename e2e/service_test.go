@@ -231,6 +231,16 @@ func TestServices(t *testing.T) {
 			e.eventually("the repair logged", 3*time.Second, func() (bool, string) { return n1.logCount("rebuilding") > before, "" })
 			t.Logf("%s: repaired, service answered %v later", name, took)
 		}
+		// The host's route to the service network (weft's, on a host with
+		// no default route) comes back with the periodic check.
+		if _, err := n1.IP(e.ctx, "route", "del", "10.254.0.0/16"); err != nil {
+			t.Fatal(err)
+		}
+		took := e.eventually("the host reaches the service again", 7*time.Second, func() (bool, string) {
+			out, err := ask(n1.NS, addr)
+			return err == nil, fmt.Sprint(out, err)
+		})
+		t.Logf("route deleted: repaired, the host's request answered %v later", took)
 	})
 
 	t.Run("restart without a lost connection", func(t *testing.T) {

@@ -205,6 +205,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 					p.log.Info("service rules changed by someone else; rebuilding", "what", why)
 					broken = true
 				}
+				p.route(nl)
 			}
 		}
 		p.mu.Lock()
@@ -234,11 +235,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			if !started || liveNew || haveCh {
 				p.replanAll()
 			}
-			if added, err := ensureRoute(nl, p.network); err != nil {
-				p.log.Warn("service network route", "err", err)
-			} else if added {
-				p.log.Info("added a route for the service network", "network", p.network, "dev", "lo")
-			}
+			p.route(nl)
 			start := time.Now()
 			err := k.rebuild(p.network, own, p.desired)
 			p.log.Debug("rebuild queued", "took", time.Since(start))
@@ -291,6 +288,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 				p.wake()
 			}
 		}
+	}
+}
+
+// route makes sure the host can send to the service network (see ensureRoute).
+func (p *Proxy) route(nl *netlink.Handle) {
+	if added, err := ensureRoute(nl, p.network); err != nil {
+		p.log.Warn("service network route", "err", err)
+	} else if added {
+		p.log.Info("added a route for the service network", "network", p.network, "dev", "lo")
 	}
 }
 
