@@ -42,13 +42,15 @@ type Config struct {
 
 // Proxy keeps the kernel's service rules in step with the registry.
 type Proxy struct {
-	cfg     Config
-	log     *slog.Logger
-	m       *metrics
-	kick    chan struct{}
-	foreign chan struct{} // someone else changed the table
-	tw      *tableWatch   // nil without a subscription; the loop's
-	recheck chan struct{} // the table may have changed
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+	// freeAfter fires a second after the last big batch; the loop's
+	freeAfter *time.Timer
+	kick      chan struct{}
+	foreign   chan struct{} // someone else changed the table
+	tw        *tableWatch   // nil without a subscription; the loop's
+	recheck   chan struct{} // the table may have changed
 
 	mu       sync.Mutex // guards the fields below, written by the watchers
 	pending  service.Change
@@ -179,6 +181,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.tw = tw
 	check := time.NewTicker(p.cfg.CheckInterval)
 	defer check.Stop()
+	p.freeAfter = time.NewTimer(time.Hour)
+	p.freeAfter.Stop()
+	defer p.freeAfter.Stop()
 	started, broken := false, true
 	for {
 		select {
@@ -199,6 +204,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 					broken = true
 				}
 			}
+		case <-p.freeAfter.C:
+			debug.FreeOSMemory()
+			continue
 		case <-check.C:
 			if started && !broken {
 				if why := p.verify(conn, k); why != "" {
@@ -319,7 +327,7 @@ func (p *Proxy) open() (*nftables.Conn, *netlink.Handle, error) {
 }
 
 // bigBatch is the number of element changes above which a commit returns
-// its garbage to the OS at once.
+// its garbage to the OS, a second after the last such batch.
 const bigBatch = 20000
 
 // reopen drops a connection whose batch failed, with whatever it queued.
@@ -358,8 +366,9 @@ func (p *Proxy) commit(k *kernel, nl *netlink.Handle, rev int64) error {
 	if nadd > bigBatch {
 		// A batch this size leaves tens of MiB of garbage (the messages,
 		// the plan) that the runtime would keep mapped for minutes: give it
-		// back now, so that a node's footprint is its steady state.
-		debug.FreeOSMemory()
+		// back once the burst is over, so that a node's footprint is its
+		// steady state.
+		p.freeAfter.Reset(time.Second)
 	}
 	p.mu.Lock()
 	if err != nil {
