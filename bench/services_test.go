@@ -158,7 +158,7 @@ func runServices(ctx context.Context, e *env) (*svcResults, error) {
 			logf("weftd: %s", l)
 		}
 	}
-	time.Sleep(2 * time.Second) // let weftd's heap settle after the rebuild
+	time.Sleep(5 * time.Second) // let weftd settle: it returns the burst's memory a second after it
 	if r.rss10k, err = readRSS(weftd.Pid()); err != nil {
 		return nil, err
 	}

@@ -47,6 +47,7 @@ type Proxy struct {
 	m   *metrics
 	// freeAfter fires a second after the last big batch; the loop's
 	freeAfter *time.Timer
+	burst     int // element changes since the memory was last returned
 	kick      chan struct{}
 	foreign   chan struct{} // someone else changed the table
 	tw        *tableWatch   // nil without a subscription; the loop's
@@ -206,6 +207,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 		case <-p.freeAfter.C:
 			debug.FreeOSMemory()
+			p.burst = 0
 			continue
 		case <-check.C:
 			if started && !broken {
@@ -326,8 +328,8 @@ func (p *Proxy) open() (*nftables.Conn, *netlink.Handle, error) {
 	return conn, nl, nil
 }
 
-// bigBatch is the number of element changes above which a commit returns
-// its garbage to the OS, a second after the last such batch.
+// bigBatch is the number of element changes in a burst of commits above
+// which the loop returns the garbage to the OS, a second after the burst.
 const bigBatch = 20000
 
 // reopen drops a connection whose batch failed, with whatever it queued.
@@ -363,7 +365,7 @@ func (p *Proxy) commit(k *kernel, nl *netlink.Handle, rev int64) error {
 		p.m.ports.Set(float64(len(k.prog)))
 	}
 	p.log.Debug("committed", "took", time.Since(t0), "elements", nadd)
-	if nadd > bigBatch {
+	if p.burst += nadd; p.burst > bigBatch {
 		// A batch this size leaves tens of MiB of garbage (the messages,
 		// the plan) that the runtime would keep mapped for minutes: give it
 		// back once the burst is over, so that a node's footprint is its
