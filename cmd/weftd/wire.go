@@ -23,6 +23,7 @@ import (
 	"github.com/weft-net/weft/internal/etcdconn"
 	"github.com/weft-net/weft/ip"
 	"github.com/weft-net/weft/network"
+	"github.com/weft-net/weft/service"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -38,6 +39,7 @@ type agent struct {
 	// refused says why the config in etcd is refused, while weftd waits
 	// for a usable one before it touches anything; nil otherwise.
 	refused atomic.Pointer[string]
+	svc     *services // nil with --services=false
 }
 
 func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
@@ -105,6 +107,17 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 	log.Info("network config", "network", cfg.Network, "subnet_len", cfg.SubnetLen, "vni", vni,
 		"uplink", up.Name, "public_ip", up.PublicIP, "vtep_mac", mac.String())
 
+	var holder interface {
+		Hold(context.Context, subnet.HoldRequest) error
+	} = a.reg
+	var watcher interface {
+		WatchPeers(context.Context, subnet.PeerFilter, func(subnet.Snapshot)) error
+		Recycle(subnet.Snapshot)
+	} = a.reg
+	if o.services {
+		a.svc = newServices(service.NewStore(cli, o.etcdPrefix), cfg.Network, up.Networks, log, promReg)
+		holder, watcher = &leaseTee{inner: a.reg, s: a.svc}, &peerTee{Registry: a.reg, s: a.svc}
+	}
 	node, err := network.NewNode(network.NodeConfig{
 		Config:         cfg,
 		PublicIP:       up.PublicIP,
@@ -116,8 +129,8 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		ResyncInterval: o.resyncInterval,
 		RulesInterval:  o.iptablesResync,
 		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
-		Holder:         a.reg,
-		Watcher:        a.reg,
+		Holder:         holder,
+		Watcher:        watcher,
 		ConfigWatcher:  a.reg,
 		ConfigRevision: cfgRev,
 		EtcdSynced:     a.reg.LastSync,
@@ -239,6 +252,12 @@ func isUnavailable(err error) bool {
 
 func (a *agent) run(ctx context.Context) error {
 	go a.notifyWhenReady(ctx)
+	if a.svc != nil {
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); a.svc.run(sctx) }()
+		defer func() { cancel(); <-done }()
+	}
 	return a.node.Load().Run(ctx)
 }
 
