@@ -286,7 +286,11 @@ func (d *Device) eventDisagrees(m nlMsg, idx int) bool {
 		w := d.want[r.dst.Addr()]
 		wanted := w != nil && w.subnet == r.dst
 		if !routeUsesDevice(m.body, idx) {
-			return m.typ == unix.RTM_NEWROUTE && wanted && shadows(&r)
+			// A route elsewhere is not weft's and never repaired, but the
+			// loop must hear of it: an operator's route to a peer's
+			// subnet makes the lease rules skip that peer (and its going
+			// away brings the peer back). Such changes are rare.
+			return true
 		}
 		if m.typ == unix.RTM_DELROUTE {
 			return wanted && r.metric == metricOf(r.dst)
