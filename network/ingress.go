@@ -2,6 +2,8 @@ package network
 
 import (
 	"bytes"
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,9 +98,34 @@ type Ingress struct {
 // 12th check (a minute at the default --iptables-resync of 5 s).
 const elementsEvery = 12
 
+// admitted is one peer of an Admit, packed so that the walk over thousands
+// compares integers: the subnet as address<<8|length, the IPv4 PublicIP (0
+// for anything else, which the set cannot hold).
 type admitted struct {
-	subnet netip.Prefix
-	ip     netip.Addr
+	subnet uint64
+	ip     uint32
+}
+
+func admittedOf(p *backend.Peer) admitted {
+	var a admitted
+	if s := p.Subnet; s.Addr().Is4() {
+		b := s.Addr().As4()
+		a.subnet = uint64(binary.BigEndian.Uint32(b[:]))<<8 | uint64(s.Bits())
+	} else if s.IsValid() {
+		b := s.Addr().As16() // a v6 subnet sorts after every v4 one
+		a.subnet = 1<<40 | binary.BigEndian.Uint64(b[:8])>>24
+	}
+	if ip := p.PublicIP.Unmap(); ip.Is4() {
+		b := ip.As4()
+		a.ip = binary.BigEndian.Uint32(b[:])
+	}
+	return a
+}
+
+func addrOf(ip uint32) netip.Addr {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], ip)
+	return netip.AddrFrom4(b)
 }
 
 // NewIngress returns the filter for cfg; it changes nothing in the kernel
@@ -158,27 +185,25 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 	// The last Admit's list and a spare swap: at 4,000 peers a fresh list
 	// per change would be 200 kB of garbage on the hot path.
 	next := slices.Grow(g.spare[:0], len(peers))
+	sorted := true
 	for i := range peers {
-		next = append(next, admitted{peers[i].Subnet, peers[i].PublicIP.Unmap()})
+		a := admittedOf(&peers[i])
+		if n := len(next); n > 0 && next[n-1].subnet > a.subnet {
+			sorted = false
+		}
+		next = append(next, a)
 	}
-	if !slices.IsSortedFunc(next, byAdmittedSubnet) {
-		slices.SortFunc(next, byAdmittedSubnet)
+	if !sorted {
+		slices.SortFunc(next, func(a, b admitted) int { return cmp.Compare(a.subnet, b.subnet) })
 	}
 	i, j := 0, 0
 	for i < len(next) || j < len(g.last) {
-		c := -1 // next[i] is new
 		switch {
-		case i == len(next):
-			c = 1 // last[j] is gone
-		case j < len(g.last):
-			c = byAdmittedSubnet(next[i], g.last[j])
-		}
-		switch {
-		case c < 0:
-			add = g.ref(add, next[i].ip, 1)
+		case j == len(g.last) || i < len(next) && next[i].subnet < g.last[j].subnet:
+			add = g.ref(add, next[i].ip, 1) // next[i] is new
 			i++
-		case c > 0:
-			gone = g.ref(gone, g.last[j].ip, -1)
+		case i == len(next) || g.last[j].subnet < next[i].subnet:
+			gone = g.ref(gone, g.last[j].ip, -1) // last[j] is gone
 			j++
 		default:
 			if next[i].ip != g.last[j].ip {
@@ -220,13 +245,12 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 	}, nil
 }
 
-func byAdmittedSubnet(a, b admitted) int { return a.subnet.Addr().Compare(b.subnet.Addr()) }
-
-// ref changes a's count by d and appends it to list when it crosses zero.
-func (g *Ingress) ref(list []netip.Addr, a netip.Addr, d int) []netip.Addr {
-	if !a.Is4() {
+// ref changes ip's count by d and appends it to list when it crosses zero.
+func (g *Ingress) ref(list []netip.Addr, ip uint32, d int) []netip.Addr {
+	if ip == 0 {
 		return list
 	}
+	a := addrOf(ip)
 	n := g.refs[a] + d
 	if n <= 0 {
 		delete(g.refs, a)
@@ -239,36 +263,48 @@ func (g *Ingress) ref(list []netip.Addr, a netip.Addr, d int) []netip.Addr {
 	return list
 }
 
-// elementsLocked adds or deletes set elements in one transaction. A table
-// that is missing (flushed by someone) is rebuilt whole instead.
+// elementsChunk is how many addresses go in one nf_tables transaction: the
+// library builds every message of a transaction before sending it, and
+// 4,000 addresses at once would be 2 MB of heap at weftd's start.
+const elementsChunk = 512
+
+// elementsLocked adds or deletes set elements, elementsChunk per
+// transaction. A table that is missing (flushed by someone) is rebuilt whole
+// instead.
 func (g *Ingress) elementsLocked(addrs []netip.Addr, add bool) error {
 	t, s := g.names()
-	elems := make([]nftables.SetElement, len(addrs))
-	for i, a := range addrs {
-		b := a.As4()
-		elems[i] = nftables.SetElement{Key: b[:]}
-	}
-	var err error
-	if add {
-		err = g.conn.SetAddElements(s, elems)
-	} else {
-		err = g.conn.SetDeleteElements(s, elems)
-	}
-	if err == nil {
-		err = g.conn.Flush()
-	}
-	if err != nil {
-		// The table or set is gone, or an element was already missing:
-		// write the whole table as it should be.
-		g.log.Debug("updating the peers set failed; rebuilding the table", "table", t.Name, "err", err)
-		return g.rebuildLocked()
+	elems := make([]nftables.SetElement, 0, min(len(addrs), elementsChunk))
+	keys := make([][4]byte, min(len(addrs), elementsChunk))
+	for len(addrs) > 0 {
+		n := min(len(addrs), elementsChunk)
+		elems = elems[:0]
+		for i, a := range addrs[:n] {
+			keys[i] = a.As4()
+			elems = append(elems, nftables.SetElement{Key: keys[i][:]})
+		}
+		addrs = addrs[n:]
+		var err error
+		if add {
+			err = g.conn.SetAddElements(s, elems)
+		} else {
+			err = g.conn.SetDeleteElements(s, elems)
+		}
+		if err == nil {
+			err = g.conn.Flush()
+		}
+		if err != nil {
+			// The table or set is gone, or an element was already
+			// missing: write the whole table as it should be.
+			g.log.Debug("updating the peers set failed; rebuilding the table", "table", t.Name, "err", err)
+			return g.rebuildLocked()
+		}
 	}
 	return nil
 }
 
 func (g *Ingress) names() (*nftables.Table, *nftables.Set) {
 	t := &nftables.Table{Name: ingressTable, Family: nftables.TableFamilyINet}
-	return t, &nftables.Set{Table: t, Name: peersSet, KeyType: nftables.TypeIPAddr}
+	return t, &nftables.Set{Table: t, Name: peersSet, KeyType: nftables.TypeIPAddr, Size: 1 << 16}
 }
 
 // Ensure checks the table against the configuration and the admitted peers,

@@ -15,7 +15,7 @@ import (
 
 // realIngress gives an Ingress in a fresh network namespace, and nft run in
 // that namespace.
-func realIngress(t *testing.T, cfg IngressConfig) (*Ingress, func(args ...string) string, IngressConfig) {
+func realIngress(t testing.TB, cfg IngressConfig) (*Ingress, func(args ...string) string, IngressConfig) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to make a network namespace and change its nf_tables")
@@ -45,7 +45,7 @@ func realIngress(t *testing.T, cfg IngressConfig) (*Ingress, func(args ...string
 	}
 	t.Cleanup(func() { h.Close() })
 	cfg.NetNSFd = int(h)
-	g, err := NewIngress(cfg, testLog(t))
+	g, err := NewIngress(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
