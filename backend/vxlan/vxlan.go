@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/weft-net/weft/rtnl"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -88,7 +89,7 @@ type Device struct {
 	// subMu guards the live subscription and its kick, which a large Set
 	// pauses (see pauseEvents).
 	subMu sync.Mutex
-	sub   *subscription
+	sub   *rtnl.Subscription
 	kick  func()
 	// closing ends every subscription's goroutine, which subs counts, so
 	// that Close returns only once they are gone with their sockets.
@@ -113,8 +114,8 @@ type Device struct {
 	last, next []entry
 	// Scratch space reused by Set and Reconcile.
 	changes []change
-	ops     [numOpKinds][]op
-	fill    []op
+	ops     [rtnl.NumOpKinds][]rtnl.Op
+	fill    []rtnl.Op
 
 	// wantMu guards the maps below against the subscription's filter, which
 	// reads them; they change only with mu held too, so mu's holder reads
@@ -125,7 +126,7 @@ type Device struct {
 	// before it knows the peers.
 	want map[netip.Addr]*wantedPeer
 	// macs is the wanted peers by VTEP MAC.
-	macs map[mac]*wantedPeer
+	macs map[rtnl.MAC]*wantedPeer
 }
 
 var _ backend.Backend = (*Device)(nil)

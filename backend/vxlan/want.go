@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/weft-net/weft/rtnl"
 	"net/netip"
 	"slices"
 
@@ -16,7 +17,7 @@ import (
 type vals struct {
 	subnet netip.Prefix // masked; its address is the peer's VTEP address
 	public netip.Addr   // unmapped
-	mac    mac
+	mac    rtnl.MAC
 }
 
 func (v vals) ok() bool { return v.subnet.IsValid() }
@@ -33,7 +34,7 @@ type wantedPeer struct {
 type entry struct {
 	subnet netip.Prefix
 	public netip.Addr
-	mac    mac
+	mac    rtnl.MAC
 	macOK  bool // the given VtepMAC had 6 bytes: mac holds it
 	// w is the wanted peer made of it; nil if it was skipped.
 	w *wantedPeer
@@ -45,11 +46,11 @@ type entry struct {
 }
 
 func newEntry(p *backend.Peer) entry {
-	return entry{subnet: p.Subnet, public: p.PublicIP, mac: macOf(p.VtepMAC), macOK: len(p.VtepMAC) == 6}
+	return entry{subnet: p.Subnet, public: p.PublicIP, mac: rtnl.MACOf(p.VtepMAC), macOK: len(p.VtepMAC) == 6}
 }
 
 func (e *entry) same(p *backend.Peer) bool {
-	return e.macOK && len(p.VtepMAC) == 6 && e.mac == mac(p.VtepMAC) && e.public == p.PublicIP
+	return e.macOK && len(p.VtepMAC) == 6 && e.mac == rtnl.MAC(p.VtepMAC) && e.public == p.PublicIP
 }
 
 // change is a peer whose entries must change: added (old is zero), removed
@@ -97,7 +98,7 @@ func (d *Device) canonical(p *backend.Peer) (vals, error) {
 	if err := rulebook.Check(p, rulebook.Network{}, &self); err != nil {
 		return vals{}, err
 	}
-	return vals{subnet: p.Subnet, public: p.PublicIP.Unmap(), mac: mac(p.VtepMAC)}, nil
+	return vals{subnet: p.Subnet, public: p.PublicIP.Unmap(), mac: rtnl.MAC(p.VtepMAC)}, nil
 }
 
 // updateLocked makes peers the wanted set and returns what changed since the
@@ -115,7 +116,7 @@ func (d *Device) updateLocked(peers []backend.Peer) ([]change, error) {
 	defer d.wantMu.Unlock()
 	if d.want == nil {
 		d.want = make(map[netip.Addr]*wantedPeer, len(peers))
-		d.macs = make(map[mac]*wantedPeer, len(peers))
+		d.macs = make(map[rtnl.MAC]*wantedPeer, len(peers))
 	}
 	changes, next, errs, fresh, sorted := d.mergeLocked(peers)
 	if !sorted {
@@ -262,7 +263,7 @@ func skipped(p *backend.Peer, err error) error {
 }
 
 // planChanges turns changes into kernel operations, appended to ops by kind.
-func (d *Device) planChanges(changes []change, ops *[numOpKinds][]op) {
+func (d *Device) planChanges(changes []change, ops *[rtnl.NumOpKinds][]rtnl.Op) {
 	if len(changes) > 64 {
 		for k := range ops {
 			ops[k] = slices.Grow(ops[k], len(changes))
@@ -273,34 +274,34 @@ func (d *Device) planChanges(changes []change, ops *[numOpKinds][]op) {
 		if n.ok() {
 			key := n.subnet.Addr()
 			if !o.ok() || o.mac != n.mac || o.public != n.public {
-				ops[fdbSet] = append(ops[fdbSet], op{kind: fdbSet, mac: n.mac, ip: n.public})
+				ops[rtnl.FDBSet] = append(ops[rtnl.FDBSet], rtnl.Op{Kind: rtnl.FDBSet, MAC: n.mac, IP: n.public})
 			}
 			if !o.ok() || o.mac != n.mac {
-				ops[neighSet] = append(ops[neighSet], op{kind: neighSet, ip: key, mac: n.mac})
+				ops[rtnl.NeighSet] = append(ops[rtnl.NeighSet], rtnl.Op{Kind: rtnl.NeighSet, IP: key, MAC: n.mac})
 			}
 			if !o.ok() || o.subnet != n.subnet {
-				ops[routeSet] = append(ops[routeSet], routeOp(n.subnet))
+				ops[rtnl.RouteSet] = append(ops[rtnl.RouteSet], routeOp(n.subnet))
 			}
 		}
 		if !o.ok() {
 			continue
 		}
 		if !n.ok() || o.subnet != n.subnet {
-			ops[routeDel] = append(ops[routeDel], op{kind: routeDel, dst: o.subnet, metric: metricOf(o.subnet)})
+			ops[rtnl.RouteDel] = append(ops[rtnl.RouteDel], rtnl.Op{Kind: rtnl.RouteDel, Dst: o.subnet, Metric: metricOf(o.subnet)})
 		}
 		if !n.ok() {
-			ops[neighDel] = append(ops[neighDel], op{kind: neighDel, ip: o.subnet.Addr()})
+			ops[rtnl.NeighDel] = append(ops[rtnl.NeighDel], rtnl.Op{Kind: rtnl.NeighDel, IP: o.subnet.Addr()})
 		}
 		// The old MAC's FDB entry goes unless another peer now has that
 		// MAC: then that peer's replacement rewrites it.
 		if (!n.ok() || o.mac != n.mac) && d.macs[o.mac] == nil {
-			ops[fdbDel] = append(ops[fdbDel], op{kind: fdbDel, mac: o.mac, ip: o.public})
+			ops[rtnl.FDBDel] = append(ops[rtnl.FDBDel], rtnl.Op{Kind: rtnl.FDBDel, MAC: o.mac, IP: o.public})
 		}
 	}
 }
 
 // routeOp is the route to a peer subnet: "dst via <its .0> dev <device>
 // onlink metric <metricOf(dst)>".
-func routeOp(dst netip.Prefix) op {
-	return op{kind: routeSet, dst: dst, ip: dst.Addr(), metric: metricOf(dst)}
+func routeOp(dst netip.Prefix) rtnl.Op {
+	return rtnl.Op{Kind: rtnl.RouteSet, Dst: dst, IP: dst.Addr(), Metric: metricOf(dst)}
 }
