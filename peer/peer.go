@@ -26,6 +26,14 @@ import (
 )
 
 // Peer is one other node of the overlay, as its lease in etcd describes it.
+//
+// A dual-stack lease has two halves, one per address family, each with its
+// own subnet, underlay address and VXLAN device (flannel's BackendData and
+// BackendV6Data): the first three fields are the IPv4 half, the *6 fields
+// the IPv6 half. A v4-only lease leaves the v6 half zero, an IPv6-only lease
+// the v4 half. The rules below and backend/vxlan judge one half at a time,
+// as a Peer of its own (Half); one VXLAN device per family programs its
+// half of every peer.
 type Peer struct {
 	// Subnet is the peer's container subnet, for example 172.16.78.0/24.
 	Subnet netip.Prefix
@@ -33,6 +41,45 @@ type Peer struct {
 	PublicIP netip.Addr
 	// VtepMAC is the MAC address of the peer's VXLAN device.
 	VtepMAC net.HardwareAddr
+
+	// Subnet6, PublicIP6 and VtepMAC6 are the IPv6 half: the peer's
+	// container /64 (for example fd42:0:0:1c::/64), its PublicIPv6 and
+	// the MAC of its flannel-v6 device.
+	Subnet6   netip.Prefix
+	PublicIP6 netip.Addr
+	VtepMAC6  net.HardwareAddr
+}
+
+// Half returns the half of p of one family (v6 or not) as a Peer of its
+// own, in the first three fields, and whether p has that half.
+func (p *Peer) Half(v6 bool) (Peer, bool) {
+	if v6 {
+		return Peer{Subnet: p.Subnet6, PublicIP: p.PublicIP6, VtepMAC: p.VtepMAC6}, p.Subnet6.IsValid()
+	}
+	return Peer{Subnet: p.Subnet, PublicIP: p.PublicIP, VtepMAC: p.VtepMAC}, p.Subnet.IsValid()
+}
+
+// Halves appends to dst the halves of one family of the peers that have
+// one, in order (peers sorted by subnet give halves sorted by subnet, as
+// far as the other family allows; backend/vxlan sorts what is not).
+func Halves(dst, peers []Peer, v6 bool) []Peer {
+	for i := range peers {
+		if h, ok := peers[i].Half(v6); ok {
+			dst = append(dst, h)
+		}
+	}
+	return dst
+}
+
+// SingleFamily reports whether every peer has its v4 half and none a v6
+// half: the peers are then their own v4 halves, and need no copy.
+func SingleFamily(peers []Peer) bool {
+	for i := range peers {
+		if peers[i].Subnet6.IsValid() || !peers[i].Subnet.IsValid() {
+			return false
+		}
+	}
+	return true
 }
 
 // Network is what the cluster's config says every lease must fit. The zero
@@ -64,6 +111,17 @@ type Self struct {
 
 var (
 	classE        = netip.MustParsePrefix("240.0.0.0/4")
+	// IPv6 ranges that no peer's underlay address can be in: documentation
+	// (RFC 3849), discard-only (RFC 6666), the deprecated site-local and
+	// IPv4-compatible ranges, and NAT64's well-known prefix (a peer's
+	// PublicIPv6 is its own, never a translator's).
+	reserved6 = []netip.Prefix{
+		netip.MustParsePrefix("2001:db8::/32"),
+		netip.MustParsePrefix("100::/64"),
+		netip.MustParsePrefix("fec0::/10"),
+		netip.MustParsePrefix("::/96"),
+		netip.MustParsePrefix("64:ff9b::/96"),
+	}
 	limitedBcast  = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 	errNoMAC      = errors.New("not a 6-byte Ethernet address")
 	errZeroMAC    = errors.New("all zeros")
@@ -233,6 +291,13 @@ func checkPublicIP(a netip.Addr) error {
 		return errors.New("reserved (240.0.0.0/4)")
 	case a.Zone() != "":
 		return errors.New("has a zone")
+	}
+	if a.Is6() {
+		for _, r := range reserved6 {
+			if r.Contains(a) {
+				return fmt.Errorf("reserved (%v)", r)
+			}
+		}
 	}
 	return nil
 }

@@ -32,13 +32,16 @@ const (
 
 // Config describes the node's VXLAN device.
 type Config struct {
-	// Name of the device; "flannel.<VNI>" when empty.
+	// Name of the device; "flannel.<VNI>" when empty, "flannel-v6.<VNI>"
+	// for an IPv6 Local (flannel's names).
 	Name string
 	// VNI is the VXLAN network identifier; DefaultVNI when 0.
 	VNI uint32
 	// Port is the UDP destination port; DefaultPort when 0.
 	Port uint16
-	// Local is the node's public (underlay) address, the outer source.
+	// Local is the node's public (underlay) address, the outer source. Its
+	// family is the device's: one Device per family carries that family's
+	// half of every peer (peer.Peer.Half), over that family's underlay.
 	Local netip.Addr
 	// UplinkIndex is the index of the underlay interface that holds Local.
 	UplinkIndex int
@@ -51,6 +54,18 @@ type Config struct {
 	// Subnet is this node's own subnet; the device gets its first address
 	// (for example 172.16.28.0/32).
 	Subnet netip.Prefix
+}
+
+// DefaultName is flannel's name for the device of a VNI: flannel.1 for
+// IPv4, flannel-v6.1 for IPv6.
+func DefaultName(vni uint32, v6 bool) string {
+	if vni == 0 {
+		vni = DefaultVNI
+	}
+	if v6 {
+		return fmt.Sprintf("flannel-v6.%d", vni)
+	}
+	return fmt.Sprintf("flannel.%d", vni)
 }
 
 // Option changes how New builds a Device.
@@ -146,7 +161,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Device, error) {
 		cfg.Port = DefaultPort
 	}
 	if cfg.Name == "" {
-		cfg.Name = fmt.Sprintf("flannel.%d", cfg.VNI)
+		cfg.Name = DefaultName(cfg.VNI, cfg.Local.Unmap().Is6())
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -191,6 +206,8 @@ func (c Config) validate() error {
 	}
 	if !c.Subnet.IsValid() {
 		errs = append(errs, errors.New("no subnet"))
+	} else if c.Local.IsValid() && c.Subnet.Addr().Is4() != c.Local.Unmap().Is4() {
+		errs = append(errs, fmt.Errorf("subnet %v and local address %v are of different families", c.Subnet, c.Local))
 	}
 	if c.MTU < 0 {
 		errs = append(errs, fmt.Errorf("negative MTU %d", c.MTU))
