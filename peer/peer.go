@@ -111,12 +111,12 @@ type Self struct {
 
 var (
 	classE        = netip.MustParsePrefix("240.0.0.0/4")
-	// IPv6 ranges that no peer's underlay address can be in: documentation
-	// (RFC 3849), discard-only (RFC 6666), the deprecated site-local and
-	// IPv4-compatible ranges, and NAT64's well-known prefix (a peer's
-	// PublicIPv6 is its own, never a translator's).
+	// IPv6 ranges that no peer's underlay address can be in, besides the
+	// kinds checkPublicIP names: discard-only (RFC 6666), the deprecated
+	// site-local and IPv4-compatible ranges (::127.0.0.1 is loopback in
+	// disguise), and NAT64's well-known prefix (a peer's PublicIPv6 is its
+	// own, never a translator's view of an IPv4 address).
 	reserved6 = []netip.Prefix{
-		netip.MustParsePrefix("2001:db8::/32"),
 		netip.MustParsePrefix("100::/64"),
 		netip.MustParsePrefix("fec0::/10"),
 		netip.MustParsePrefix("::/96"),

@@ -2,7 +2,6 @@ package vxlan
 
 import (
 	"fmt"
-	"github.com/weft-net/weft/rtnl"
 	"net"
 	"net/netip"
 	"slices"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/rtnl"
 )
 
 // fakeNL is an in-memory kernel: links, addresses, main-table routes,

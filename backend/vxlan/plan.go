@@ -5,11 +5,12 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"github.com/weft-net/weft/rtnl"
 	"net/netip"
 	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/rtnl"
 )
 
 // Repairs counts the kernel changes a Reconcile made, per kind. Link counts a

@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/weft-net/weft/rtnl"
 	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/rtnl"
 )
 
 // Resubscription backoff after the subscription fails.

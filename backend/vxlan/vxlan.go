@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/weft-net/weft/rtnl"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -15,6 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/rtnl"
 )
 
 // Defaults match flannel's, so weft and flannel nodes can share an overlay.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/weft-net/weft/rtnl"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/rtnl"
 )
 
 func testLogger(t *testing.T) *slog.Logger {

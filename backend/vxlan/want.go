@@ -4,12 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/weft-net/weft/rtnl"
 	"net/netip"
 	"slices"
 
 	"github.com/weft-net/weft/backend"
 	rulebook "github.com/weft-net/weft/peer"
+	"github.com/weft-net/weft/rtnl"
 )
 
 // vals is a peer in canonical form: what its three entries are made of. The
@@ -118,12 +118,14 @@ func (d *Device) updateLocked(peers []backend.Peer) ([]change, error) {
 		d.want = make(map[netip.Addr]*wantedPeer, len(peers))
 		d.macs = make(map[rtnl.MAC]*wantedPeer, len(peers))
 	}
-	changes, next, errs, fresh, sorted := d.mergeLocked(peers)
-	if !sorted {
+	// mergeLocked rewrites d.last as it goes, so it must see sorted
+	// input from the start: a second pass after a partial one would take
+	// the changes the first pass wrote for peers given as before.
+	if !slices.IsSortedFunc(peers, bySubnet) {
 		peers = slices.Clone(peers)
 		slices.SortStableFunc(peers, bySubnet)
-		changes, next, errs, fresh, _ = d.mergeLocked(peers)
 	}
+	changes, next, errs, fresh, _ := d.mergeLocked(peers)
 	// What went or changed lets go of its subnet address and MAC first.
 	for k := range changes {
 		if c := &changes[k]; c.old.ok() {
@@ -289,7 +291,9 @@ func (d *Device) planChanges(changes []change, ops *[rtnl.NumOpKinds][]rtnl.Op) 
 		if !n.ok() || o.subnet != n.subnet {
 			ops[rtnl.RouteDel] = append(ops[rtnl.RouteDel], rtnl.Op{Kind: rtnl.RouteDel, Dst: o.subnet, Metric: metricOf(o.subnet)})
 		}
-		if !n.ok() {
+		// The old neighbour goes unless another peer now has that subnet
+		// address (a subnet of another length): its neighSet rewrote it.
+		if !n.ok() && d.want[o.subnet.Addr()] == nil {
 			ops[rtnl.NeighDel] = append(ops[rtnl.NeighDel], rtnl.Op{Kind: rtnl.NeighDel, IP: o.subnet.Addr()})
 		}
 		// The old MAC's FDB entry goes unless another peer now has that
