@@ -22,13 +22,42 @@ const (
 
 // Config is the network configuration stored at <prefix>/config, with
 // flannel's defaults filled in.
+//
+// Network, SubnetLen, SubnetMin and SubnetMax describe the leases' first
+// subnet: IPv4, or, in an IPv6-only network (EnableIPv4 false), IPv6, copied
+// from the IPv6 fields. So everything that allocates, checks and watches
+// the first subnet works the same in both. IPv6 holds a dual-stack
+// network's second family (EnableIPv4 and EnableIPv6).
 type Config struct {
 	Network   netip.Prefix // the whole overlay, e.g. 172.16.0.0/12
 	SubnetLen int          // prefix length of each node's subnet
 	SubnetMin netip.Addr   // network address of the lowest subnet handed out
 	SubnetMax netip.Addr   // network address of the highest subnet handed out
 	Backend   BackendConfig
+
+	// IPv6 is the IPv6 network of a dual-stack config; zero otherwise.
+	// (flannel's EnableIPv4 and EnableIPv6 are not kept: they are what
+	// Network's family and IPv6 say, see EnableIPv4 and EnableIPv6.)
+	IPv6 Family
 }
+
+// EnableIPv4 reports whether the network has IPv4 (flannel's field).
+func (c Config) EnableIPv4() bool { return c.Network.Addr().Is4() }
+
+// EnableIPv6 reports whether the network has IPv6, dual-stack or alone.
+func (c Config) EnableIPv6() bool { return c.Dual() || c.Network.Addr().Is6() }
+
+// Family is one address family's share of a dual-stack config: flannel's
+// IPv6Network, IPv6SubnetLen, IPv6SubnetMin and IPv6SubnetMax.
+type Family struct {
+	Network   netip.Prefix
+	SubnetLen int
+	SubnetMin netip.Addr
+	SubnetMax netip.Addr
+}
+
+// Dual reports whether leases carry an IPv6 subnet besides the IPv4 one.
+func (c Config) Dual() bool { return c.IPv6.Network.IsValid() }
 
 // BackendConfig is the "Backend" object of the config.
 type BackendConfig struct {
@@ -42,13 +71,17 @@ type BackendConfig struct {
 // on its own and an error can name it. encoding/json matches names
 // case-insensitively and ignores unknown fields, as flannel does.
 type rawConfig struct {
-	Network    json.RawMessage
-	SubnetLen  json.RawMessage
-	SubnetMin  json.RawMessage
-	SubnetMax  json.RawMessage
-	Backend    json.RawMessage
-	EnableIPv4 json.RawMessage
-	EnableIPv6 json.RawMessage
+	Network       json.RawMessage
+	SubnetLen     json.RawMessage
+	SubnetMin     json.RawMessage
+	SubnetMax     json.RawMessage
+	Backend       json.RawMessage
+	EnableIPv4    json.RawMessage
+	EnableIPv6    json.RawMessage
+	IPv6Network   json.RawMessage
+	IPv6SubnetLen json.RawMessage
+	IPv6SubnetMin json.RawMessage
+	IPv6SubnetMax json.RawMessage
 }
 
 type rawBackend struct {
@@ -107,86 +140,150 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("config: not a JSON object: %w", err)
 	}
 	var c Config
+	var err error
+	enable4, enable6 := true, false
 	if present(raw.EnableIPv4) {
-		if v4, err := parseBool("EnableIPv4", raw.EnableIPv4); err != nil {
+		if enable4, err = parseBool("EnableIPv4", raw.EnableIPv4); err != nil {
 			return Config{}, err
-		} else if !v4 {
-			return Config{}, fieldErr("EnableIPv4", raw.EnableIPv4, "IPv6-only networks are not supported")
 		}
 	}
 	if present(raw.EnableIPv6) {
-		if v6, err := parseBool("EnableIPv6", raw.EnableIPv6); err != nil {
+		if enable6, err = parseBool("EnableIPv6", raw.EnableIPv6); err != nil {
 			return Config{}, err
-		} else if v6 {
-			return Config{}, fieldErr("EnableIPv6", raw.EnableIPv6, "not supported")
 		}
 	}
-
-	if !present(raw.Network) {
-		return Config{}, fieldErr("Network", nil, "missing (e.g. \"172.16.0.0/12\")")
-	}
-	s, err := parseString("Network", raw.Network)
-	if err != nil {
-		return Config{}, err
-	}
-	c.Network, err = netip.ParsePrefix(s)
 	switch {
-	case err != nil:
-		return Config{}, fieldErr("Network", raw.Network, "not a CIDR prefix")
-	case !c.Network.Addr().Is4():
-		return Config{}, fieldErr("Network", raw.Network, "must be IPv4")
-	case c.Network.Masked() != c.Network:
-		return Config{}, fieldErr("Network", raw.Network, fmt.Sprintf("host bits set (did you mean %v?)", c.Network.Masked()))
-	case c.Network.Bits() > 28:
-		return Config{}, fieldErr("Network", raw.Network, "too small: the prefix length must be at most 28")
-	case c.Network.Bits() < 8:
-		return Config{}, fieldErr("Network", raw.Network, "too large: the prefix length must be at least 8")
+	case !enable4 && !enable6:
+		return Config{}, fieldErr("EnableIPv4", raw.EnableIPv4, "with EnableIPv6 false too, the network has no address family")
+	case !enable4 && present(raw.Network):
+		return Config{}, fieldErr("Network", raw.Network, "set although EnableIPv4 is false (an IPv6-only network uses IPv6Network)")
+	case !enable6 && present(raw.IPv6Network):
+		return Config{}, fieldErr("IPv6Network", raw.IPv6Network, "set although EnableIPv6 is not true")
 	}
-	for _, sp := range specialNets {
-		if sp.p.Overlaps(c.Network) {
-			return Config{}, fieldErr("Network", raw.Network, fmt.Sprintf("overlaps %v (%s)", sp.p, sp.what))
-		}
-	}
-
-	nb := c.Network.Bits()
-	switch {
-	case present(raw.SubnetLen) && string(bytes.TrimSpace(raw.SubnetLen)) != "0": // flannel: 0 = default
-		n, err := parseInt("SubnetLen", raw.SubnetLen, int64(nb+2), 30, " (Network's prefix length + 2)")
+	if enable4 {
+		f, err := parseFamily(familyFields{"", raw.Network, raw.SubnetLen, raw.SubnetMin, raw.SubnetMax})
 		if err != nil {
 			return Config{}, err
 		}
-		c.SubnetLen = int(n)
-	case nb <= 22:
-		c.SubnetLen = 24
-	default:
-		c.SubnetLen = nb + 2
+		c.Network, c.SubnetLen, c.SubnetMin, c.SubnetMax = f.Network, f.SubnetLen, f.SubnetMin, f.SubnetMax
 	}
-
-	if c.SubnetMin, err = parseBound("SubnetMin", raw.SubnetMin, c); err != nil {
-		return Config{}, err
-	}
-	if !c.SubnetMin.IsValid() {
-		c.SubnetMin, _ = ip.Nth(c.Network, 1<<(32-c.SubnetLen)) // skip the first subnet, like flannel
-	}
-	if c.SubnetMax, err = parseBound("SubnetMax", raw.SubnetMax, c); err != nil {
-		return Config{}, err
-	}
-	if !c.SubnetMax.IsValid() {
-		last, _ := ip.Last(c.Network).Prefix(c.SubnetLen)
-		c.SubnetMax = last.Addr()
-	}
-	if c.SubnetMax.Less(c.SubnetMin) {
-		return Config{}, fmt.Errorf("config: SubnetMin %v is above SubnetMax %v", c.SubnetMin, c.SubnetMax)
-	}
-	if n := ip.Count(c.SubnetLen, c.SubnetMin, c.SubnetMax); n < 2 {
-		return Config{}, fmt.Errorf("config: SubnetLen %d with SubnetMin %v and SubnetMax %v leaves %d subnet, fewer than 2: an overlay needs two nodes",
-			c.SubnetLen, c.SubnetMin, c.SubnetMax, n)
+	if enable6 {
+		f, err := parseFamily(familyFields{"IPv6", raw.IPv6Network, raw.IPv6SubnetLen, raw.IPv6SubnetMin, raw.IPv6SubnetMax})
+		if err != nil {
+			return Config{}, err
+		}
+		if enable4 {
+			c.IPv6 = f
+		} else {
+			c.Network, c.SubnetLen, c.SubnetMin, c.SubnetMax = f.Network, f.SubnetLen, f.SubnetMin, f.SubnetMax
+		}
 	}
 
 	if c.Backend, err = parseBackend(raw.Backend); err != nil {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// familyFields are one family's raw fields; prefix is "" for IPv4, "IPv6"
+// for IPv6 (the names flannel gives them).
+type familyFields struct {
+	prefix                                 string
+	Network, SubnetLen, SubnetMin, SubnetMax json.RawMessage
+}
+
+// parseFamily parses and checks one family's network and subnet range, with
+// flannel's defaults.
+func parseFamily(fr familyFields) (Family, error) {
+	v6 := fr.prefix != ""
+	name := func(f string) string { return fr.prefix + f }
+	var c Family
+	if !present(fr.Network) {
+		example := `"172.16.0.0/12"`
+		if v6 {
+			example = `"fd42::/48"`
+		}
+		return c, fieldErr(name("Network"), nil, "missing (e.g. "+example+")")
+	}
+	s, err := parseString(name("Network"), fr.Network)
+	if err != nil {
+		return c, err
+	}
+	c.Network, err = netip.ParsePrefix(s)
+	maxBits, maxSub := 28, 30
+	if v6 {
+		maxBits, maxSub = 126, 128
+	}
+	switch {
+	case err != nil:
+		return c, fieldErr(name("Network"), fr.Network, "not a CIDR prefix")
+	case !v6 && !c.Network.Addr().Is4():
+		return c, fieldErr(name("Network"), fr.Network, "must be IPv4")
+	case v6 && (!c.Network.Addr().Is6() || c.Network.Addr().Is4In6()):
+		return c, fieldErr(name("Network"), fr.Network, "must be IPv6")
+	case c.Network.Masked() != c.Network:
+		return c, fieldErr(name("Network"), fr.Network, fmt.Sprintf("host bits set (did you mean %v?)", c.Network.Masked()))
+	case c.Network.Bits() > maxBits:
+		return c, fieldErr(name("Network"), fr.Network, fmt.Sprintf("too small: the prefix length must be at most %d", maxBits))
+	case c.Network.Bits() < 8:
+		return c, fieldErr(name("Network"), fr.Network, "too large: the prefix length must be at least 8")
+	}
+	for _, sp := range specialNets {
+		if sp.p.Overlaps(c.Network) {
+			return c, fieldErr(name("Network"), fr.Network, fmt.Sprintf("overlaps %v (%s)", sp.p, sp.what))
+		}
+	}
+
+	nb := c.Network.Bits()
+	switch {
+	case present(fr.SubnetLen) && string(bytes.TrimSpace(fr.SubnetLen)) != "0": // flannel: 0 = default
+		n, err := parseInt(name("SubnetLen"), fr.SubnetLen, int64(nb+2), int64(maxSub), " (Network's prefix length + 2)")
+		if err != nil {
+			return c, err
+		}
+		c.SubnetLen = int(n)
+	case v6 && nb <= 62: // flannel: /64, or two more than a smaller network's
+		c.SubnetLen = 64
+	case !v6 && nb <= 22:
+		c.SubnetLen = 24
+	default:
+		c.SubnetLen = nb + 2
+	}
+
+	if c.SubnetMin, err = parseBound(name("SubnetMin"), fr.SubnetMin, c); err != nil {
+		return c, err
+	}
+	if !c.SubnetMin.IsValid() {
+		// Skip the first subnet, like flannel.
+		c.SubnetMin = secondSubnet(c.Network, c.SubnetLen)
+	}
+	if c.SubnetMax, err = parseBound(name("SubnetMax"), fr.SubnetMax, c); err != nil {
+		return c, err
+	}
+	if !c.SubnetMax.IsValid() {
+		last, _ := ip.Last(c.Network).Prefix(c.SubnetLen)
+		c.SubnetMax = last.Addr()
+	}
+	if c.SubnetMax.Less(c.SubnetMin) {
+		return c, fmt.Errorf("config: %s %v is above %s %v", name("SubnetMin"), c.SubnetMin, name("SubnetMax"), c.SubnetMax)
+	}
+	if n := ip.Count(c.SubnetLen, c.SubnetMin, c.SubnetMax); n < 2 {
+		return c, fmt.Errorf("config: %s %d with %s %v and %s %v leaves %d subnet, fewer than 2: an overlay needs two nodes",
+			name("SubnetLen"), c.SubnetLen, name("SubnetMin"), c.SubnetMin, name("SubnetMax"), c.SubnetMax, n)
+	}
+	return c, nil
+}
+
+// secondSubnet is the network address of the second /bits of n.
+func secondSubnet(n netip.Prefix, bits int) netip.Addr {
+	i := 0
+	for p := range ip.Subnets(n, bits) {
+		if i == 1 {
+			return p.Addr()
+		}
+		i++
+	}
+	return netip.Addr{}
 }
 
 // specialNets are the ranges no overlay Network may touch: packets to them
@@ -201,10 +298,13 @@ var specialNets = []struct {
 	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
 	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
 	{netip.MustParsePrefix("240.0.0.0/4"), "reserved, and the limited broadcast address"},
+	{netip.MustParsePrefix("::/8"), "reserved (unspecified, loopback, IPv4-mapped and -compatible)"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
 }
 
 // parseBound parses SubnetMin or SubnetMax; a missing field yields the zero Addr.
-func parseBound(field string, raw json.RawMessage, c Config) (netip.Addr, error) {
+func parseBound(field string, raw json.RawMessage, c Family) (netip.Addr, error) {
 	if !present(raw) {
 		return netip.Addr{}, nil
 	}
@@ -214,8 +314,12 @@ func parseBound(field string, raw json.RawMessage, c Config) (netip.Addr, error)
 	}
 	a, err := netip.ParseAddr(s)
 	switch {
-	case err != nil || !a.Is4():
-		return netip.Addr{}, fieldErr(field, raw, "not an IPv4 address")
+	case err != nil || a.Is4() != c.Network.Addr().Is4() || a.Zone() != "":
+		fam := "IPv4"
+		if c.Network.Addr().Is6() {
+			fam = "IPv6"
+		}
+		return netip.Addr{}, fieldErr(field, raw, "not an "+fam+" address")
 	case !c.Network.Contains(a):
 		return netip.Addr{}, fieldErr(field, raw, fmt.Sprintf("outside Network %v", c.Network))
 	}
@@ -281,24 +385,52 @@ func (c Config) JSON() []byte {
 		Port uint16
 		MTU  int `json:",omitempty"`
 	}
-	out := struct {
-		Network   string
-		SubnetLen int
-		SubnetMin string
-		SubnetMax string
-		Backend   backend
-	}{c.Network.String(), c.SubnetLen, c.SubnetMin.String(), c.SubnetMax.String(),
-		backend{c.Backend.Type, c.Backend.VNI, c.Backend.Port, c.Backend.MTU}}
-	b, err := json.Marshal(out)
+	type out struct {
+		EnableIPv4    *bool  `json:",omitempty"`
+		EnableIPv6    bool   `json:",omitempty"`
+		Network       string `json:",omitempty"`
+		SubnetLen     int    `json:",omitempty"`
+		SubnetMin     string `json:",omitempty"`
+		SubnetMax     string `json:",omitempty"`
+		IPv6Network   string `json:",omitempty"`
+		IPv6SubnetLen int    `json:",omitempty"`
+		IPv6SubnetMin string `json:",omitempty"`
+		IPv6SubnetMax string `json:",omitempty"`
+		Backend       backend
+	}
+	o := out{Backend: backend{c.Backend.Type, c.Backend.VNI, c.Backend.Port, c.Backend.MTU}}
+	v4, v6 := c.first(), c.IPv6
+	if c.Network.Addr().Is6() {
+		f := false
+		o.EnableIPv4, v4, v6 = &f, Family{}, c.first()
+	}
+	if v4.Network.IsValid() {
+		o.Network, o.SubnetLen, o.SubnetMin, o.SubnetMax = v4.Network.String(), v4.SubnetLen, v4.SubnetMin.String(), v4.SubnetMax.String()
+	}
+	if v6.Network.IsValid() {
+		o.EnableIPv6 = true
+		o.IPv6Network, o.IPv6SubnetLen, o.IPv6SubnetMin, o.IPv6SubnetMax = v6.Network.String(), v6.SubnetLen, v6.SubnetMin.String(), v6.SubnetMax.String()
+	}
+	b, err := json.Marshal(o)
 	if err != nil {
-		panic(err) // only strings and integers: cannot fail
+		panic(err) // only strings, booleans and integers: cannot fail
 	}
 	return b
 }
 
-// alloc is the allocation range of the config.
-func (c Config) alloc() ip.Alloc {
-	return ip.Alloc{Bits: c.SubnetLen, First: c.SubnetMin, Last: c.SubnetMax}
+// first is the config of the leases' first subnet.
+func (c Config) first() Family {
+	return Family{Network: c.Network, SubnetLen: c.SubnetLen, SubnetMin: c.SubnetMin, SubnetMax: c.SubnetMax}
+}
+
+// alloc is the allocation range of the config's first subnet.
+func (c Config) alloc() ip.Alloc { return c.first().alloc() }
+
+// alloc6 is the allocation range of a dual-stack config's IPv6 subnet.
+func (c Config) alloc6() ip.Alloc { return c.IPv6.alloc() }
+
+func (f Family) alloc() ip.Alloc {
+	return ip.Alloc{Bits: f.SubnetLen, First: f.SubnetMin, Last: f.SubnetMax}
 }
 
 var errNotVXLAN = errors.New("BackendType is not vxlan")
@@ -325,13 +457,34 @@ func (c Config) checkLease(l Lease) error {
 		return fmt.Errorf("VNI %d: network uses VNI %d", a.VNI, c.Backend.VNI)
 	}
 	p := peer.Peer{Subnet: s, PublicIP: a.PublicIP, VtepMAC: a.VtepMAC}
-	return peer.CheckLease(&p, c.Rules())
+	if err := peer.CheckLease(&p, c.Rules()); err != nil {
+		return err
+	}
+	if !c.Dual() {
+		return nil
+	}
+	// A dual-stack network reads v4-only leases too (flanneld nodes without
+	// IPv6): they get no IPv6 route. A v6 half present passes the same
+	// rules in its own family.
+	if !l.Subnet6.IsValid() {
+		return nil
+	}
+	p6 := peer.Peer{Subnet: l.Subnet6, PublicIP: a.PublicIP6, VtepMAC: a.VtepMAC6}
+	if err := peer.CheckLease(&p6, c.Rules6()); err != nil {
+		return fmt.Errorf("IPv6 half: %w", err)
+	}
+	return nil
 }
 
 // Rules is the part of the config the lease rulebook (package peer) checks
-// leases against.
-func (c Config) Rules() peer.Network {
-	return peer.Network{Prefix: c.Network, SubnetLen: c.SubnetLen, SubnetMin: c.SubnetMin, SubnetMax: c.SubnetMax}
+// leases' first half against.
+func (c Config) Rules() peer.Network { return c.first().rules() }
+
+// Rules6 is what a dual-stack lease's IPv6 half is checked against.
+func (c Config) Rules6() peer.Network { return c.IPv6.rules() }
+
+func (f Family) rules() peer.Network {
+	return peer.Network{Prefix: f.Network, SubnetLen: f.SubnetLen, SubnetMin: f.SubnetMin, SubnetMax: f.SubnetMax}
 }
 
 func usablePublicIP(a netip.Addr) error {
