@@ -30,6 +30,11 @@ type PeerFilter struct {
 	Underlay []netip.Prefix
 	// VtepMAC is this node's VTEP MAC, which no peer may claim.
 	VtepMAC []byte
+	// Self6 and VtepMAC6 are this node's IPv6 half in a dual-stack
+	// network: its IPv6 subnet and address, and the MAC of its
+	// flannel-v6 device. Self6 may be nil (no IPv6 half yet).
+	Self6    func() (netip.Prefix, netip.Addr)
+	VtepMAC6 []byte
 	// Foreign returns the destinations of this node's routes and addresses
 	// that weft did not make (see peer.Self); nil means none. It is called
 	// for every full re-check, so it may change.
@@ -53,7 +58,8 @@ type Snapshot struct {
 type Peer = peer.Peer
 
 func samePeer(p, q Peer) bool {
-	return p.PublicIP == q.PublicIP && bytes.Equal(p.VtepMAC, q.VtepMAC)
+	return p.PublicIP == q.PublicIP && bytes.Equal(p.VtepMAC, q.VtepMAC) &&
+		p.Subnet6 == q.Subnet6 && p.PublicIP6 == q.PublicIP6 && bytes.Equal(p.VtepMAC6, q.VtepMAC6)
 }
 
 // peerState is what WatchPeers knows between snapshots.
@@ -86,10 +92,16 @@ type peerState struct {
 	out     []Peer
 	outOK   bool
 	dups    int // claims of an already claimed subnet that sorted left out
-	touched map[netip.Prefix]bool
+	// touched maps each subnet changed since the last snapshot to its key
+	// (a dual-stack key names two subnets, so the key is not the subnet's
+	// KeyName); a subnet touched under two keys makes it nil.
+	touched map[netip.Prefix]string
 	selfNet netip.Prefix // Self() at the last snapshot
 	selfIP  netip.Addr
 	self    peer.Self // the rules' view of this node, at the last full check
+	// self6 is the rules' view of this node's IPv6 half (dual-stack), from
+	// Self6 at the last full check.
+	self6 peer.Self
 	selfSet bool      // the first snapshot was made
 
 	// macs counts the valid leases by VtepMAC and blocks counts them by
@@ -267,11 +279,31 @@ func (ps *peerState) put(kv *mvccpb.KeyValue) {
 	ps.upsert(&l)
 }
 
+// touch records that l's subnet changed, under l's key.
+func (ps *peerState) touch(l *Lease) {
+	if ps.touched == nil {
+		return
+	}
+	if k, ok := ps.touched[l.Subnet]; ok && k != l.Key {
+		ps.clean, ps.touched = false, nil // two keys for one subnet: rebuild
+		return
+	}
+	ps.touched[l.Subnet] = l.Key
+}
+
+// peerOf is the peer a valid lease makes: with its IPv6 half in a
+// dual-stack network when it has one.
+func (ps *peerState) peerOf(l *Lease) Peer {
+	p := Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC}
+	if l.Subnet6.IsValid() && ps.f.Config.Dual() {
+		p.Subnet6, p.PublicIP6, p.VtepMAC6 = l.Subnet6, l.Attrs.PublicIP6, l.Attrs.VtepMAC6
+	}
+	return p
+}
+
 // upsert puts l into sorted at its subnet.
 func (ps *peerState) upsert(l *Lease) {
-	if ps.touched != nil {
-		ps.touched[l.Subnet] = true
-	}
+	ps.touch(l)
 	if !ps.clean {
 		return
 	}
@@ -306,7 +338,7 @@ func (ps *peerState) setOut(l Lease) {
 		}
 		return
 	}
-	p := Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC}
+	p := ps.peerOf(&l)
 	if found {
 		ps.out[j] = p
 	} else {
@@ -331,9 +363,7 @@ func (ps *peerState) remove(key string) {
 	if !ok {
 		return
 	}
-	if ps.touched != nil {
-		ps.touched[l.Subnet] = true
-	}
+	ps.touch(l)
 	if !ps.clean {
 		return
 	}
@@ -459,6 +489,10 @@ func (ps *peerState) snapshot() Snapshot {
 		if ps.f.Foreign != nil {
 			ps.self.Foreign = ps.f.Foreign()
 		}
+		ps.self6 = peer.Self{VtepMAC: ps.f.VtepMAC6, Underlay: ps.f.Underlay, Foreign: ps.self.Foreign}
+		if ps.f.Self6 != nil {
+			ps.self6.Subnet, ps.self6.PublicIP = ps.f.Self6()
+		}
 		winners := ps.macWinners()
 		ps.out = ps.out[:0]
 		for _, l := range ps.sorted {
@@ -468,7 +502,7 @@ func (ps *peerState) snapshot() Snapshot {
 				}
 				continue
 			}
-			ps.out = append(ps.out, Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
+			ps.out = append(ps.out, ps.peerOf(l))
 		}
 		ps.outOK = true
 	}
@@ -497,7 +531,7 @@ func (ps *peerState) merge() {
 		if i < len(ps.sorted) && ps.sorted[i].Subnet == s {
 			i++ // its current lease, if any, follows
 		}
-		key := ps.r.subnetsPrefix() + KeyName(s)
+		key := ps.touched[s]
 		if l, ok := ps.valid[key]; ok {
 			next = append(next, l)
 		} else if h, ok := ps.held[key]; ok {
@@ -531,6 +565,12 @@ func (ps *peerState) checkDynamic(l *Lease, winners map[[6]byte]*Lease) error {
 	}
 	if w := winners[macKey(l.Attrs.VtepMAC)]; w != nil && w != l {
 		return fmt.Errorf("VtepMAC %v: already used by the earlier lease of %v", l.Attrs.VtepMAC, w.Subnet)
+	}
+	if l.Subnet6.IsValid() && ps.f.Config.Dual() {
+		p6 := Peer{Subnet: l.Subnet6, PublicIP: l.Attrs.PublicIP6, VtepMAC: l.Attrs.VtepMAC6}
+		if err := peer.CheckAgainst(&p6, ps.f.Config.Rules6(), &ps.self6); err != nil {
+			return fmt.Errorf("IPv6 half: %w", err)
+		}
 	}
 	if b, ok := ps.f.Config.Rules().Block(l.Attrs.PublicIP); ok {
 		if i, found := slices.BinarySearchFunc(ps.sorted, b, leaseAt); found && ps.sorted[i].Subnet == b {
@@ -584,7 +624,7 @@ func (ps *peerState) macWinners() map[[6]byte]*Lease {
 func (ps *peerState) count(peers []Peer) {
 	if ps.touched == nil {
 		ps.countAll(peers)
-		ps.touched = map[netip.Prefix]bool{}
+		ps.touched = map[netip.Prefix]string{}
 	} else {
 		for s := range ps.touched {
 			i, is := slices.BinarySearchFunc(peers, s, peerAt)
