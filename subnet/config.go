@@ -188,7 +188,7 @@ func ParseConfig(data []byte) (Config, error) {
 // familyFields are one family's raw fields; prefix is "" for IPv4, "IPv6"
 // for IPv6 (the names flannel gives them).
 type familyFields struct {
-	prefix                                 string
+	prefix                                   string
 	Network, SubnetLen, SubnetMin, SubnetMax json.RawMessage
 }
 

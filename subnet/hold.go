@@ -38,7 +38,7 @@ type HoldRequest struct {
 	// Previous6 is the IPv6 subnet from the last run in a dual-stack
 	// network; it is taken again if still free.
 	Previous6 netip.Prefix
-	TTL      time.Duration    // etcd lease TTL; 0 means DefaultTTL
+	TTL       time.Duration // etcd lease TTL; 0 means DefaultTTL
 	// Previous is the subnet from the last run (subnet.env); it is taken
 	// again if still free. May be zero.
 	Previous netip.Prefix

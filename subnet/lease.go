@@ -35,7 +35,7 @@ type Lease struct {
 	// network. Subnet6 is a dual-stack lease's IPv6 subnet.
 	Subnet  netip.Prefix
 	Subnet6 netip.Prefix
-	Attrs  LeaseAttrs
+	Attrs   LeaseAttrs
 	// EtcdLeaseID is the etcd lease the key is attached to; 0 means a
 	// reservation, a key an operator wrote without a lease, that never expires.
 	EtcdLeaseID    int64

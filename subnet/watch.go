@@ -89,9 +89,9 @@ type peerState struct {
 	// out is sorted less the leases that fail the checks depending on who we
 	// are: the peers of the next snapshot, kept up to date by put and delete
 	// while outOK, so that one change costs O(log N) plus a copy.
-	out     []Peer
-	outOK   bool
-	dups    int // claims of an already claimed subnet that sorted left out
+	out   []Peer
+	outOK bool
+	dups  int // claims of an already claimed subnet that sorted left out
 	// touched maps each subnet changed since the last snapshot to its key
 	// (a dual-stack key names two subnets, so the key is not the subnet's
 	// KeyName); a subnet touched under two keys makes it nil.
@@ -101,8 +101,8 @@ type peerState struct {
 	self    peer.Self // the rules' view of this node, at the last full check
 	// self6 is the rules' view of this node's IPv6 half (dual-stack), from
 	// Self6 at the last full check.
-	self6 peer.Self
-	selfSet bool      // the first snapshot was made
+	self6   peer.Self
+	selfSet bool // the first snapshot was made
 
 	// macs counts the valid leases by VtepMAC and blocks counts them by
 	// the subnet-sized block their PublicIP falls in (when inside Network):
