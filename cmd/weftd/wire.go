@@ -21,7 +21,6 @@ import (
 
 	"github.com/weft-net/weft/backend/vxlan"
 	"github.com/weft-net/weft/internal/etcdconn"
-	"github.com/weft-net/weft/ip"
 	"github.com/weft-net/weft/network"
 	"github.com/weft-net/weft/subnet"
 )
@@ -62,7 +61,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		return nil, err
 	}
 	ecfg.DialOptions = append(ecfg.DialOptions, lowMemoryDialOptions()...)
-	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP})
+	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP, PublicIP6: o.publicIP6})
 	if err != nil {
 		return nil, err
 	}
@@ -95,19 +94,38 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		return nil, err
 	}
 	vni := cfg.Backend.VNI
-	mac := ip.VTEPMAC(up.PublicIP, vni)
-	devName := fmt.Sprintf("flannel.%d", vni)
-	avoid, err := network.HostPrefixes(devName)
+	fam, err := families(cfg, up)
 	if err != nil {
 		cli.Close()
 		return nil, err
 	}
-	log.Info("network config", "network", cfg.Network, "subnet_len", cfg.SubnetLen, "vni", vni,
-		"uplink", up.Name, "public_ip", up.PublicIP, "vtep_mac", mac.String())
+	avoid, err := network.HostPrefixes(fam.devices...)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	logArgs := []any{"network", cfg.Network, "subnet_len", cfg.SubnetLen, "vni", vni,
+		"uplink", up.Name, "public_ip", fam.publicIP, "vtep_mac", fam.mac.String()}
+	if cfg.Dual() {
+		logArgs = append(logArgs, "ipv6_network", cfg.IPv6.Network, "public_ipv6", fam.publicIP6, "vtep_mac6", fam.mac6.String())
+	}
+	log.Info("network config", logArgs...)
+	newDevice := func(local netip.Addr, mac net.HardwareAddr, own netip.Prefix) (network.Dataplane, error) {
+		return newVXLAN(vxlan.Config{
+			Name:        vxlan.DefaultName(vni, local.Is6()),
+			VNI:         vni,
+			Port:        cfg.Backend.Port,
+			Local:       local,
+			UplinkIndex: up.Index,
+			MTU:         cfg.Backend.MTU,
+			MAC:         mac,
+			Subnet:      own,
+		}, log, promReg)
+	}
 
 	node, err := network.NewNode(network.NodeConfig{
 		Config:         cfg,
-		PublicIP:       up.PublicIP,
+		PublicIP:       fam.publicIP,
 		Underlay:       up.Networks,
 		Avoid:          avoid,
 		LeaseTTL:       o.leaseTTL,
@@ -115,23 +133,24 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		IPMasq:         o.ipMasq,
 		ResyncInterval: o.resyncInterval,
 		RulesInterval:  o.iptablesResync,
-		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
+		Leases: subnet.LeaseAttrs{PublicIP: fam.publicIP, BackendType: "vxlan", VNI: vni, VtepMAC: fam.mac,
+			PublicIP6: fam.publicIP6, VtepMAC6: fam.mac6},
 		Holder:         a.reg,
 		Watcher:        a.reg,
 		ConfigWatcher:  a.reg,
 		ConfigRevision: cfgRev,
 		EtcdSynced:     a.reg.LastSync,
-		NewDataplane: func(own netip.Prefix) (network.Dataplane, error) {
-			return newVXLAN(vxlan.Config{
-				Name:        devName,
-				VNI:         vni,
-				Port:        cfg.Backend.Port,
-				Local:       up.PublicIP,
-				UplinkIndex: up.Index,
-				MTU:         cfg.Backend.MTU,
-				MAC:         mac,
-				Subnet:      own,
-			}, log, promReg)
+		NewDataplane: func(own subnet.Lease) (network.Dataplane, error) {
+			first, err := newDevice(fam.publicIP, fam.mac, own.Subnet)
+			if err != nil || !own.Subnet6.IsValid() {
+				return first, err
+			}
+			v6, err := newDevice(fam.publicIP6, fam.mac6, own.Subnet6)
+			if err != nil {
+				first.Close()
+				return nil, err
+			}
+			return network.NewDualStack(first, v6), nil
 		},
 		NewRules: func(rc network.RulesConfig) (network.RuleSet, error) {
 			r, err := network.NewRules(rc, log)
@@ -150,7 +169,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		},
 		VXLANPort:    cfg.Backend.Port,
 		AllowVXLAN:   o.vxlanAllowNets,
-		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixes(devName) },
+		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixes(fam.devices...) },
 		Log:          log,
 		Metrics:      network.NewMetrics(promReg),
 	})
