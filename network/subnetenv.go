@@ -42,8 +42,8 @@ const (
 	envNetwork6 = "FLANNEL_IPV6_NETWORK"
 	envSubnet6  = "FLANNEL_IPV6_SUBNET"
 	envMTU      = "FLANNEL_MTU"
-	envIPMasq  = "FLANNEL_IPMASQ"
-	envLease   = "WEFT_ETCD_LEASE" // optional, hexadecimal as etcdctl prints it
+	envIPMasq   = "FLANNEL_IPMASQ"
+	envLease    = "WEFT_ETCD_LEASE" // optional, hexadecimal as etcdctl prints it
 )
 
 // Lease is the node's first subnet as leased: Subnet with the host bits

@@ -110,7 +110,7 @@ type Self struct {
 }
 
 var (
-	classE        = netip.MustParsePrefix("240.0.0.0/4")
+	classE = netip.MustParsePrefix("240.0.0.0/4")
 	// IPv6 ranges that no peer's underlay address can be in, besides the
 	// kinds checkPublicIP names: discard-only (RFC 6666), the deprecated
 	// site-local and IPv4-compatible ranges (::127.0.0.1 is loopback in
