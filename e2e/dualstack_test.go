@@ -274,10 +274,15 @@ func TestDualStack(t *testing.T) {
 		t.Errorf("flannel-v6.1:\n%s", out)
 	}
 	pingAll(t, ctx, pods, pods)
+	// The masquerade and forward rules have ip6tables twins for the IPv6 subnet.
+	env1 := n1.waitSubnetFile(time.Second)
+	if out, err := n1.Run(ctx, "ip6tables-save"); err != nil || !strings.Contains(out, "-A WEFT-POSTRTG -s "+env1.Subnet6.Masked().String()) ||
+		!strings.Contains(out, "-A WEFT-FWD") {
+		t.Errorf("ip6tables-save on node1 lacks WEFT-POSTRTG for %v or WEFT-FWD: %v\n%s", env1.Subnet6.Masked(), err, out)
+	}
 
 	// docker-opts.
 	out, err := n1.Run(ctx, filepath.Join(e.bin, "weftctl"), "docker-opts", "--subnet-file", n1.subnetFile)
-	env1 := n1.waitSubnetFile(time.Second)
 	if err != nil || !strings.Contains(out, "--ipv6 --fixed-cidr-v6="+env1.Subnet6.String()+" ") {
 		t.Errorf("weftctl docker-opts: %v\n%s", err, out)
 	}
