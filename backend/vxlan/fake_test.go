@@ -29,6 +29,8 @@ type fakeNL struct {
 	dumps int
 	// fail, when it returns an error for an op (as logged), fails that op.
 	fail func(op string) error
+	// txOff holds the devices whose tx checksum offload is off.
+	txOff map[string]bool
 	// interrupt makes that many dumps return errDumpInterrupted.
 	interrupt int
 }
@@ -188,6 +190,24 @@ func (f *fakeNL) LinkSetMTU(link netlink.Link, mtu int) error {
 
 func (f *fakeNL) LinkSetHardwareAddr(link netlink.Link, hw net.HardwareAddr) error {
 	return f.setLink(link, "address "+hw.String(), func(a *netlink.LinkAttrs) { a.HardwareAddr = hw })
+}
+
+func (f *fakeNL) TxChecksum(name string) (bool, error) {
+	if f.txOff == nil {
+		return true, nil
+	}
+	return !f.txOff[name], nil
+}
+
+func (f *fakeNL) SetTxChecksum(name string, on bool) error {
+	if err := f.do(fmt.Sprintf("ethtool -K %s tx %s", name, map[bool]string{true: "on", false: "off"}[on])); err != nil {
+		return err
+	}
+	if f.txOff == nil {
+		f.txOff = map[string]bool{}
+	}
+	f.txOff[name] = !on
+	return nil
 }
 
 func (f *fakeNL) AddrList(link netlink.Link, family int) ([]netlink.Addr, error) {

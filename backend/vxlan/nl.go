@@ -23,6 +23,11 @@ type nlAPI interface {
 	LinkSetMTU(link netlink.Link, mtu int) error
 	LinkSetHardwareAddr(link netlink.Link, hwaddr net.HardwareAddr) error
 
+	// TxChecksum and SetTxChecksum read and set the device's transmit
+	// checksum offload (ethtool's tx-checksumming).
+	TxChecksum(name string) (bool, error)
+	SetTxChecksum(name string, on bool) error
+
 	AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
 	AddrAdd(link netlink.Link, addr *netlink.Addr) error
 	AddrDel(link netlink.Link, addr *netlink.Addr) error
@@ -47,6 +52,7 @@ type nlAPI interface {
 type kernel struct {
 	*netlink.Handle
 	conn *rtnl.Conn
+	ns   netns.NsHandle
 }
 
 var _ nlAPI = (*kernel)(nil)
@@ -61,13 +67,17 @@ func newKernel(ns netns.NsHandle) (*kernel, error) {
 		h.Close()
 		return nil, err
 	}
-	return &kernel{Handle: h, conn: c}, nil
+	return &kernel{Handle: h, conn: c, ns: ns}, nil
 }
 
 func (k *kernel) close() {
 	k.Handle.Close()
 	k.conn.Close()
 }
+
+func (k *kernel) TxChecksum(name string) (bool, error) { return rtnl.TxChecksum(k.ns, name) }
+
+func (k *kernel) SetTxChecksum(name string, on bool) error { return rtnl.SetTxChecksum(k.ns, name, on) }
 
 func (k *kernel) Write(index int, ops []rtnl.Op, fail func(i int, err error)) {
 	k.conn.Write(index, ops, fail)

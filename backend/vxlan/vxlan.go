@@ -54,6 +54,9 @@ type Config struct {
 	// Subnet is this node's own subnet; the device gets its first address
 	// (for example 172.16.28.0/32).
 	Subnet netip.Prefix
+	// TxChecksum, when not nil, is the device's transmit checksum offload,
+	// kept like its MTU (see network.ChecksumPolicy); nil leaves it alone.
+	TxChecksum *bool
 }
 
 // DefaultName is flannel's name for the device of a VNI: flannel.1 for
@@ -117,6 +120,8 @@ type Device struct {
 	// index and mtu of the device, valid after Ensure.
 	index int
 	mtu   int
+	// checksumFixed says fixChecksumLocked changed the offload.
+	checksumFixed bool
 	mac   net.HardwareAddr
 	// synced means the kernel holds exactly the entries of want, as far as
 	// this Device knows. It is false after New, after the device was
@@ -328,6 +333,11 @@ func (d *Device) ensureLocked(ctx context.Context) (changed bool, err error) {
 	}
 
 	fixed, err := d.fixInPlaceLocked(link, mtu)
+	if cerr := d.fixChecksumLocked(); cerr != nil {
+		err = errors.Join(err, cerr)
+	} else if d.checksumFixed {
+		d.checksumFixed, fixed = false, true
+	}
 	d.mtu = link.Attrs().MTU
 	if err == nil {
 		d.mtu = mtu
@@ -455,6 +465,24 @@ func (d *Device) fixAddrsLocked(link netlink.Link) (changed bool, err error) {
 		}
 	}
 	return changed, errors.Join(errs...)
+}
+
+// fixChecksumLocked sets the device's tx checksum offload to Config's.
+func (d *Device) fixChecksumLocked() error {
+	want := d.cfg.TxChecksum
+	if want == nil {
+		return nil
+	}
+	on, err := d.nl.TxChecksum(d.cfg.Name)
+	if err != nil || on == *want {
+		return err
+	}
+	if err := d.nl.SetTxChecksum(d.cfg.Name, *want); err != nil {
+		return err
+	}
+	d.log.Debug("set tx checksum offload", "on", *want)
+	d.checksumFixed = true
+	return nil
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {

@@ -603,3 +603,34 @@ func mustMAC(s string) rtnl.MAC {
 	}
 	return rtnl.MACOf(hw)
 }
+
+// TxChecksum is kept like the MTU: set at Ensure, and set again by the next
+// Reconcile when someone turned it back.
+func TestTxChecksumKept(t *testing.T) {
+	f := newFakeNL()
+	cfg := testConfig()
+	off := false
+	cfg.TxChecksum = &off
+	d, err := New(cfg, testLogger(t), withNL(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := d.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if on, _ := f.TxChecksum("flannel.1"); on {
+		t.Fatalf("offload on after Ensure with TxChecksum off; ops %q", f.ops)
+	}
+	f.txOff["flannel.1"] = false // someone turned it on
+	rep, err := d.Reconcile(ctx)
+	if err != nil || rep.Link != 1 {
+		t.Errorf("Reconcile = %+v, %v; want one link repair", rep, err)
+	}
+	if on, _ := f.TxChecksum("flannel.1"); on {
+		t.Errorf("offload not turned off again")
+	}
+	if rep, _ := d.Reconcile(ctx); rep.Link != 0 {
+		t.Errorf("a second Reconcile repaired %+v", rep)
+	}
+}

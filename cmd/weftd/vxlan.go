@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/backend/vxlan"
 	"github.com/weft-net/weft/ip"
@@ -68,4 +69,13 @@ func families(cfg subnet.Config, up network.Uplink) (nodeFamilies, error) {
 	f.mac = ip.VTEPMAC(f.publicIP, vni)
 	f.devices = append([]string{vxlan.DefaultName(vni, f.publicIP.Is6())}, f.devices...)
 	return f, nil
+}
+
+// kernelRelease is uname -r.
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }

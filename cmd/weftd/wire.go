@@ -110,6 +110,16 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		logArgs = append(logArgs, "ipv6_network", cfg.IPv6.Network, "public_ipv6", fam.publicIP6, "vtep_mac6", fam.mac6.String())
 	}
 	log.Info("network config", logArgs...)
+	release := o.kernelRelease
+	if release == "" {
+		release = kernelRelease()
+	}
+	txOn, why, err := network.ChecksumPolicy(o.txChecksum, release)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	log.Info("tx checksum offload of the VXLAN devices", "on", txOn, "why", why)
 	newDevice := func(local netip.Addr, mac net.HardwareAddr, own netip.Prefix) (network.Dataplane, error) {
 		return newVXLAN(vxlan.Config{
 			Name:        vxlan.DefaultName(vni, local.Is6()),
@@ -120,6 +130,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 			MTU:         cfg.Backend.MTU,
 			MAC:         mac,
 			Subnet:      own,
+			TxChecksum:  &txOn,
 		}, log, promReg)
 	}
 
