@@ -122,7 +122,7 @@ type Device struct {
 	mtu   int
 	// checksumFixed says fixChecksumLocked changed the offload.
 	checksumFixed bool
-	mac   net.HardwareAddr
+	mac           net.HardwareAddr
 	// synced means the kernel holds exactly the entries of want, as far as
 	// this Device knows. It is false after New, after the device was
 	// (re)created and after any change failed; the next Set then compares
