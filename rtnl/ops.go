@@ -38,7 +38,7 @@ type Op struct {
 	// the kernel beyond the fields above (zero for our own entries).
 	TOS      uint8
 	NHID     uint32 // route through a nexthop object
-	OIF      int    // route through another device (-1: through none)
+	OIF      int    // route through another device (-1: through none); for RouteSet, a direct route: "dst via IP dev OIF", not onlink
 	Port     uint16 // FDB remote's UDP port (NDA_PORT)
 	VNI      uint32 // FDB remote's VNI (NDA_VNI), valid when hasVNI
 	HasVNI   bool
@@ -53,6 +53,9 @@ func (o *Op) String() string {
 	case NeighSet:
 		return fmt.Sprintf("neigh replace %v lladdr %v", o.IP, o.MAC)
 	case RouteSet:
+		if o.OIF > 0 {
+			return fmt.Sprintf("route replace %v via %v dev %d", o.Dst, o.IP, o.OIF)
+		}
 		return fmt.Sprintf("route replace %v", o.Dst)
 	case RouteDel:
 		return fmt.Sprintf("route del %v", o.Dst)
@@ -94,6 +97,9 @@ func AppendOp(b []byte, o *Op, index int, seq uint32) []byte {
 	case RouteSet, RouteDel:
 		typ, flags := uint16(unix.RTM_NEWROUTE), uint16(set)
 		proto, scope, rtype, rflags := uint8(RouteProtocol), uint8(unix.RT_SCOPE_UNIVERSE), uint8(unix.RTN_UNICAST), uint32(unix.RTNH_F_ONLINK)
+		if o.Kind == RouteSet && o.OIF > 0 {
+			rflags = 0 // a direct route: the gateway is on the device's link
+		}
 		if o.Kind == RouteDel {
 			// Match by destination, TOS, metric and device (or
 			// nexthop object), whatever the rest says.
@@ -107,8 +113,12 @@ func AppendOp(b []byte, o *Op, index int, seq uint32) []byte {
 		b = appendAddr(b, unix.RTA_DST, o.Dst.Addr())
 		switch {
 		case o.Kind == RouteSet:
+			oif := uint32(index)
+			if o.OIF > 0 {
+				oif = uint32(o.OIF)
+			}
 			b = appendAddr(b, unix.RTA_GATEWAY, o.IP)
-			b = appendU32(b, unix.RTA_OIF, uint32(index))
+			b = appendU32(b, unix.RTA_OIF, oif)
 		case o.NHID != 0:
 			b = appendU32(b, rtaNHID, o.NHID)
 		case o.OIF > 0:

@@ -342,9 +342,13 @@ func (f *fakeNL) apply(index int, o *rtnl.Op) error {
 	case rtnl.NeighSet:
 		f.neighTab[neighKey{index, o.IP}] = rtnl.Neigh{IP: o.IP, MAC: o.MAC, State: unix.NUD_PERMANENT, Index: index}
 	case rtnl.RouteSet:
+		dev, onlink := index, true
+		if o.OIF > 0 { // a direct route
+			dev, onlink = o.OIF, false
+		}
 		f.routeTab[routeKey{o.Dst, o.Metric, 0}] = rtnl.Route{
 			Dst: o.Dst, GW: o.IP, Metric: o.Metric, Proto: rtnl.RouteProtocol, Scope: unix.RT_SCOPE_UNIVERSE,
-			Type: unix.RTN_UNICAST, Onlink: true, Table: unix.RT_TABLE_MAIN, Index: index,
+			Type: unix.RTN_UNICAST, Onlink: onlink, Table: unix.RT_TABLE_MAIN, Index: dev,
 		}
 	case rtnl.RouteDel:
 		delete(f.routeTab, routeKey{o.Dst, o.Metric, o.TOS})

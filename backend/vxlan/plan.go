@@ -47,6 +47,18 @@ func (d *Device) compareLocked(ops *[rtnl.NumOpKinds][]rtnl.Op) (st stamps, err 
 			}
 			w := d.want[r.Dst.Addr()]
 			wanted := w != nil && w.subnet == r.Dst
+			if r.Index == d.cfg.UplinkIndex && d.directRoute(r) {
+				// One of weft's direct routes (DirectRouting).
+				switch {
+				case wanted && w.direct && r.GW == w.public:
+					w.routeOK = stamp
+				case wanted:
+					// The replacement overwrites it (same key).
+				default:
+					ops[rtnl.RouteDel] = append(ops[rtnl.RouteDel], rtnl.Op{Kind: rtnl.RouteDel, Dst: r.Dst, Metric: r.Metric, OIF: r.Index})
+				}
+				return
+			}
 			if r.Index != d.index {
 				// Not on the device, so not weft's: it is never deleted
 				// (weft never removes a route it did not make). One that
@@ -78,6 +90,12 @@ func (d *Device) compareLocked(ops *[rtnl.NumOpKinds][]rtnl.Op) (st stamps, err 
 			}
 			w := d.want[n.IP]
 			switch {
+			case w != nil && w.direct:
+				// A direct peer has no neighbour on the device: a
+				// leftover of its VXLAN days.
+				if n.Permanent() {
+					ops[rtnl.NeighDel] = append(ops[rtnl.NeighDel], rtnl.Op{Kind: rtnl.NeighDel, IP: n.IP})
+				}
 			case w != nil && n.Permanent() && n.MAC == w.mac:
 				w.neighOK = stamp
 			case w != nil:
@@ -104,6 +122,9 @@ func (d *Device) compareLocked(ops *[rtnl.NumOpKinds][]rtnl.Op) (st stamps, err 
 				return // the default destination or a multicast entry
 			}
 			w := d.macs[f.MAC]
+			if w != nil && w.direct {
+				w = nil // a direct peer has no FDB entry: remove it
+			}
 			switch {
 			case w != nil && fdbIsCanonical(f, w):
 				w.fdbOK = stamp
@@ -118,7 +139,7 @@ func (d *Device) compareLocked(ops *[rtnl.NumOpKinds][]rtnl.Op) (st stamps, err 
 		return st, fmt.Errorf("reading FDB of %s: %w", d.cfg.Name, err)
 	}
 	for i := range wrong {
-		if d.macs[wrong[i].MAC].fdbOK == st[0] {
+		if w := d.macs[wrong[i].MAC]; w != nil && w.fdbOK == st[0] {
 			ops[rtnl.FDBDel] = append(ops[rtnl.FDBDel], fdbDelOp(&wrong[i]))
 		}
 	}
@@ -145,6 +166,18 @@ func routeIsCanonical(r *rtnl.Route) bool {
 		r.Proto == rtnl.RouteProtocol &&
 		r.Scope == unix.RT_SCOPE_UNIVERSE &&
 		r.Type == unix.RTN_UNICAST &&
+		r.TOS == 0 && r.NHID == 0 && !r.Other
+}
+
+// directRoute reports whether r, a route through the uplink, is one weft
+// makes with DirectRouting: its protocol and the peer metric of its
+// destination, a gateway, into the overlay, nothing else set. Only with
+// DirectRouting on and a Network known: otherwise no route on the uplink is
+// ever taken for weft's.
+func (d *Device) directRoute(r *rtnl.Route) bool {
+	return d.cfg.DirectRouting && d.cfg.Network.IsValid() && d.cfg.Network.Contains(r.Dst.Addr()) && r.Dst.Bits() >= d.cfg.Network.Bits() &&
+		r.GW.IsValid() && r.Metric == metricOf(r.Dst) && !r.Onlink &&
+		r.Proto == rtnl.RouteProtocol && r.Scope == unix.RT_SCOPE_UNIVERSE && r.Type == unix.RTN_UNICAST &&
 		r.TOS == 0 && r.NHID == 0 && !r.Other
 }
 
@@ -225,6 +258,12 @@ func (d *Device) applyLocked(ops *[rtnl.NumOpKinds][]rtnl.Op, fill *stamps) (don
 // missing returns the operation that sets w's entry of kind k (an addition)
 // if the comparison stamped stamp did not find it right.
 func (w *wantedPeer) missing(k rtnl.OpKind, stamp uint64) (rtnl.Op, bool) {
+	if w.direct {
+		if k == rtnl.RouteSet && w.routeOK != stamp {
+			return rtnl.Op{Kind: rtnl.RouteSet, Dst: w.subnet, IP: w.public, Metric: metricOf(w.subnet), OIF: w.uplink}, true
+		}
+		return rtnl.Op{}, false
+	}
 	switch {
 	case k == rtnl.FDBSet && w.fdbOK != stamp:
 		return rtnl.Op{Kind: rtnl.FDBSet, MAC: w.mac, IP: w.public}, true

@@ -194,11 +194,24 @@ func (d *Device) eventDisagrees(m rtnl.Msg, idx int) bool {
 		}
 		w := d.want[r.Dst.Addr()]
 		wanted := w != nil && w.subnet == r.Dst
+		if d.cfg.DirectRouting && (wanted && w.direct || d.directRoute(&r)) && rtnl.RouteUsesDevice(m.Body, d.cfg.UplinkIndex) {
+			right := wanted && w.direct && d.directRoute(&r) && r.GW == w.public
+			if m.Type == unix.RTM_DELROUTE {
+				return right
+			}
+			return !right
+		}
+		if wanted && w.direct && m.Type == unix.RTM_DELROUTE {
+			return false // the VXLAN route it replaced
+		}
 		if !rtnl.RouteUsesDevice(m.Body, idx) {
 			return m.Type == unix.RTM_NEWROUTE && wanted && shadows(&r)
 		}
 		if m.Type == unix.RTM_DELROUTE {
 			return wanted && r.Metric == metricOf(r.Dst)
+		}
+		if wanted && w.direct {
+			return true // a direct peer wants no route on the device
 		}
 		return !wanted || !routeIsCanonical(&r)
 	case unix.RTM_NEWNEIGH, unix.RTM_DELNEIGH:
@@ -212,6 +225,9 @@ func (d *Device) eventDisagrees(m rtnl.Msg, idx int) bool {
 				return false
 			}
 			w := d.macs[f.MAC]
+			if w != nil && w.direct {
+				w = nil // a direct peer wants no FDB entry
+			}
 			if m.Type == unix.RTM_DELNEIGH {
 				return w != nil && f.Dst == w.public
 			}
@@ -222,6 +238,9 @@ func (d *Device) eventDisagrees(m rtnl.Msg, idx int) bool {
 		}
 		n, _ := rtnl.ParseNeigh(m.Body)
 		w := d.want[n.IP]
+		if w != nil && w.direct {
+			w = nil // a direct peer wants no neighbour
+		}
 		if m.Type == unix.RTM_DELNEIGH {
 			return w != nil
 		}

@@ -54,6 +54,16 @@ type Config struct {
 	// Subnet is this node's own subnet; the device gets its first address
 	// (for example 172.16.28.0/32).
 	Subnet netip.Prefix
+	// DirectRouting (flannel's Backend.DirectRouting) routes a peer whose
+	// PublicIP lies in one of OnLink, the uplink's own networks, straight
+	// to it: "<subnet> via <PublicIP> dev <uplink>", with no neighbour and
+	// no FDB entry; other peers stay on VXLAN.
+	DirectRouting bool
+	OnLink        []netip.Prefix
+	// Network is the overlay. With DirectRouting, weft's own routes on the
+	// uplink into it (RTPROT_BOOT, the peer metric) that no peer wants are
+	// removed: direct routes of peers that left while weftd was down.
+	Network netip.Prefix
 	// TxChecksum, when not nil, is the device's transmit checksum offload,
 	// kept like its MTU (see network.ChecksumPolicy); nil leaves it alone.
 	TxChecksum *bool

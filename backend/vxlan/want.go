@@ -18,6 +18,9 @@ type vals struct {
 	subnet netip.Prefix // masked; its address is the peer's VTEP address
 	public netip.Addr   // unmapped
 	mac    rtnl.MAC
+	// direct: routed straight to public on the uplink (DirectRouting),
+	// without neighbour and FDB entry.
+	direct bool
 }
 
 func (v vals) ok() bool { return v.subnet.IsValid() }
@@ -25,6 +28,7 @@ func (v vals) ok() bool { return v.subnet.IsValid() }
 // wantedPeer is one wanted peer, in Device.want under its VTEP address.
 type wantedPeer struct {
 	vals
+	uplink int // the uplink's index, for a direct peer's route
 	// Stamps of the Reconcile that found each entry right in the kernel.
 	routeOK, neighOK, fdbOK uint64
 }
@@ -94,11 +98,25 @@ func metricOf(p netip.Prefix) uint32 {
 // config and every lease in view; this is the backend's own guard, so that
 // no caller of Set can have it program an entry the rules refuse.
 func (d *Device) canonical(p *backend.Peer) (vals, error) {
-	self := rulebook.Self{Subnet: d.cfg.Subnet, PublicIP: d.cfg.Local, VtepMAC: d.cfg.MAC}
+	self := rulebook.Self{Subnet: d.cfg.Subnet, PublicIP: d.cfg.Local, VtepMAC: d.cfg.MAC, Underlay: d.cfg.OnLink}
 	if err := rulebook.Check(p, rulebook.Network{}, &self); err != nil {
 		return vals{}, err
 	}
-	return vals{subnet: p.Subnet, public: p.PublicIP.Unmap(), mac: rtnl.MAC(p.VtepMAC)}, nil
+	v := vals{subnet: p.Subnet, public: p.PublicIP.Unmap(), mac: rtnl.MAC(p.VtepMAC)}
+	v.direct = d.cfg.DirectRouting && d.onLink(v.public)
+	return v, nil
+}
+
+// onLink reports whether a is a plausible next hop on the uplink's link:
+// inside one of its networks, and neither that network's own address nor
+// (IPv4) its broadcast address, which the rulebook refused already.
+func (d *Device) onLink(a netip.Addr) bool {
+	for _, p := range d.cfg.OnLink {
+		if p.Contains(a) && p.Masked().Addr() != a {
+			return true
+		}
+	}
+	return false
 }
 
 // updateLocked makes peers the wanted set and returns what changed since the
@@ -154,7 +172,7 @@ func (d *Device) updateLocked(peers []backend.Peer) ([]change, error) {
 				errs = append(errs, e.err)
 				continue
 			}
-			e.w = &wantedPeer{vals: v}
+			e.w = &wantedPeer{vals: v, uplink: d.cfg.UplinkIndex}
 			d.want[v.subnet.Addr()] = e.w
 			d.macs[v.mac] = e.w
 			c.new = v
@@ -273,35 +291,71 @@ func (d *Device) planChanges(changes []change, ops *[rtnl.NumOpKinds][]rtnl.Op) 
 	}
 	for _, c := range changes {
 		o, n := c.old, c.new
+		// A peer on VXLAN has three entries, a direct one a route only.
+		// Every change adds (or replaces) before it removes: a peer moving
+		// to direct routing gets its direct route in place of the VXLAN
+		// one (one replace, same key) before its neighbour and FDB entry
+		// go; moving back, it gets them before the route is replaced.
+		oldVX, newVX := o.ok() && !o.direct, n.ok() && !n.direct
 		if n.ok() {
 			key := n.subnet.Addr()
-			if !o.ok() || o.mac != n.mac || o.public != n.public {
+			if newVX && (!oldVX || o.mac != n.mac || o.public != n.public) {
 				ops[rtnl.FDBSet] = append(ops[rtnl.FDBSet], rtnl.Op{Kind: rtnl.FDBSet, MAC: n.mac, IP: n.public})
 			}
-			if !o.ok() || o.mac != n.mac {
+			if newVX && (!oldVX || o.mac != n.mac || o.subnet.Addr() != key) {
 				ops[rtnl.NeighSet] = append(ops[rtnl.NeighSet], rtnl.Op{Kind: rtnl.NeighSet, IP: key, MAC: n.mac})
 			}
-			if !o.ok() || o.subnet != n.subnet {
-				ops[rtnl.RouteSet] = append(ops[rtnl.RouteSet], routeOp(n.subnet))
+			if !o.ok() || o.subnet != n.subnet || o.direct != n.direct || n.direct && o.public != n.public {
+				ops[rtnl.RouteSet] = append(ops[rtnl.RouteSet], d.routeOp(n))
 			}
 		}
 		if !o.ok() {
 			continue
 		}
 		if !n.ok() || o.subnet != n.subnet {
-			ops[rtnl.RouteDel] = append(ops[rtnl.RouteDel], rtnl.Op{Kind: rtnl.RouteDel, Dst: o.subnet, Metric: metricOf(o.subnet)})
+			del := rtnl.Op{Kind: rtnl.RouteDel, Dst: o.subnet, Metric: metricOf(o.subnet)}
+			if o.direct {
+				del.OIF = d.cfg.UplinkIndex
+			}
+			ops[rtnl.RouteDel] = append(ops[rtnl.RouteDel], del)
+		}
+		if !oldVX {
+			continue
 		}
 		// The old neighbour goes unless another peer now has that subnet
 		// address (a subnet of another length): its neighSet rewrote it.
-		if !n.ok() && d.want[o.subnet.Addr()] == nil {
+		if (!newVX || o.subnet.Addr() != n.subnet.Addr()) && !d.wantsNeigh(o.subnet.Addr()) {
 			ops[rtnl.NeighDel] = append(ops[rtnl.NeighDel], rtnl.Op{Kind: rtnl.NeighDel, IP: o.subnet.Addr()})
 		}
 		// The old MAC's FDB entry goes unless another peer now has that
-		// MAC: then that peer's replacement rewrites it.
-		if (!n.ok() || o.mac != n.mac) && d.macs[o.mac] == nil {
+		// MAC on VXLAN: then that peer's replacement rewrites it.
+		if (!newVX || o.mac != n.mac) && !d.wantsFDB(o.mac) {
 			ops[rtnl.FDBDel] = append(ops[rtnl.FDBDel], rtnl.Op{Kind: rtnl.FDBDel, MAC: o.mac, IP: o.public})
 		}
 	}
+}
+
+// wantsNeigh and wantsFDB report whether a wanted peer on VXLAN has the
+// neighbour at a or the FDB entry of m.
+func (d *Device) wantsNeigh(a netip.Addr) bool {
+	w := d.want[a]
+	return w != nil && !w.direct
+}
+
+func (d *Device) wantsFDB(m rtnl.MAC) bool {
+	w := d.macs[m]
+	return w != nil && !w.direct
+}
+
+// routeOp is the route to peer v: over VXLAN "dst via <its .0> dev
+// <device> onlink metric <metricOf(dst)>", or with DirectRouting "dst via
+// <PublicIP> dev <uplink> metric <metricOf(dst)>". Both have the same key
+// (destination, metric), so one replaces the other in one step.
+func (d *Device) routeOp(v vals) rtnl.Op {
+	if v.direct {
+		return rtnl.Op{Kind: rtnl.RouteSet, Dst: v.subnet, IP: v.public, Metric: metricOf(v.subnet), OIF: d.cfg.UplinkIndex}
+	}
+	return routeOp(v.subnet)
 }
 
 // routeOp is the route to a peer subnet: "dst via <its .0> dev <device>
