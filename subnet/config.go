@@ -65,6 +65,9 @@ type BackendConfig struct {
 	VNI  uint32 // 1..16777215
 	Port uint16 // UDP destination port
 	MTU  int    // 0 = derive from the underlay device
+	// DirectRouting routes peers on the same underlay network straight to
+	// their PublicIP instead of through VXLAN (flannel's field).
+	DirectRouting bool
 }
 
 // rawConfig is the wire form. Fields are raw so that each one can be parsed
@@ -85,10 +88,11 @@ type rawConfig struct {
 }
 
 type rawBackend struct {
-	Type json.RawMessage
-	VNI  json.RawMessage
-	Port json.RawMessage
-	MTU  json.RawMessage
+	Type          json.RawMessage
+	VNI           json.RawMessage
+	Port          json.RawMessage
+	MTU           json.RawMessage
+	DirectRouting json.RawMessage
 }
 
 func present(m json.RawMessage) bool { return len(m) > 0 && !bytes.Equal(m, []byte("null")) }
@@ -373,6 +377,13 @@ func parseBackend(raw json.RawMessage) (BackendConfig, error) {
 		}
 		b.MTU = int(n)
 	}
+	if present(rb.DirectRouting) {
+		v, err := parseBool("Backend.DirectRouting", rb.DirectRouting)
+		if err != nil {
+			return b, err
+		}
+		b.DirectRouting = v
+	}
 	return b, nil
 }
 
@@ -380,10 +391,11 @@ func parseBackend(raw json.RawMessage) (BackendConfig, error) {
 // that ParseConfig(c.JSON()) == c.
 func (c Config) JSON() []byte {
 	type backend struct {
-		Type string
-		VNI  uint32
-		Port uint16
-		MTU  int `json:",omitempty"`
+		Type          string
+		VNI           uint32
+		Port          uint16
+		MTU           int  `json:",omitempty"`
+		DirectRouting bool `json:",omitempty"`
 	}
 	type out struct {
 		EnableIPv4    *bool  `json:",omitempty"`
@@ -398,7 +410,7 @@ func (c Config) JSON() []byte {
 		IPv6SubnetMax string `json:",omitempty"`
 		Backend       backend
 	}
-	o := out{Backend: backend{c.Backend.Type, c.Backend.VNI, c.Backend.Port, c.Backend.MTU}}
+	o := out{Backend: backend{c.Backend.Type, c.Backend.VNI, c.Backend.Port, c.Backend.MTU, c.Backend.DirectRouting}}
 	v4, v6 := c.first(), c.IPv6
 	if c.Network.Addr().Is6() {
 		f := false

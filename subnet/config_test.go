@@ -30,12 +30,12 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.SubnetLen != 28 || c.SubnetMin != netip.MustParseAddr("10.0.0.16") || c.SubnetMax != netip.MustParseAddr("10.0.0.48") ||
-		c.Backend != (BackendConfig{"vxlan", 7, 4789, 1400}) {
+		c.Backend != (BackendConfig{"vxlan", 7, 4789, 1400, false}) {
 		t.Fatalf("got %+v", c)
 	}
 	// No Backend at all: vxlan defaults (flannel would pick udp).
 	c, err = ParseConfig([]byte(`{"Network":"10.0.0.0/16"}`))
-	if err != nil || c.Backend != (BackendConfig{"vxlan", 1, 8472, 0}) {
+	if err != nil || c.Backend != (BackendConfig{"vxlan", 1, 8472, 0, false}) {
 		t.Fatalf("got %+v %v", c, err)
 	}
 }
@@ -132,6 +132,20 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("round trip of %+v: %+v %v", c, c2, err)
 		}
 	})
+}
+
+func TestParseConfigDirectRouting(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"Network":"172.16.0.0/12","Backend":{"Type":"vxlan","DirectRouting":true}}`))
+	if err != nil || !c.Backend.DirectRouting {
+		t.Fatalf("%+v, %v", c, err)
+	}
+	if c2, err := ParseConfig(c.JSON()); err != nil || c2 != c {
+		t.Errorf("round trip: %+v, %v", c2, err)
+	}
+	if _, err := ParseConfig([]byte(`{"Network":"172.16.0.0/12","Backend":{"DirectRouting":"yes"}}`)); err == nil ||
+		!strings.Contains(err.Error(), `Backend.DirectRouting "yes": must be true or false`) {
+		t.Errorf("bad DirectRouting: %v", err)
+	}
 }
 
 // Dual-stack and IPv6-only configs, with flannel's IPv6 defaults.

@@ -121,6 +121,16 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 	}
 	log.Info("tx checksum offload of the VXLAN devices", "on", txOn, "why", why)
 	newDevice := func(local netip.Addr, mac net.HardwareAddr, own netip.Prefix) (network.Dataplane, error) {
+		overlay := cfg.Network
+		if local.Is6() && cfg.Dual() {
+			overlay = cfg.IPv6.Network
+		}
+		var onLink []netip.Prefix
+		for _, p := range up.Networks {
+			if p.Addr().Is6() == local.Is6() {
+				onLink = append(onLink, p)
+			}
+		}
 		return newVXLAN(vxlan.Config{
 			Name:        vxlan.DefaultName(vni, local.Is6()),
 			VNI:         vni,
@@ -131,6 +141,10 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 			MAC:         mac,
 			Subnet:      own,
 			TxChecksum:  &txOn,
+
+			DirectRouting: cfg.Backend.DirectRouting,
+			OnLink:        onLink,
+			Network:       overlay,
 		}, log, promReg)
 	}
 
