@@ -69,6 +69,7 @@ type NodeConfig struct {
 	Config     subnet.Config
 	PublicIP   netip.Addr
 	Underlay   []netip.Prefix // the uplink's networks; no peer may sit on them
+	UplinkName string         // the uplink, for DirectRouting's rules
 	Avoid      []netip.Prefix // addresses and routes of this host weft did not make
 	LeaseTTL   time.Duration
 	SubnetFile string
@@ -563,6 +564,9 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, er
 		}
 	}
 	rc := RulesConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(), IPMasq: n.cfg.IPMasq, SkipForward: n.cfg.SkipForward}
+	if n.cfg.Config.Backend.DirectRouting {
+		rc.Uplink, rc.Underlay = n.cfg.UplinkName, n.cfg.Underlay
+	}
 	rules, err := n.newRules(rc, dp, l)
 	if err == nil {
 		_, err = rules.Ensure()

@@ -214,7 +214,11 @@ func describe(l netlink.Link, publicIP, publicIP6 string) (Uplink, error) {
 // did not make, which no subnet of the node's may overlap. Links named in skip
 // (flannel.<VNI>) are weft's own. Default routes are left out: they overlap
 // everything and say nothing about where containers may live.
-func HostPrefixes(skip ...string) ([]netip.Prefix, error) {
+func HostPrefixes(skip ...string) ([]netip.Prefix, error) { return HostPrefixesExcept(nil, skip...) }
+
+// HostPrefixesExcept is HostPrefixes leaving out also the routes weft
+// recognises as weft's (DirectRouting's routes through the uplink).
+func HostPrefixesExcept(weft func(dst netip.Prefix, proto, metric int) bool, skip ...string) ([]netip.Prefix, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("listing interfaces: %w", err)
@@ -251,7 +255,11 @@ func HostPrefixes(skip ...string) ([]netip.Prefix, error) {
 		if !ok || ones == 0 {
 			continue
 		}
-		out = append(out, netip.PrefixFrom(p.Unmap(), ones).Masked())
+		dst := netip.PrefixFrom(p.Unmap(), ones).Masked()
+		if weft != nil && weft(dst, int(r.Protocol), r.Priority) {
+			continue
+		}
+		out = append(out, dst)
 	}
 	return out, nil
 }

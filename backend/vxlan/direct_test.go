@@ -141,3 +141,38 @@ func TestDirectRoutingHostile(t *testing.T) {
 		t.Errorf("a hostile PublicIP became a next hop:\n%s", got)
 	}
 }
+
+// A restart with DirectRouting turned on adopts nothing of the VXLAN
+// entries of an on-link peer: its route is replaced by the direct one,
+// its neighbour and FDB entry removed.
+func TestDirectRoutingTurnedOnAtRestart(t *testing.T) {
+	f := newFakeNL()
+	ctx := context.Background()
+	vx, err := New(testConfig(), testLogger(t), withNL(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vx.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := vx.Set(ctx, []backend.Peer{peer(2)}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(directConfig(), testLogger(t), withNL(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.takeOps()
+	if err := d.Set(ctx, []backend.Peer{peer(2)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.entries(), "ip route add 172.16.2.0/24 via 172.17.42.2 dev eth0 metric 4099"; got != want {
+		t.Errorf("entries:\n%s\nwant:\n%s", got, want)
+	}
+	if ops := f.takeOps(); len(ops) == 0 || !strings.HasPrefix(ops[0], "route replace 172.16.2.0/24 via 172.17.42.2") {
+		t.Errorf("ops %q: the direct route must come first", ops)
+	}
+}

@@ -68,7 +68,7 @@ func (d *Device) compareLocked(ops *[rtnl.NumOpKinds][]rtnl.Op) (st stamps, err 
 				return
 			}
 			switch {
-			case wanted && routeIsCanonical(r):
+			case wanted && !w.direct && routeIsCanonical(r):
 				w.routeOK = stamp
 			case wanted && r.Metric == metricOf(r.Dst) && r.TOS == 0:
 				// Our route's key: the replacement overwrites it.
@@ -171,11 +171,12 @@ func routeIsCanonical(r *rtnl.Route) bool {
 
 // directRoute reports whether r, a route through the uplink, is one weft
 // makes with DirectRouting: its protocol and the peer metric of its
-// destination, a gateway, into the overlay, nothing else set. Only with
-// DirectRouting on and a Network known: otherwise no route on the uplink is
-// ever taken for weft's.
+// destination, a gateway, into the overlay, nothing else set. Only with a
+// Network known (otherwise no route on the uplink is ever taken for
+// weft's); with DirectRouting off too, so that the direct routes of a run
+// with it on are replaced or removed, not left behind.
 func (d *Device) directRoute(r *rtnl.Route) bool {
-	return d.cfg.DirectRouting && d.cfg.Network.IsValid() && d.cfg.Network.Contains(r.Dst.Addr()) && r.Dst.Bits() >= d.cfg.Network.Bits() &&
+	return d.cfg.Network.IsValid() && d.cfg.Network.Contains(r.Dst.Addr()) && r.Dst.Bits() >= d.cfg.Network.Bits() &&
 		r.GW.IsValid() && r.Metric == metricOf(r.Dst) && !r.Onlink &&
 		r.Proto == rtnl.RouteProtocol && r.Scope == unix.RT_SCOPE_UNIVERSE && r.Type == unix.RTN_UNICAST &&
 		r.TOS == 0 && r.NHID == 0 && !r.Other

@@ -194,7 +194,7 @@ func (d *Device) eventDisagrees(m rtnl.Msg, idx int) bool {
 		}
 		w := d.want[r.Dst.Addr()]
 		wanted := w != nil && w.subnet == r.Dst
-		if d.cfg.DirectRouting && (wanted && w.direct || d.directRoute(&r)) && rtnl.RouteUsesDevice(m.Body, d.cfg.UplinkIndex) {
+		if (wanted && w.direct || d.directRoute(&r)) && rtnl.RouteUsesDevice(m.Body, d.cfg.UplinkIndex) {
 			right := wanted && w.direct && d.directRoute(&r) && r.GW == w.public
 			if m.Type == unix.RTM_DELROUTE {
 				return right

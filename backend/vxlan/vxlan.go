@@ -60,9 +60,10 @@ type Config struct {
 	// no FDB entry; other peers stay on VXLAN.
 	DirectRouting bool
 	OnLink        []netip.Prefix
-	// Network is the overlay. With DirectRouting, weft's own routes on the
-	// uplink into it (RTPROT_BOOT, the peer metric) that no peer wants are
-	// removed: direct routes of peers that left while weftd was down.
+	// Network is the overlay. weft's own direct routes on the uplink into
+	// it (RTPROT_BOOT, the peer metric) that no peer wants are removed:
+	// those of peers that left while weftd was down, or of a run with
+	// DirectRouting on when it is now off. Zero: none is ever removed.
 	Network netip.Prefix
 	// TxChecksum, when not nil, is the device's transmit checksum offload,
 	// kept like its MTU (see network.ChecksumPolicy); nil leaves it alone.

@@ -65,6 +65,17 @@ type change struct {
 	in, at   int
 }
 
+// PeerMetric is the metric of weft's route to peer subnet p (see metricOf).
+func PeerMetric(p netip.Prefix) uint32 { return metricOf(p) }
+
+// IsDirectRoute reports whether a route to dst with protocol proto and
+// metric is one a Device makes with DirectRouting for a peer in network:
+// the host's other routes are judged without it.
+func IsDirectRoute(network, dst netip.Prefix, proto, metric int) bool {
+	return network.IsValid() && network.Contains(dst.Addr()) && dst.Bits() >= network.Bits() &&
+		proto == rtnl.RouteProtocol && metric == int(metricOf(dst))
+}
+
 // metricOf is the route metric of a peer subnet: one more than the low 16
 // bits of the subnet's number (its address shifted right by its host bits).
 // 172.16.78.0/24 is /24 number 0xAC104E, so its metric is 0x104E+1 = 4175.

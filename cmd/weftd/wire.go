@@ -99,7 +99,11 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		cli.Close()
 		return nil, err
 	}
-	avoid, err := network.HostPrefixes(fam.devices...)
+	ours := func(dst netip.Prefix, proto, metric int) bool {
+		return (vxlan.IsDirectRoute(cfg.Network, dst, proto, metric) ||
+			cfg.Dual() && vxlan.IsDirectRoute(cfg.IPv6.Network, dst, proto, metric))
+	}
+	avoid, err := network.HostPrefixesExcept(ours, fam.devices...)
 	if err != nil {
 		cli.Close()
 		return nil, err
@@ -152,6 +156,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		Config:         cfg,
 		PublicIP:       fam.publicIP,
 		Underlay:       up.Networks,
+		UplinkName:     up.Name,
 		Avoid:          avoid,
 		LeaseTTL:       o.leaseTTL,
 		SubnetFile:     o.subnetFile,
@@ -194,7 +199,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		},
 		VXLANPort:    cfg.Backend.Port,
 		AllowVXLAN:   o.vxlanAllowNets,
-		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixes(fam.devices...) },
+		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixesExcept(ours, fam.devices...) },
 		Log:          log,
 		Metrics:      network.NewMetrics(promReg),
 	})
