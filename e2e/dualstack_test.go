@@ -274,6 +274,14 @@ func TestDualStack(t *testing.T) {
 		t.Errorf("flannel-v6.1:\n%s", out)
 	}
 	pingAll(t, ctx, pods, pods)
+	// The VXLAN ingress filter's IPv6 twin admits the peers' PublicIPv6.
+	if out, err := n1.Run(ctx, "nft", "list", "set", "inet", "weft", "peers6"); err != nil ||
+		!strings.Contains(out, "fd00:17::32") || !strings.Contains(out, "fd00:17::33") || strings.Contains(out, "fd00:17::31") {
+		t.Errorf("node1's peers6 set: %v\n%s", err, out)
+	}
+	if out, _ := n1.Run(ctx, "nft", "list", "chain", "inet", "weft", "input"); !strings.Contains(out, "ip6 saddr != @peers6 udp dport 8472") {
+		t.Errorf("node1's input chain lacks the IPv6 peer check:\n%s", out)
+	}
 	// The masquerade and forward rules have ip6tables twins for the IPv6 subnet.
 	env1 := n1.waitSubnetFile(time.Second)
 	if out, err := n1.Run(ctx, "ip6tables-save"); err != nil || !strings.Contains(out, "-A WEFT-POSTRTG -s "+env1.Subnet6.Masked().String()) ||
@@ -339,4 +347,7 @@ func TestIPv6Only(t *testing.T) {
 		t.Errorf("flannel-v6.1:\n%s", out)
 	}
 	pingAll(t, ctx, pods, pods)
+	if out, err := n1.Run(ctx, "nft", "list", "set", "inet", "weft", "peers6"); err != nil || !strings.Contains(out, "fd00:17::32") {
+		t.Errorf("node1's peers6 set: %v\n%s", err, out)
+	}
 }

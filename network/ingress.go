@@ -53,6 +53,7 @@ import (
 const (
 	ingressTable = "weft"
 	peersSet     = "peers"
+	peers6Set    = "peers6" // the IPv6 twin, in dual-stack and IPv6-only networks
 	// Counter names; they become weft_dropped_packets_total{reason}.
 	dropFromContainers = "from_containers"
 	dropNotAPeer       = "not_a_peer"
@@ -61,9 +62,14 @@ const (
 
 // IngressConfig is the desired state of the filter.
 type IngressConfig struct {
-	Network netip.Prefix   // the whole overlay
+	Network netip.Prefix   // the whole overlay (IPv4, or IPv6 in an IPv6-only network)
 	Subnet  netip.Prefix   // this node's containers
-	Device  string         // flannel.<VNI>
+	Device  string         // flannel.<VNI>, or flannel-v6.<VNI> in an IPv6-only network
+	// Network6, Subnet6 and Device6 are a dual-stack node's IPv6 twin: the
+	// same rules for ip6 packets, with the peers' PublicIPv6 in set peers6.
+	Network6 netip.Prefix
+	Subnet6  netip.Prefix
+	Device6  string
 	Port    uint16         // the VXLAN UDP port
 	Allow   []netip.Prefix // --vxlan-allow-cidr
 	// NetNSFd, when not 0, makes the filter live in that network namespace
@@ -92,28 +98,53 @@ type Ingress struct {
 }
 
 type admitted struct {
-	subnet netip.Prefix
-	ip     netip.Addr
+	subnet  netip.Prefix
+	ip, ip6 netip.Addr // PublicIP (either family), a dual-stack peer's PublicIPv6
 }
+
+// family is one address family's share of the filter.
+type family struct {
+	network, subnet netip.Prefix
+	device          string
+	v6              bool
+}
+
+// families lists the filter's families: the first, and a dual-stack IPv6 one.
+func (c IngressConfig) families() []family {
+	fs := []family{{c.Network, c.Subnet, c.Device, c.Subnet.Addr().Is6()}}
+	if c.Subnet6.IsValid() {
+		fs = append(fs, family{c.Network6, c.Subnet6, c.Device6, true})
+	}
+	return fs
+}
+
+// hasV6 reports whether the filter has an IPv6 family (and set peers6).
+func (c IngressConfig) hasV6() bool { return c.Subnet.Addr().Is6() || c.Subnet6.IsValid() }
 
 // NewIngress returns the filter for cfg; it changes nothing in the kernel
 // until Ensure or Admit.
 func NewIngress(cfg IngressConfig, log *slog.Logger) (*Ingress, error) {
-	if !cfg.Network.IsValid() || !cfg.Subnet.IsValid() || !cfg.Subnet.Addr().Is4() {
-		return nil, fmt.Errorf("ingress filter needs an IPv4 Network and Subnet, have %v and %v", cfg.Network, cfg.Subnet)
+	if !cfg.Network.IsValid() || !cfg.Subnet.IsValid() || cfg.Subnet.Addr().Is4() != cfg.Network.Addr().Is4() {
+		return nil, fmt.Errorf("ingress filter needs a Network and a Subnet of one family, have %v and %v", cfg.Network, cfg.Subnet)
 	}
-	if cfg.Device == "" || len(cfg.Device) >= unix.IFNAMSIZ {
-		return nil, fmt.Errorf("ingress filter: device name %q is not a valid interface name", cfg.Device)
+	if cfg.Subnet6.IsValid() && (!cfg.Subnet6.Addr().Is6() || !cfg.Network6.Addr().Is6() || cfg.Subnet.Addr().Is6()) {
+		return nil, fmt.Errorf("ingress filter: the IPv6 twin needs an IPv4 first family and IPv6 Network6 and Subnet6, have %v and %v", cfg.Network6, cfg.Subnet6)
+	}
+	for _, f := range cfg.families() {
+		if f.device == "" || len(f.device) >= unix.IFNAMSIZ {
+			return nil, fmt.Errorf("ingress filter: device name %q is not a valid interface name", f.device)
+		}
 	}
 	if cfg.Port == 0 {
 		return nil, errors.New("ingress filter: no VXLAN port")
 	}
 	for _, a := range cfg.Allow {
-		if !a.IsValid() || !a.Addr().Is4() {
-			return nil, fmt.Errorf("--vxlan-allow-cidr %v: not an IPv4 prefix", a)
+		if !a.IsValid() || a.Addr().Is4In6() || a.Addr().Zone() != "" {
+			return nil, fmt.Errorf("--vxlan-allow-cidr %v: not an IPv4 or IPv6 prefix", a)
 		}
 	}
 	cfg.Network, cfg.Subnet = cfg.Network.Masked(), cfg.Subnet.Masked()
+	cfg.Network6, cfg.Subnet6 = cfg.Network6.Masked(), cfg.Subnet6.Masked()
 	opts := []nftables.ConnOption{nftables.AsLasting()}
 	if cfg.NetNSFd != 0 {
 		opts = append(opts, nftables.WithNetNSFd(cfg.NetNSFd))
@@ -152,7 +183,11 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 	var add, gone []netip.Addr
 	next := make([]admitted, 0, len(peers))
 	for i := range peers {
-		next = append(next, admitted{peers[i].Subnet, peers[i].PublicIP.Unmap()})
+		a := admitted{subnet: peers[i].Subnet, ip: peers[i].PublicIP.Unmap()}
+		if g.cfg.Subnet6.IsValid() {
+			a.ip6 = peers[i].PublicIP6
+		}
+		next = append(next, a)
 	}
 	if !slices.IsSortedFunc(next, byAdmittedSubnet) {
 		slices.SortFunc(next, byAdmittedSubnet)
@@ -169,14 +204,20 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 		switch {
 		case c < 0:
 			add = g.ref(add, next[i].ip, 1)
+			add = g.ref(add, next[i].ip6, 1)
 			i++
 		case c > 0:
 			gone = g.ref(gone, g.last[j].ip, -1)
+			gone = g.ref(gone, g.last[j].ip6, -1)
 			j++
 		default:
 			if next[i].ip != g.last[j].ip {
 				add = g.ref(add, next[i].ip, 1)
 				gone = g.ref(gone, g.last[j].ip, -1)
+			}
+			if next[i].ip6 != g.last[j].ip6 {
+				add = g.ref(add, next[i].ip6, 1)
+				gone = g.ref(gone, g.last[j].ip6, -1)
 			}
 			i, j = i+1, j+1
 		}
@@ -184,11 +225,12 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 	g.last = next
 	if !g.admitted {
 		g.admitted = true
-		_, s := g.names()
-		if elems, err := g.conn.GetSetElements(s); err == nil {
-			for _, e := range elems {
-				if a, ok := netip.AddrFromSlice(e.Key); ok && g.refs[a] == 0 {
-					gone = append(gone, a)
+		for _, s := range g.sets() {
+			if elems, err := g.conn.GetSetElements(s); err == nil {
+				for _, e := range elems {
+					if a, ok := netip.AddrFromSlice(e.Key); ok && g.refs[a] == 0 {
+						gone = append(gone, a)
+					}
 				}
 			}
 		}
@@ -217,7 +259,7 @@ func byAdmittedSubnet(a, b admitted) int { return a.subnet.Addr().Compare(b.subn
 
 // ref changes a's count by d and appends it to list when it crosses zero.
 func (g *Ingress) ref(list []netip.Addr, a netip.Addr, d int) []netip.Addr {
-	if !a.Is4() {
+	if !a.IsValid() || a.Is6() && !g.cfg.hasV6() {
 		return list
 	}
 	n := g.refs[a] + d
@@ -236,16 +278,27 @@ func (g *Ingress) ref(list []netip.Addr, a netip.Addr, d int) []netip.Addr {
 // that is missing (flushed by someone) is rebuilt whole instead.
 func (g *Ingress) elementsLocked(addrs []netip.Addr, add bool) error {
 	t, s := g.names()
-	elems := make([]nftables.SetElement, len(addrs))
-	for i, a := range addrs {
-		b := a.As4()
-		elems[i] = nftables.SetElement{Key: b[:]}
+	var elems, elems6 []nftables.SetElement
+	for _, a := range addrs {
+		if a.Is4() {
+			elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+		} else {
+			elems6 = append(elems6, nftables.SetElement{Key: a.AsSlice()})
+		}
 	}
 	var err error
-	if add {
-		err = g.conn.SetAddElements(s, elems)
-	} else {
-		err = g.conn.SetDeleteElements(s, elems)
+	for _, p := range []struct {
+		set   *nftables.Set
+		elems []nftables.SetElement
+	}{{s, elems}, {g.set6(t), elems6}} {
+		if len(p.elems) == 0 || err != nil {
+			continue
+		}
+		if add {
+			err = g.conn.SetAddElements(p.set, p.elems)
+		} else {
+			err = g.conn.SetDeleteElements(p.set, p.elems)
+		}
 	}
 	if err == nil {
 		err = g.conn.Flush()
@@ -262,6 +315,20 @@ func (g *Ingress) elementsLocked(addrs []netip.Addr, add bool) error {
 func (g *Ingress) names() (*nftables.Table, *nftables.Set) {
 	t := &nftables.Table{Name: ingressTable, Family: nftables.TableFamilyINet}
 	return t, &nftables.Set{Table: t, Name: peersSet, KeyType: nftables.TypeIPAddr}
+}
+
+// set6 is the IPv6 peers' set.
+func (g *Ingress) set6(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: peers6Set, KeyType: nftables.TypeIP6Addr}
+}
+
+// sets are the peer sets the filter has: peers, and peers6 with IPv6.
+func (g *Ingress) sets() []*nftables.Set {
+	t, s := g.names()
+	if g.cfg.hasV6() {
+		return []*nftables.Set{s, g.set6(t)}
+	}
+	return []*nftables.Set{s}
 }
 
 // Ensure checks the table against the configuration and the admitted peers,
@@ -288,7 +355,7 @@ func (g *Ingress) intactLocked() bool {
 	if err != nil {
 		return false
 	}
-	want := g.chains(t, s)
+	want := g.chains(t, s, g.set6(t))
 	found := 0
 	for _, c := range chains {
 		if c.Table.Name != ingressTable {
@@ -316,9 +383,14 @@ func (g *Ingress) intactLocked() bool {
 	if err != nil || len(objs) != len(counterNames) {
 		return false
 	}
-	elems, err := g.conn.GetSetElements(s)
-	if err != nil {
-		return false
+	_ = s
+	var elems []nftables.SetElement
+	for _, set := range g.sets() {
+		e, err := g.conn.GetSetElements(set)
+		if err != nil {
+			return false
+		}
+		elems = append(elems, e...)
 	}
 	if !g.admitted {
 		return true // the elements are adopted as they are until the first Admit
@@ -342,15 +414,22 @@ var counterNames = []string{dropFromContainers, dropNotAPeer, dropInnerSource}
 // follows succeed whether or not it existed.
 func (g *Ingress) rebuildLocked() error {
 	t, s := g.names()
-	elems := make([]nftables.SetElement, 0, len(g.refs))
+	s6 := g.set6(t)
+	var elems, elems6 []nftables.SetElement
 	for a := range g.refs {
-		b := a.As4()
-		elems = append(elems, nftables.SetElement{Key: b[:]})
+		if a.Is4() {
+			elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+		} else {
+			elems6 = append(elems6, nftables.SetElement{Key: a.AsSlice()})
+		}
 	}
 	if !g.admitted {
-		// Before the first Admit, keep what the set holds (a restart).
+		// Before the first Admit, keep what the sets hold (a restart).
 		if old, err := g.conn.GetSetElements(s); err == nil {
 			elems = append(elems, old...)
+		}
+		if old, err := g.conn.GetSetElements(s6); err == nil && g.cfg.hasV6() {
+			elems6 = append(elems6, old...)
 		}
 	}
 	g.conn.AddTable(t)
@@ -359,11 +438,16 @@ func (g *Ingress) rebuildLocked() error {
 	if err := g.conn.AddSet(s, elems); err != nil {
 		return fmt.Errorf("adding set %s: %w", peersSet, err)
 	}
+	if g.cfg.hasV6() {
+		if err := g.conn.AddSet(s6, elems6); err != nil {
+			return fmt.Errorf("adding set %s: %w", peers6Set, err)
+		}
+	}
 	for _, name := range counterNames {
 		g.conn.AddObj(&nftables.CounterObj{Table: t, Name: name})
 	}
 	for _, name := range []string{"prerouting", "input", "forward"} {
-		c := g.chains(t, s)[name]
+		c := g.chains(t, s, s6)[name]
 		g.conn.AddChain(c.chain)
 		for _, r := range c.rules {
 			g.conn.AddRule(r)

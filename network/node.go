@@ -550,11 +550,13 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, er
 	}
 	n.log.Info("VXLAN device ready", "device", dp.Name(), "how", how, "mtu", dp.MTU())
 	var g IngressFilter
-	if n.cfg.NewIngress != nil && !n.cfg.Config.Network.Addr().Is4() {
-		n.log.Warn("no VXLAN ingress filter in an IPv6-only network: weft's filter is IPv4-only so far")
-	} else if n.cfg.NewIngress != nil {
-		g, err = n.cfg.NewIngress(IngressConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(),
-			Port: n.cfg.VXLANPort, Allow: n.cfg.AllowVXLAN})
+	if n.cfg.NewIngress != nil {
+		ic := IngressConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(),
+			Port: n.cfg.VXLANPort, Allow: n.cfg.AllowVXLAN}
+		if ds, ok := dp.(interface{ Name6() string }); ok && l.Subnet6.IsValid() {
+			ic.Network6, ic.Subnet6, ic.Device6 = n.cfg.Config.IPv6.Network, l.Subnet6, ds.Name6()
+		}
+		g, err = n.cfg.NewIngress(ic)
 		if err != nil {
 			return nil, fmt.Errorf("setting up the VXLAN ingress filter: %w", err)
 		}
