@@ -62,16 +62,16 @@ const (
 
 // IngressConfig is the desired state of the filter.
 type IngressConfig struct {
-	Network netip.Prefix   // the whole overlay (IPv4, or IPv6 in an IPv6-only network)
-	Subnet  netip.Prefix   // this node's containers
-	Device  string         // flannel.<VNI>, or flannel-v6.<VNI> in an IPv6-only network
+	Network netip.Prefix // the whole overlay (IPv4, or IPv6 in an IPv6-only network)
+	Subnet  netip.Prefix // this node's containers
+	Device  string       // flannel.<VNI>, or flannel-v6.<VNI> in an IPv6-only network
 	// Network6, Subnet6 and Device6 are a dual-stack node's IPv6 twin: the
 	// same rules for ip6 packets, with the peers' PublicIPv6 in set peers6.
 	Network6 netip.Prefix
 	Subnet6  netip.Prefix
 	Device6  string
-	Port    uint16         // the VXLAN UDP port
-	Allow   []netip.Prefix // --vxlan-allow-cidr
+	Port     uint16         // the VXLAN UDP port
+	Allow    []netip.Prefix // --vxlan-allow-cidr
 	// NetNSFd, when not 0, makes the filter live in that network namespace
 	// (tests); weftd uses its own.
 	NetNSFd int
