@@ -20,7 +20,7 @@ DEB_PACKAGES := iproute2 iptables nftables etcd-server etcd-client iputils-ping 
 	containernetworking-plugins podman runc busybox-static ethtool
 
 # Packages whose tests never need root; they also run under the race detector.
-UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./cmd/... ./internal/etcdconn/...
+UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./service/... ./cmd/... ./internal/etcdconn/...
 
 .PHONY: all build deps demo test test-unit test-kernel e2e bench fuzz vet clean
 
@@ -46,7 +46,7 @@ demo: deps build
 # and the end-to-end suite on a namespace cluster with a real etcd.
 test: deps build vet
 	WEFT_REQUIRE_ETCD=1 $(GO) test -race -count=1 $(UNIT_PKGS)
-	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./internal/cluster/...
+	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./proxy/... ./internal/cluster/...
 	WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 ./cni/...
 	WEFT_REQUIRE_ETCD=1 WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 -timeout 20m ./e2e/...
 
@@ -81,6 +81,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePing$$' -fuzztime $(FUZZTIME) ./internal/cluster/
 	$(GO) test -run '^$$' -fuzz '^FuzzSubnetEnv$$' -fuzztime $(FUZZTIME) ./cni/
 	$(GO) test -run '^$$' -fuzz '^FuzzConf$$' -fuzztime $(FUZZTIME) ./cni/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseObjects$$' -fuzztime $(FUZZTIME) ./service/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseNetworkConfig$$' -fuzztime $(FUZZTIME) ./service/
 
 clean:
 	rm -rf $(BIN)

@@ -149,7 +149,9 @@ func TestEtcdRoles(t *testing.T) {
 		}
 		before := kvAt(t, root, prefix+"/config")
 		weftctl := filepath.Join(e.bin, "weftctl")
-		set := []string{weftctl, "config", "set", netConfig}
+		// A config that differs from the stored one (an equal one is no
+		// write at all), forced past the compare-and-swap's question.
+		set := []string{weftctl, "config", "set", "--force", `{"Network":"172.16.0.0/12","SubnetMax":"172.31.254.0","Backend":{"Type":"vxlan"}}`}
 		out, err := e.master.Run(ctx, append(set, tlsArgs("weft-node", nodeFile)...)...)
 		if err == nil || !strings.Contains(out, "permission denied") {
 			t.Errorf("weftctl config set as weft-node: %v\n%s\nwant it refused with permission denied", err, out)

@@ -437,7 +437,7 @@ func TestHoldTakesOverPreviousSubnetAfterAddressChange(t *testing.T) {
 
 	// A reservation names its owner; subnet.env elsewhere does not override it.
 	res := netip.MustParsePrefix("172.16.99.0/24")
-	if _, err := cli.Put(context.Background(), fastRegistry(t, cli).SubnetKey(res), val("172.17.0.77", mac1, 1)); err != nil {
+	if _, err := cli.Put(context.Background(), fastRegistry(t, cli).SubnetKey(res), val("172.17.0.77", macFor("172.17.0.77"), 1)); err != nil {
 		t.Fatal(err)
 	}
 	other := node(52, cfg)

@@ -40,7 +40,7 @@ func TestRangeAllPagesAndCapsValues(t *testing.T) {
 	want := map[string]int{} // key -> value size
 	for i := range 40 {
 		k := fmt.Sprintf("%s172.16.%d.0-24", r.subnetsPrefix(), i)
-		v := val("172.17.0.1", mac1, 1)
+		v := val("172.17.0.1", macFor("172.17.0.1"), 1)
 		if i%4 == 0 {
 			v = big
 		}
@@ -111,7 +111,7 @@ func TestWatchPeersSurvivesResponseOverLimit(t *testing.T) {
 	writer := e.Client(t)
 	r := fastRegistry(t, limitedClient(t, e, 1<<20))
 	w := startWatch(t, r, PeerFilter{Config: mustConfig(t, testNet)})
-	if _, err := writer.Put(ctx, r.subnetsPrefix()+"172.16.1.0-24", val("172.17.0.1", mac1, 1)); err != nil {
+	if _, err := writer.Put(ctx, r.subnetsPrefix()+"172.16.1.0-24", val("172.17.0.1", macFor("172.17.0.1"), 1)); err != nil {
 		t.Fatal(err)
 	}
 	w.waitPeers(t, "172.16.1.0/24 172.17.0.1\n")
@@ -124,7 +124,7 @@ func TestWatchPeersSurvivesResponseOverLimit(t *testing.T) {
 	if _, err := writer.Txn(ctx).Then(ops...).Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := writer.Put(ctx, r.subnetsPrefix()+"172.16.2.0-24", val("172.17.0.2", "b2:69:2c:67:63:b9", 1)); err != nil {
+	if _, err := writer.Put(ctx, r.subnetsPrefix()+"172.16.2.0-24", val("172.17.0.2", macFor("172.17.0.2"), 1)); err != nil {
 		t.Fatal(err)
 	}
 	w.waitPeers(t, "172.16.1.0/24 172.17.0.1\n172.16.2.0/24 172.17.0.2\n")

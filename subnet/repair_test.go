@@ -20,7 +20,7 @@ func TestJudge(t *testing.T) {
 	h := &holder{attrs: LeaseAttrs{PublicIP: req.PublicIP, BackendType: "vxlan", VNI: 1, VtepMAC: req.VtepMAC}}
 	const ours, theirs = 0x10, 0x20
 	mine := val(req.PublicIP.String(), req.VtepMAC.String(), 1)
-	other := val("172.17.9.9", mac1, 1)
+	other := val("172.17.9.9", macFor("172.17.9.9"), 1)
 	held := Lease{EtcdLeaseID: ours}
 	reserved := Lease{}
 	for _, tc := range []struct {
@@ -93,8 +93,8 @@ func TestHoldRepairsOwnKey(t *testing.T) {
 	}{
 		{"terminal escapes", "\x1b]0;pwned\x07", 0},
 		{"megabyte of garbage", strings.Repeat("[", 1<<20), 0},
-		{"another address, no lease", val("172.17.9.9", mac1, 1), 0},
-		{"another address on our lease", val("172.17.9.9", mac1, 1), clientv3.LeaseID(l.EtcdLeaseID)},
+		{"another address, no lease", val("172.17.9.9", macFor("172.17.9.9"), 1), 0},
+		{"another address on our lease", val("172.17.9.9", macFor("172.17.9.9"), 1), clientv3.LeaseID(l.EtcdLeaseID)},
 	} {
 		var opts []clientv3.OpOption
 		if w.lease != 0 {
@@ -127,7 +127,7 @@ func TestHoldRepairsOwnKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	claim := val("172.17.9.9", mac1, 1)
+	claim := val("172.17.9.9", macFor("172.17.9.9"), 1)
 	put, err := cli.Put(ctx, l.Key, claim, clientv3.WithLease(g.ID))
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"github.com/weft-net/weft/backend/vxlan"
 	"github.com/weft-net/weft/internal/etcdconn"
 	"github.com/weft-net/weft/network"
+	"github.com/weft-net/weft/service"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -37,6 +38,7 @@ type agent struct {
 	// refused says why the config in etcd is refused, while weftd waits
 	// for a usable one before it touches anything; nil otherwise.
 	refused atomic.Pointer[string]
+	svc     *services // nil with --services=false
 }
 
 func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
@@ -152,6 +154,17 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		}, log, promReg)
 	}
 
+	var holder interface {
+		Hold(context.Context, subnet.HoldRequest) error
+	} = a.reg
+	var watcher interface {
+		WatchPeers(context.Context, subnet.PeerFilter, func(subnet.Snapshot)) error
+		Recycle(subnet.Snapshot)
+	} = a.reg
+	if o.services {
+		a.svc = newServices(service.NewStore(cli, o.etcdPrefix), cfg.Network, up.Networks, log, promReg)
+		holder, watcher = &leaseTee{inner: a.reg, s: a.svc}, &peerTee{Registry: a.reg, s: a.svc}
+	}
 	node, err := network.NewNode(network.NodeConfig{
 		Config:         cfg,
 		PublicIP:       fam.publicIP,
@@ -165,8 +178,8 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		RulesInterval:  o.iptablesResync,
 		Leases: subnet.LeaseAttrs{PublicIP: fam.publicIP, BackendType: "vxlan", VNI: vni, VtepMAC: fam.mac,
 			PublicIP6: fam.publicIP6, VtepMAC6: fam.mac6},
-		Holder:         a.reg,
-		Watcher:        a.reg,
+		Holder:         holder,
+		Watcher:        watcher,
 		ConfigWatcher:  a.reg,
 		ConfigRevision: cfgRev,
 		EtcdSynced:     a.reg.LastSync,
@@ -288,6 +301,12 @@ func isUnavailable(err error) bool {
 
 func (a *agent) run(ctx context.Context) error {
 	go a.notifyWhenReady(ctx)
+	if a.svc != nil {
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); a.svc.run(sctx) }()
+		defer func() { cancel(); <-done }()
+	}
 	return a.node.Load().Run(ctx)
 }
 
