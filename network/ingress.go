@@ -186,8 +186,8 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 	next := slices.Grow(g.spare[:0], len(peers))
 	for i := range peers {
 		a := admitted{subnet: peers[i].Subnet, ip: peers[i].PublicIP.Unmap()}
-		if g.cfg.Subnet6.IsValid() {
-			a.ip6 = peers[i].PublicIP6
+		if v6 := peers[i].V6; v6 != nil && g.cfg.Subnet6.IsValid() {
+			a.ip6 = v6.PublicIP
 		}
 		next = append(next, a)
 	}

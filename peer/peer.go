@@ -29,11 +29,13 @@ import (
 //
 // A dual-stack lease has two halves, one per address family, each with its
 // own subnet, underlay address and VXLAN device (flannel's BackendData and
-// BackendV6Data): the first three fields are the IPv4 half, the *6 fields
-// the IPv6 half. A v4-only lease leaves the v6 half zero, an IPv6-only lease
-// the v4 half. The rules below and backend/vxlan judge one half at a time,
-// as a Peer of its own (Half); one VXLAN device per family programs its
-// half of every peer.
+// BackendV6Data): the first three fields are the lease's first half (IPv4,
+// or IPv6 in an IPv6-only network), and V6 points to a dual-stack lease's
+// IPv6 half, a Peer of its own (nil for a single-family lease). The rules
+// below and backend/vxlan judge one half at a time (Half); one VXLAN device
+// per family programs its half of every peer. A pointer, not three more
+// fields: snapshots of thousands of peers are copied on every change, and a
+// v4-only node should not copy a twice as large Peer for nothing.
 type Peer struct {
 	// Subnet is the peer's container subnet, for example 172.16.78.0/24.
 	Subnet netip.Prefix
@@ -42,19 +44,20 @@ type Peer struct {
 	// VtepMAC is the MAC address of the peer's VXLAN device.
 	VtepMAC net.HardwareAddr
 
-	// Subnet6, PublicIP6 and VtepMAC6 are the IPv6 half: the peer's
-	// container /64 (for example fd42:0:0:1c::/64), its PublicIPv6 and
-	// the MAC of its flannel-v6 device.
-	Subnet6   netip.Prefix
-	PublicIP6 netip.Addr
-	VtepMAC6  net.HardwareAddr
+	// V6 is a dual-stack peer's IPv6 half: its container /64 (for example
+	// fd42:0:0:1c::/64), its PublicIPv6 and the MAC of its flannel-v6
+	// device. Never shared with another Peer's, never changed once made.
+	V6 *Peer
 }
 
 // Half returns the half of p of one family (v6 or not) as a Peer of its
 // own, in the first three fields, and whether p has that half.
 func (p *Peer) Half(v6 bool) (Peer, bool) {
 	if v6 {
-		return Peer{Subnet: p.Subnet6, PublicIP: p.PublicIP6, VtepMAC: p.VtepMAC6}, p.Subnet6.IsValid()
+		if p.V6 == nil {
+			return Peer{}, false
+		}
+		return Peer{Subnet: p.V6.Subnet, PublicIP: p.V6.PublicIP, VtepMAC: p.V6.VtepMAC}, p.V6.Subnet.IsValid()
 	}
 	return Peer{Subnet: p.Subnet, PublicIP: p.PublicIP, VtepMAC: p.VtepMAC}, p.Subnet.IsValid()
 }
@@ -75,7 +78,7 @@ func Halves(dst, peers []Peer, v6 bool) []Peer {
 // half: the peers are then their own v4 halves, and need no copy.
 func SingleFamily(peers []Peer) bool {
 	for i := range peers {
-		if peers[i].Subnet6.IsValid() || !peers[i].Subnet.IsValid() {
+		if peers[i].V6 != nil || !peers[i].Subnet.IsValid() {
 			return false
 		}
 	}

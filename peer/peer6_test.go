@@ -72,16 +72,16 @@ func TestCheckAgainstIPv6(t *testing.T) {
 func TestHalves(t *testing.T) {
 	dual := Peer{
 		Subnet: netip.MustParsePrefix("172.16.78.0/24"), PublicIP: netip.MustParseAddr("172.17.42.32"), VtepMAC: mac6,
-		Subnet6: netip.MustParsePrefix("fd42:0:0:4e::/64"), PublicIP6: netip.MustParseAddr("fd00:17::32"), VtepMAC6: mac6,
+		V6: &Peer{Subnet: netip.MustParsePrefix("fd42:0:0:4e::/64"), PublicIP: netip.MustParseAddr("fd00:17::32"), VtepMAC: mac6},
 	}
 	v4only := Peer{Subnet: netip.MustParsePrefix("172.16.79.0/24"), PublicIP: netip.MustParseAddr("172.17.42.33"), VtepMAC: mac6}
-	v6only := Peer{Subnet6: netip.MustParsePrefix("fd42:0:0:50::/64"), PublicIP6: netip.MustParseAddr("fd00:17::34"), VtepMAC6: mac6}
+	v6only := Peer{V6: &Peer{Subnet: netip.MustParsePrefix("fd42:0:0:50::/64"), PublicIP: netip.MustParseAddr("fd00:17::34"), VtepMAC: mac6}}
 	all := []Peer{dual, v4only, v6only}
 	if got := Halves(nil, all, false); len(got) != 2 || got[0].Subnet != dual.Subnet || got[1].Subnet != v4only.Subnet {
 		t.Errorf("v4 halves = %v", got)
 	}
 	got := Halves(nil, all, true)
-	if len(got) != 2 || got[0].Subnet != dual.Subnet6 || got[0].PublicIP != dual.PublicIP6 || got[1].Subnet != v6only.Subnet6 {
+	if len(got) != 2 || got[0].Subnet != dual.V6.Subnet || got[0].PublicIP != dual.V6.PublicIP || got[1].Subnet != v6only.V6.Subnet {
 		t.Errorf("v6 halves = %v", got)
 	}
 	if SingleFamily(all) || !SingleFamily([]Peer{v4only}) {

@@ -24,7 +24,8 @@ func dualNode(n int, cfg Config) HoldRequest {
 func peers6(s Snapshot) string {
 	var b strings.Builder
 	for _, p := range s.Peers {
-		fmt.Fprintf(&b, "%v %v %v %v\n", p.Subnet, p.PublicIP, p.Subnet6, p.PublicIP6)
+		h, _ := p.Half(true)
+		fmt.Fprintf(&b, "%v %v %v %v\n", p.Subnet, p.PublicIP, h.Subnet, h.PublicIP)
 	}
 	return b.String()
 }

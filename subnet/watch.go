@@ -59,7 +59,7 @@ type Peer = peer.Peer
 
 func samePeer(p, q Peer) bool {
 	return p.PublicIP == q.PublicIP && bytes.Equal(p.VtepMAC, q.VtepMAC) &&
-		p.Subnet6 == q.Subnet6 && p.PublicIP6 == q.PublicIP6 && bytes.Equal(p.VtepMAC6, q.VtepMAC6)
+		(p.V6 == nil) == (q.V6 == nil) && (p.V6 == nil || p.V6.Subnet == q.V6.Subnet && p.V6.PublicIP == q.V6.PublicIP && bytes.Equal(p.V6.VtepMAC, q.V6.VtepMAC))
 }
 
 // peerState is what WatchPeers knows between snapshots.
@@ -296,7 +296,7 @@ func (ps *peerState) touch(l *Lease) {
 func (ps *peerState) peerOf(l *Lease) Peer {
 	p := Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC}
 	if l.Subnet6.IsValid() && ps.f.Config.Dual() {
-		p.Subnet6, p.PublicIP6, p.VtepMAC6 = l.Subnet6, l.Attrs.PublicIP6, l.Attrs.VtepMAC6
+		p.V6 = &Peer{Subnet: l.Subnet6, PublicIP: l.Attrs.PublicIP6, VtepMAC: l.Attrs.VtepMAC6}
 	}
 	return p
 }
