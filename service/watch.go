@@ -48,16 +48,24 @@ func (s *Store) Watch(ctx context.Context, log *slog.Logger, out func(Change)) e
 	log = log.With("component", "services")
 	w := watcher{s: s, log: log, out: out, network: DefaultNetwork, goodSvc: map[string]*Service{}, goodEp: map[string]*Endpoints{}}
 	delay := 100 * time.Millisecond
+	lastErr := "" // a failure repeating itself (etcd refusing a read) is logged once
 	for ctx.Err() == nil {
 		rev, err := w.list(ctx)
 		if err == nil {
-			delay = 100 * time.Millisecond
+			delay, lastErr = 100*time.Millisecond, ""
 			err = w.follow(ctx, rev)
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		log.Warn("service watch interrupted; listing again", "err", err)
+		if err != nil && err.Error() == lastErr {
+			log.Debug("service watch interrupted; listing again", "err", err)
+		} else {
+			log.Warn("service watch interrupted; listing again", "err", err)
+		}
+		if err != nil {
+			lastErr = err.Error()
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(delay):
