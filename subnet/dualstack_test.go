@@ -141,3 +141,38 @@ func (w *watching) waitPeers6(t testing.TB, want string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The IPv6 halves of two leases may not share a subnet or a VtepMAC (the
+// earlier lease keeps it), and a PublicIPv6 may not lie in a leased IPv6
+// subnet: otherwise a hostile lease could make the backend refuse a peer,
+// which would cost the node its readiness.
+func TestDualStackDuplicateClaims(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	ctx := context.Background()
+	cfg := mustConfig(t, dualNet)
+	r := fastRegistry(t, cli)
+	put := func(key, pub4, pub6, mac6 string) {
+		t.Helper()
+		v := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":"%s","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6a:1f:3e:00:00:%s"},"BackendV6Data":{"VNI":1,"VtepMAC":"%s"}}`,
+			pub4, pub6, pub4[len(pub4)-2:], mac6)
+		if _, err := cli.Put(ctx, r.subnetsPrefix()+key, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("172.16.10.0-24&fd42:0:0:a::-64", "172.17.0.10", "fd00:17::10", "6a:1f:3e:00:01:10")
+	put("172.16.11.0-24&fd42:0:0:a::-64", "172.17.0.11", "fd00:17::11", "6a:1f:3e:00:01:11") // same v6 subnet, later
+	put("172.16.12.0-24&fd42:0:0:c::-64", "172.17.0.12", "fd00:17::12", "6a:1f:3e:00:01:10") // same v6 MAC, later
+	put("172.16.13.0-24&fd42:0:0:d::-64", "172.17.0.13", "fd42:0:0:a::99", "6a:1f:3e:00:01:13") // PublicIPv6 in a leased subnet
+	put("172.16.14.0-24&fd42:0:0:e::-64", "172.17.0.14", "fd00:17::14", "6a:1f:3e:00:01:14")
+	w := startWatch(t, r, PeerFilter{Config: cfg,
+		Self: func() (netip.Prefix, netip.Addr) { return netip.Prefix{}, netip.MustParseAddr("172.17.0.99") }})
+	w.waitPeers6(t, "172.16.10.0/24 172.17.0.10 fd42:0:0:a::/64 fd00:17::10\n172.16.14.0/24 172.17.0.14 fd42:0:0:e::/64 fd00:17::14\n")
+	// The earlier claim goes: the later ones take its place (the
+	// PublicIPv6 in fd42:0:0:a::/64 stays refused: .11 leases it now).
+	if _, err := cli.Delete(ctx, r.subnetsPrefix()+"172.16.10.0-24&fd42:0:0:a::-64"); err != nil {
+		t.Fatal(err)
+	}
+	w.waitPeers6(t, "172.16.11.0/24 172.17.0.11 fd42:0:0:a::/64 fd00:17::11\n172.16.12.0/24 172.17.0.12 fd42:0:0:c::/64 fd00:17::12\n"+
+		"172.16.14.0/24 172.17.0.14 fd42:0:0:e::/64 fd00:17::14\n")
+}

@@ -101,8 +101,10 @@ type peerState struct {
 	self    peer.Self // the rules' view of this node, at the last full check
 	// self6 is the rules' view of this node's IPv6 half (dual-stack), from
 	// Self6 at the last full check.
-	self6   peer.Self
-	selfSet bool // the first snapshot was made
+	self6 peer.Self
+	// winners6 is v6Winners at the last full check.
+	winners6 map[claim6]*Lease
+	selfSet  bool // the first snapshot was made
 
 	// macs counts the valid leases by VtepMAC and blocks counts them by
 	// the subnet-sized block their PublicIP falls in (when inside Network):
@@ -111,11 +113,15 @@ type peerState struct {
 	// change needs the full check instead of the one-lease update.
 	macs   map[[6]byte]int
 	blocks map[netip.Prefix]int
+	// claims6 counts the valid leases' IPv6 halves (dual-stack) by VtepMAC
+	// and by subnet: what macs does for the first half, and the duplicate
+	// claims that sorted settles for the first subnet.
+	claims6 map[claim6]int
 }
 
 func newPeerState(r *Registry, f PeerFilter) *peerState {
 	return &peerState{r: r, f: f, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
-		macs: map[[6]byte]int{}, blocks: map[netip.Prefix]int{}}
+		macs: map[[6]byte]int{}, blocks: map[netip.Prefix]int{}, claims6: map[claim6]int{}}
 }
 
 type heldLease struct {
@@ -231,6 +237,16 @@ func (ps *peerState) account(l *Lease, d int) (shared bool) {
 		ps.blocks[b] += d
 		if ps.blocks[b] <= 0 {
 			delete(ps.blocks, b)
+		}
+	}
+	if l.Subnet6.IsValid() && ps.f.Config.Dual() {
+		for _, k := range []claim6{{mac: macKey(l.Attrs.VtepMAC6)}, {sub: l.Subnet6}} {
+			before := ps.claims6[k]
+			ps.claims6[k] = before + d
+			if ps.claims6[k] <= 0 {
+				delete(ps.claims6, k)
+			}
+			shared = shared || max(before, before+d) > 1
 		}
 	}
 	return shared || ps.blocks[l.Subnet] > 0
@@ -494,6 +510,7 @@ func (ps *peerState) snapshot() Snapshot {
 			ps.self6.Subnet, ps.self6.PublicIP = ps.f.Self6()
 		}
 		winners := ps.macWinners()
+		ps.winners6 = ps.v6Winners()
 		ps.out = ps.out[:0]
 		for _, l := range ps.sorted {
 			if err := ps.checkDynamic(l, winners); err != nil {
@@ -571,6 +588,15 @@ func (ps *peerState) checkDynamic(l *Lease, winners map[[6]byte]*Lease) error {
 		if err := peer.CheckAgainst(&p6, ps.f.Config.Rules6(), &ps.self6); err != nil {
 			return fmt.Errorf("IPv6 half: %w", err)
 		}
+		if w := ps.winners6[claim6{mac: macKey(l.Attrs.VtepMAC6)}]; w != nil && w != l {
+			return fmt.Errorf("IPv6 half: VtepMAC %v: already used by the earlier lease of %v", l.Attrs.VtepMAC6, w.Subnet)
+		}
+		if w := ps.winners6[claim6{sub: l.Subnet6}]; w != nil && w != l {
+			return fmt.Errorf("IPv6 half: subnet %v: also claimed by the earlier lease of %v", l.Subnet6, w.Subnet)
+		}
+		if b, ok := ps.f.Config.Rules6().Block(l.Attrs.PublicIP6); ok && ps.claims6[claim6{sub: b}] > 0 {
+			return fmt.Errorf("IPv6 half: PublicIP %v: inside the leased subnet %v", l.Attrs.PublicIP6, b)
+		}
 	}
 	if b, ok := ps.f.Config.Rules().Block(l.Attrs.PublicIP); ok {
 		if i, found := slices.BinarySearchFunc(ps.sorted, b, leaseAt); found && ps.sorted[i].Subnet == b {
@@ -578,6 +604,43 @@ func (ps *peerState) checkDynamic(l *Lease, winners map[[6]byte]*Lease) error {
 		}
 	}
 	return nil
+}
+
+// claim6 is one claim of a lease's IPv6 half: its VtepMAC or its subnet.
+type claim6 struct {
+	mac [6]byte
+	sub netip.Prefix
+}
+
+// v6Winners returns, for each IPv6 claim more than one valid lease makes,
+// the lease that keeps it (the earliest, as macWinners); nil when none is
+// shared.
+func (ps *peerState) v6Winners() map[claim6]*Lease {
+	var w map[claim6]*Lease
+	for _, n := range ps.claims6 {
+		if n > 1 {
+			w = map[claim6]*Lease{}
+			break
+		}
+	}
+	if w == nil {
+		return nil
+	}
+	for _, l := range ps.sorted {
+		if !l.Subnet6.IsValid() {
+			continue
+		}
+		for _, k := range []claim6{{mac: macKey(l.Attrs.VtepMAC6)}, {sub: l.Subnet6}} {
+			if ps.claims6[k] < 2 {
+				continue
+			}
+			if cur := w[k]; cur == nil || l.CreateRevision < cur.CreateRevision ||
+				l.CreateRevision == cur.CreateRevision && l.Key < cur.Key {
+				w[k] = l
+			}
+		}
+	}
+	return w
 }
 
 // macKey is m as a map key; the zero key for anything but 6 bytes (which
