@@ -290,6 +290,7 @@ func (n *Node) Run(ctx context.Context) error {
 	heartbeat := time.NewTicker(time.Second)
 	defer heartbeat.Stop()
 	var debounce <-chan time.Time
+	resyncs := 0
 
 	for {
 		select {
@@ -361,9 +362,18 @@ func (n *Node) Run(ctx context.Context) error {
 
 		case <-debounce:
 			debounce = nil
+			// A kick may be a route of someone else's: read the host's
+			// routes again for the lease rules.
+			n.refreshForeign()
 			synced = n.check(ctx, dp, desired, haveSnap) && haveSnap
 
 		case <-resync.C:
+			// The host's routes are read on kicks; every sixth resync too,
+			// as a safety net (a dump of every route is not free at
+			// thousands of peers).
+			if resyncs++; resyncs%6 == 0 {
+				n.refreshForeign()
+			}
 			synced = n.check(ctx, dp, desired, haveSnap) && haveSnap
 			if synced && !n.envWritten() {
 				n.writeEnv(dp, lease)
@@ -672,7 +682,6 @@ func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, re
 
 // check re-creates the device if it was broken and repairs the entries.
 func (n *Node) check(ctx context.Context, dp Dataplane, peers []backend.Peer, haveSnap bool) bool {
-	n.refreshForeign()
 	start := time.Now()
 	// Reconcile ensures the device first: a deleted or altered flannel.1 is
 	// recreated and refilled, and counted as a link repair.

@@ -153,12 +153,6 @@ func (d *Device) compareLocked(ops *[rtnl.NumOpKinds][]rtnl.Op) (st stamps, err 
 	return st, nil
 }
 
-// shadows reports whether r, a route to a wanted peer's subnet that is not
-// ours, would carry the peer's traffic instead of ours.
-func shadows(r *rtnl.Route) bool {
-	return r.TOS == 0 && r.Metric < metricOf(r.Dst)
-}
-
 func routeIsCanonical(r *rtnl.Route) bool {
 	return r.GW == r.Dst.Addr() &&
 		r.Metric == metricOf(r.Dst) &&

@@ -205,7 +205,11 @@ func (d *Device) eventDisagrees(m rtnl.Msg, idx int) bool {
 			return false // the VXLAN route it replaced
 		}
 		if !rtnl.RouteUsesDevice(m.Body, idx) {
-			return m.Type == unix.RTM_NEWROUTE && wanted && shadows(&r)
+			// A route elsewhere is not weft's and never repaired, but the
+			// loop must hear of it: an operator's route to a peer's
+			// subnet makes the lease rules skip that peer (and its going
+			// away brings the peer back). Such changes are rare.
+			return true
 		}
 		if m.Type == unix.RTM_DELROUTE {
 			return wanted && r.Metric == metricOf(r.Dst)
