@@ -176,3 +176,32 @@ func TestDirectRoutingTurnedOnAtRestart(t *testing.T) {
 		t.Errorf("ops %q: the direct route must come first", ops)
 	}
 }
+
+// The same for an IPv6 device: an on-link peer's /64 is routed straight to
+// its PublicIPv6, an off-link one through flannel-v6.1.
+func TestDirectRoutingIPv6(t *testing.T) {
+	f := newFakeNL()
+	cfg := Config{Local: netip.MustParseAddr("fd00:17::1"), UplinkIndex: 2, MAC: testMAC,
+		Subnet: netip.MustParsePrefix("fd42:0:0:1::/64"), DirectRouting: true,
+		OnLink: []netip.Prefix{netip.MustParsePrefix("fd00:17::/64")}, Network: netip.MustParsePrefix("fd42::/48")}
+	d, err := New(cfg, testLogger(t), withNL(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := d.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	on := backend.Peer{Subnet: netip.MustParsePrefix("fd42:0:0:2::/64"), PublicIP: netip.MustParseAddr("fd00:17::2"), VtepMAC: peer(2).VtepMAC}
+	off := backend.Peer{Subnet: netip.MustParsePrefix("fd42:0:0:3::/64"), PublicIP: netip.MustParseAddr("fd00:99::3"), VtepMAC: peer(3).VtepMAC}
+	if err := d.Set(ctx, []backend.Peer{on, off}); err != nil {
+		t.Fatal(err)
+	}
+	want := "bridge fdb add 0a:00:00:00:00:03 dev flannel-v6.1 dst fd00:99::3 self permanent\n" +
+		"ip neigh add fd42:0:0:3:: lladdr 0a:00:00:00:00:03 dev flannel-v6.1 nud permanent\n" +
+		"ip route add fd42:0:0:2::/64 via fd00:17::2 dev eth0 metric 3\n" +
+		"ip route add fd42:0:0:3::/64 via fd42:0:0:3:: dev flannel-v6.1 onlink metric 4"
+	if got := f.entries(); got != want {
+		t.Errorf("entries:\n%s\nwant:\n%s", got, want)
+	}
+}
