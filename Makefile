@@ -17,7 +17,7 @@ BIN     := $(CURDIR)/bin
 # the role script; the CNI plugins weft-cni delegates to, and podman with runc
 # and a static busybox for the container image of its test.
 DEB_PACKAGES := iproute2 iptables nftables etcd-server etcd-client iputils-ping ncat prometheus procps ca-certificates \
-	containernetworking-plugins podman runc busybox-static
+	containernetworking-plugins podman runc busybox-static ethtool
 
 # Packages whose tests never need root; they also run under the race detector.
 UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./service/... ./cmd/... ./internal/etcdconn/...

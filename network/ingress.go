@@ -55,6 +55,7 @@ import (
 const (
 	ingressTable = "weft"
 	peersSet     = "peers"
+	peers6Set    = "peers6" // the IPv6 twin, in dual-stack and IPv6-only networks
 	// Counter names; they become weft_dropped_packets_total{reason}.
 	dropFromContainers = "from_containers"
 	dropNotAPeer       = "not_a_peer"
@@ -63,11 +64,16 @@ const (
 
 // IngressConfig is the desired state of the filter.
 type IngressConfig struct {
-	Network netip.Prefix   // the whole overlay
-	Subnet  netip.Prefix   // this node's containers
-	Device  string         // flannel.<VNI>
-	Port    uint16         // the VXLAN UDP port
-	Allow   []netip.Prefix // --vxlan-allow-cidr
+	Network netip.Prefix // the whole overlay (IPv4, or IPv6 in an IPv6-only network)
+	Subnet  netip.Prefix // this node's containers
+	Device  string       // flannel.<VNI>, or flannel-v6.<VNI> in an IPv6-only network
+	// Network6, Subnet6 and Device6 are a dual-stack node's IPv6 twin: the
+	// same rules for ip6 packets, with the peers' PublicIPv6 in set peers6.
+	Network6 netip.Prefix
+	Subnet6  netip.Prefix
+	Device6  string
+	Port     uint16         // the VXLAN UDP port
+	Allow    []netip.Prefix // --vxlan-allow-cidr
 	// NetNSFd, when not 0, makes the filter live in that network namespace
 	// (tests); weftd uses its own.
 	NetNSFd int
@@ -98,54 +104,69 @@ type Ingress struct {
 // 12th check (a minute at the default --iptables-resync of 5 s).
 const elementsEvery = 12
 
-// admitted is one peer of an Admit, packed so that the walk over thousands
-// compares integers: the subnet as address<<8|length, the IPv4 PublicIP (0
-// for anything else, which the set cannot hold).
 type admitted struct {
-	subnet uint64
-	ip     uint32
+	key     uint64     // the subnet packed for the walk's comparisons (subnetKey)
+	ip, ip6 netip.Addr // PublicIP (either family), a dual-stack peer's PublicIPv6
 }
 
-func admittedOf(p *backend.Peer) admitted {
-	var a admitted
-	if s := p.Subnet; s.Addr().Is4() {
+// subnetKey packs a subnet so that the walk over thousands of peers compares
+// integers: an IPv4 subnet as address<<8|length, an IPv6 one after every
+// IPv4 one, by its first 64 bits.
+func subnetKey(s netip.Prefix) uint64 {
+	switch {
+	case s.Addr().Is4():
 		b := s.Addr().As4()
-		a.subnet = uint64(binary.BigEndian.Uint32(b[:]))<<8 | uint64(s.Bits())
-	} else if s.IsValid() {
-		b := s.Addr().As16() // a v6 subnet sorts after every v4 one
-		a.subnet = 1<<40 | binary.BigEndian.Uint64(b[:8])>>24
+		return uint64(binary.BigEndian.Uint32(b[:]))<<8 | uint64(s.Bits())
+	case s.IsValid():
+		b := s.Addr().As16()
+		return 1<<40 | binary.BigEndian.Uint64(b[:8])>>24
 	}
-	if ip := p.PublicIP.Unmap(); ip.Is4() {
-		b := ip.As4()
-		a.ip = binary.BigEndian.Uint32(b[:])
-	}
-	return a
+	return 0
 }
 
-func addrOf(ip uint32) netip.Addr {
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], ip)
-	return netip.AddrFrom4(b)
+// family is one address family's share of the filter.
+type family struct {
+	network, subnet netip.Prefix
+	device          string
+	v6              bool
 }
+
+// families lists the filter's families: the first, and a dual-stack IPv6 one.
+func (c IngressConfig) families() []family {
+	fs := []family{{c.Network, c.Subnet, c.Device, c.Subnet.Addr().Is6()}}
+	if c.Subnet6.IsValid() {
+		fs = append(fs, family{c.Network6, c.Subnet6, c.Device6, true})
+	}
+	return fs
+}
+
+// hasV6 reports whether the filter has an IPv6 family (and set peers6).
+func (c IngressConfig) hasV6() bool { return c.Subnet.Addr().Is6() || c.Subnet6.IsValid() }
 
 // NewIngress returns the filter for cfg; it changes nothing in the kernel
 // until Ensure or Admit.
 func NewIngress(cfg IngressConfig, log *slog.Logger) (*Ingress, error) {
-	if !cfg.Network.IsValid() || !cfg.Subnet.IsValid() || !cfg.Subnet.Addr().Is4() {
-		return nil, fmt.Errorf("ingress filter needs an IPv4 Network and Subnet, have %v and %v", cfg.Network, cfg.Subnet)
+	if !cfg.Network.IsValid() || !cfg.Subnet.IsValid() || cfg.Subnet.Addr().Is4() != cfg.Network.Addr().Is4() {
+		return nil, fmt.Errorf("ingress filter needs a Network and a Subnet of one family, have %v and %v", cfg.Network, cfg.Subnet)
 	}
-	if cfg.Device == "" || len(cfg.Device) >= unix.IFNAMSIZ {
-		return nil, fmt.Errorf("ingress filter: device name %q is not a valid interface name", cfg.Device)
+	if cfg.Subnet6.IsValid() && (!cfg.Subnet6.Addr().Is6() || !cfg.Network6.Addr().Is6() || cfg.Subnet.Addr().Is6()) {
+		return nil, fmt.Errorf("ingress filter: the IPv6 twin needs an IPv4 first family and IPv6 Network6 and Subnet6, have %v and %v", cfg.Network6, cfg.Subnet6)
+	}
+	for _, f := range cfg.families() {
+		if f.device == "" || len(f.device) >= unix.IFNAMSIZ {
+			return nil, fmt.Errorf("ingress filter: device name %q is not a valid interface name", f.device)
+		}
 	}
 	if cfg.Port == 0 {
 		return nil, errors.New("ingress filter: no VXLAN port")
 	}
 	for _, a := range cfg.Allow {
-		if !a.IsValid() || !a.Addr().Is4() {
-			return nil, fmt.Errorf("--vxlan-allow-cidr %v: not an IPv4 prefix", a)
+		if !a.IsValid() || a.Addr().Is4In6() || a.Addr().Zone() != "" {
+			return nil, fmt.Errorf("--vxlan-allow-cidr %v: not an IPv4 or IPv6 prefix", a)
 		}
 	}
 	cfg.Network, cfg.Subnet = cfg.Network.Masked(), cfg.Subnet.Masked()
+	cfg.Network6, cfg.Subnet6 = cfg.Network6.Masked(), cfg.Subnet6.Masked()
 	opts := []nftables.ConnOption{nftables.AsLasting()}
 	if cfg.NetNSFd != 0 {
 		opts = append(opts, nftables.WithNetNSFd(cfg.NetNSFd))
@@ -187,28 +208,44 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 	next := slices.Grow(g.spare[:0], len(peers))
 	sorted := true
 	for i := range peers {
-		a := admittedOf(&peers[i])
-		if n := len(next); n > 0 && next[n-1].subnet > a.subnet {
+		a := admitted{key: subnetKey(peers[i].Subnet), ip: peers[i].PublicIP.Unmap()}
+		if v6 := peers[i].V6; v6 != nil && g.cfg.Subnet6.IsValid() {
+			a.ip6 = v6.PublicIP
+		}
+		if n := len(next); n > 0 && next[n-1].key > a.key {
 			sorted = false
 		}
 		next = append(next, a)
 	}
 	if !sorted {
-		slices.SortFunc(next, func(a, b admitted) int { return cmp.Compare(a.subnet, b.subnet) })
+		slices.SortFunc(next, func(a, b admitted) int { return cmp.Compare(a.key, b.key) })
 	}
 	i, j := 0, 0
 	for i < len(next) || j < len(g.last) {
+		c := -1 // next[i] is new
 		switch {
-		case j == len(g.last) || i < len(next) && next[i].subnet < g.last[j].subnet:
-			add = g.ref(add, next[i].ip, 1) // next[i] is new
+		case i == len(next):
+			c = 1 // last[j] is gone
+		case j < len(g.last):
+			c = cmp.Compare(next[i].key, g.last[j].key)
+		}
+		switch {
+		case c < 0:
+			add = g.ref(add, next[i].ip, 1)
+			add = g.ref(add, next[i].ip6, 1)
 			i++
-		case i == len(next) || g.last[j].subnet < next[i].subnet:
-			gone = g.ref(gone, g.last[j].ip, -1) // last[j] is gone
+		case c > 0:
+			gone = g.ref(gone, g.last[j].ip, -1)
+			gone = g.ref(gone, g.last[j].ip6, -1)
 			j++
 		default:
 			if next[i].ip != g.last[j].ip {
 				add = g.ref(add, next[i].ip, 1)
 				gone = g.ref(gone, g.last[j].ip, -1)
+			}
+			if next[i].ip6 != g.last[j].ip6 {
+				add = g.ref(add, next[i].ip6, 1)
+				gone = g.ref(gone, g.last[j].ip6, -1)
 			}
 			i, j = i+1, j+1
 		}
@@ -216,11 +253,12 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 	g.last, g.spare = next, g.last
 	if !g.admitted {
 		g.admitted = true
-		_, s := g.names()
-		if elems, err := g.conn.GetSetElements(s); err == nil {
-			for _, e := range elems {
-				if a, ok := netip.AddrFromSlice(e.Key); ok && g.refs[a] == 0 {
-					gone = append(gone, a)
+		for _, s := range g.sets() {
+			if elems, err := g.conn.GetSetElements(s); err == nil {
+				for _, e := range elems {
+					if a, ok := netip.AddrFromSlice(e.Key); ok && g.refs[a] == 0 {
+						gone = append(gone, a)
+					}
 				}
 			}
 		}
@@ -245,12 +283,11 @@ func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
 	}, nil
 }
 
-// ref changes ip's count by d and appends it to list when it crosses zero.
-func (g *Ingress) ref(list []netip.Addr, ip uint32, d int) []netip.Addr {
-	if ip == 0 {
+// ref changes a's count by d and appends it to list when it crosses zero.
+func (g *Ingress) ref(list []netip.Addr, a netip.Addr, d int) []netip.Addr {
+	if !a.IsValid() || a.Is6() && !g.cfg.hasV6() {
 		return list
 	}
-	a := addrOf(ip)
 	n := g.refs[a] + d
 	if n <= 0 {
 		delete(g.refs, a)
@@ -273,21 +310,33 @@ const elementsChunk = 512
 // instead.
 func (g *Ingress) elementsLocked(addrs []netip.Addr, add bool) error {
 	t, s := g.names()
-	elems := make([]nftables.SetElement, 0, min(len(addrs), elementsChunk))
-	keys := make([][4]byte, min(len(addrs), elementsChunk))
+	s6 := g.set6(t)
+	var elems []nftables.SetElement
 	for len(addrs) > 0 {
 		n := min(len(addrs), elementsChunk)
 		elems = elems[:0]
-		for i, a := range addrs[:n] {
-			keys[i] = a.As4()
-			elems = append(elems, nftables.SetElement{Key: keys[i][:]})
+		var elems6 []nftables.SetElement
+		for _, a := range addrs[:n] {
+			if a.Is4() {
+				elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+			} else {
+				elems6 = append(elems6, nftables.SetElement{Key: a.AsSlice()})
+			}
 		}
 		addrs = addrs[n:]
 		var err error
-		if add {
-			err = g.conn.SetAddElements(s, elems)
-		} else {
-			err = g.conn.SetDeleteElements(s, elems)
+		for _, p := range []struct {
+			set   *nftables.Set
+			elems []nftables.SetElement
+		}{{s, elems}, {s6, elems6}} {
+			if len(p.elems) == 0 || err != nil {
+				continue
+			}
+			if add {
+				err = g.conn.SetAddElements(p.set, p.elems)
+			} else {
+				err = g.conn.SetDeleteElements(p.set, p.elems)
+			}
 		}
 		if err == nil {
 			err = g.conn.Flush()
@@ -304,7 +353,26 @@ func (g *Ingress) elementsLocked(addrs []netip.Addr, add bool) error {
 
 func (g *Ingress) names() (*nftables.Table, *nftables.Set) {
 	t := &nftables.Table{Name: ingressTable, Family: nftables.TableFamilyINet}
-	return t, &nftables.Set{Table: t, Name: peersSet, KeyType: nftables.TypeIPAddr, Size: 1 << 16}
+	// A size makes the kernel pick its fixed hash over the resizable one:
+	// 4,000 addresses go in three times faster.
+	return t, &nftables.Set{Table: t, Name: peersSet, KeyType: nftables.TypeIPAddr, Size: setSize}
+}
+
+// setSize is the most addresses a peer set holds.
+const setSize = 1 << 16
+
+// set6 is the IPv6 peers' set.
+func (g *Ingress) set6(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: peers6Set, KeyType: nftables.TypeIP6Addr, Size: setSize}
+}
+
+// sets are the peer sets the filter has: peers, and peers6 with IPv6.
+func (g *Ingress) sets() []*nftables.Set {
+	t, s := g.names()
+	if g.cfg.hasV6() {
+		return []*nftables.Set{s, g.set6(t)}
+	}
+	return []*nftables.Set{s}
 }
 
 // Ensure checks the table against the configuration and the admitted peers,
@@ -331,7 +399,7 @@ func (g *Ingress) intactLocked() bool {
 	if err != nil {
 		return false
 	}
-	want := g.chains(t, s)
+	want := g.chains(t, s, g.set6(t))
 	found := 0
 	for _, c := range chains {
 		if c.Table.Name != ingressTable {
@@ -359,17 +427,22 @@ func (g *Ingress) intactLocked() bool {
 	if err != nil || len(objs) != len(counterNames) {
 		return false
 	}
-	// The set's elements are compared on the first check and every
+	// The sets' elements are compared on the first check and every
 	// elementsEvery-th after it: a dump of thousands of addresses is the
 	// costly part of the check, and weft's own updates (which the element
-	// changes mostly are) keep the set right in between.
+	// changes mostly are) keep the sets right in between.
 	g.checks++
 	if g.checks%elementsEvery != 1 {
 		return true
 	}
-	elems, err := g.conn.GetSetElements(s)
-	if err != nil {
-		return false
+	_ = s
+	var elems []nftables.SetElement
+	for _, set := range g.sets() {
+		e, err := g.conn.GetSetElements(set)
+		if err != nil {
+			return false
+		}
+		elems = append(elems, e...)
 	}
 	if !g.admitted {
 		return true // the elements are adopted as they are until the first Admit
@@ -393,15 +466,22 @@ var counterNames = []string{dropFromContainers, dropNotAPeer, dropInnerSource}
 // follows succeed whether or not it existed.
 func (g *Ingress) rebuildLocked() error {
 	t, s := g.names()
-	elems := make([]nftables.SetElement, 0, len(g.refs))
+	s6 := g.set6(t)
+	var elems, elems6 []nftables.SetElement
 	for a := range g.refs {
-		b := a.As4()
-		elems = append(elems, nftables.SetElement{Key: b[:]})
+		if a.Is4() {
+			elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+		} else {
+			elems6 = append(elems6, nftables.SetElement{Key: a.AsSlice()})
+		}
 	}
 	if !g.admitted {
-		// Before the first Admit, keep what the set holds (a restart).
+		// Before the first Admit, keep what the sets hold (a restart).
 		if old, err := g.conn.GetSetElements(s); err == nil {
 			elems = append(elems, old...)
+		}
+		if old, err := g.conn.GetSetElements(s6); err == nil && g.cfg.hasV6() {
+			elems6 = append(elems6, old...)
 		}
 	}
 	g.conn.AddTable(t)
@@ -410,11 +490,16 @@ func (g *Ingress) rebuildLocked() error {
 	if err := g.conn.AddSet(s, elems); err != nil {
 		return fmt.Errorf("adding set %s: %w", peersSet, err)
 	}
+	if g.cfg.hasV6() {
+		if err := g.conn.AddSet(s6, elems6); err != nil {
+			return fmt.Errorf("adding set %s: %w", peers6Set, err)
+		}
+	}
 	for _, name := range counterNames {
 		g.conn.AddObj(&nftables.CounterObj{Table: t, Name: name})
 	}
 	for _, name := range []string{"prerouting", "input", "forward"} {
-		c := g.chains(t, s)[name]
+		c := g.chains(t, s, s6)[name]
 		g.conn.AddChain(c.chain)
 		for _, r := range c.rules {
 			g.conn.AddRule(r)

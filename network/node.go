@@ -69,6 +69,7 @@ type NodeConfig struct {
 	Config     subnet.Config
 	PublicIP   netip.Addr
 	Underlay   []netip.Prefix // the uplink's networks; no peer may sit on them
+	UplinkName string         // the uplink, for DirectRouting's rules
 	Avoid      []netip.Prefix // addresses and routes of this host weft did not make
 	LeaseTTL   time.Duration
 	SubnetFile string
@@ -88,9 +89,10 @@ type NodeConfig struct {
 	// EtcdSynced says when the node's view of etcd was last current (for
 	// /readyz); subnet.Registry.LastSync.
 	EtcdSynced func() time.Time
-	// NewDataplane makes the backend for the node's subnet. It is called again
+	// NewDataplane makes the backend for the node's lease (its subnet, and a
+	// dual-stack node's IPv6 subnet: see DualStack). It is called again
 	// if the node ever has to move to another subnet.
-	NewDataplane func(own netip.Prefix) (Dataplane, error)
+	NewDataplane func(own subnet.Lease) (Dataplane, error)
 	// NewRules makes the iptables side.
 	NewRules func(RulesConfig) (RuleSet, error)
 	// SkipForward leaves the FORWARD chain to others (RulesConfig).
@@ -133,6 +135,11 @@ type Node struct {
 	mu      sync.Mutex // guards the fields below, read by Status from other goroutines
 	st      Status
 	foreign []netip.Prefix // the host's routes weft did not make, for the peer rules
+
+	// prev6 is the IPv6 subnet to ask for again (dual-stack): subnet.env's
+	// at start, the lease's own after. Only Run's goroutine uses it, while
+	// no Hold runs.
+	prev6 netip.Prefix
 }
 
 // NewNode checks cfg and returns a loop ready to Run.
@@ -151,6 +158,16 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	}
 	if cfg.Forwarding == nil {
 		cfg.Forwarding = EnableForwarding
+		if cfg.Config.EnableIPv6() {
+			cfg.Forwarding = func() error {
+				if cfg.Config.EnableIPv4() {
+					if err := EnableForwarding(); err != nil {
+						return err
+					}
+				}
+				return EnableForwarding6()
+			}
+		}
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
@@ -166,6 +183,10 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	}
 	n.st.PublicIP = cfg.PublicIP
 	n.st.VtepMAC = cfg.Leases.VtepMAC.String()
+	if cfg.Leases.PublicIP6.IsValid() {
+		n.st.PublicIP6 = cfg.Leases.PublicIP6
+		n.st.VtepMAC6 = cfg.Leases.VtepMAC6.String()
+	}
 	n.st.ConfigRevision = cfg.ConfigRevision
 	return n, nil
 }
@@ -207,6 +228,7 @@ func (n *Node) Run(ctx context.Context) error {
 	leases := newMailbox[subnet.Lease]()
 	snaps := newMailbox[snapshotIn]()
 	prev, prevLease := n.previousSubnet()
+	n.prev6 = n.previousSubnet6()
 	stopEtcd := n.startEtcdSide(ctx, prev, prevLease, leases, snaps)
 	defer func() { stopEtcd() }()
 	configs := newMailbox[subnet.ConfigUpdate]()
@@ -281,7 +303,7 @@ func (n *Node) Run(ctx context.Context) error {
 			n.beat()
 
 		case l := <-leases.ch:
-			if l.Subnet == lease.Subnet {
+			if l.Subnet == lease.Subnet && l.Subnet6 == lease.Subnet6 {
 				renewed := l.EtcdLeaseID != lease.EtcdLeaseID
 				lease = l
 				n.setLease(l)
@@ -316,6 +338,7 @@ func (n *Node) Run(ctx context.Context) error {
 				// listed again and judged by the new range.
 				stopEtcd()
 				n.cfg.Config = next
+				n.prev6 = lease.Subnet6
 				stopEtcd = n.startEtcdSide(ctx, lease.Subnet, lease.EtcdLeaseID, leases, snaps)
 			}
 
@@ -461,13 +484,16 @@ func (n *Node) previousSubnet() (netip.Prefix, int64) {
 
 // holdLease keeps the node's lease until ctx ends, retrying acquisition
 // failures (an exhausted range, etcd down at start) with backoff.
-func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, prevLease int64, out mailbox[subnet.Lease]) {
+func (n *Node) holdLease(ctx context.Context, prev, prev6 netip.Prefix, prevLease int64, out mailbox[subnet.Lease]) {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		err := n.cfg.Holder.Hold(ctx, subnet.HoldRequest{
 			Config:        n.cfg.Config,
 			PublicIP:      n.cfg.PublicIP,
 			VtepMAC:       n.cfg.Leases.VtepMAC,
+			PublicIP6:     n.cfg.Leases.PublicIP6,
+			VtepMAC6:      n.cfg.Leases.VtepMAC6,
+			Previous6:     prev6,
 			TTL:           n.cfg.LeaseTTL,
 			Previous:      prev,
 			PreviousLease: prevLease,
@@ -515,7 +541,7 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, er
 	if err := n.cfg.Forwarding(); err != nil {
 		return nil, err
 	}
-	dp, err := n.cfg.NewDataplane(l.Subnet)
+	dp, err := n.cfg.NewDataplane(l)
 	if err != nil {
 		return nil, fmt.Errorf("making the VXLAN device: %w", err)
 	}
@@ -535,8 +561,12 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, er
 	n.log.Info("VXLAN device ready", "device", dp.Name(), "how", how, "mtu", dp.MTU())
 	var g IngressFilter
 	if n.cfg.NewIngress != nil {
-		g, err = n.cfg.NewIngress(IngressConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(),
-			Port: n.cfg.VXLANPort, Allow: n.cfg.AllowVXLAN})
+		ic := IngressConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(),
+			Port: n.cfg.VXLANPort, Allow: n.cfg.AllowVXLAN}
+		if ds, ok := dp.(interface{ Name6() string }); ok && l.Subnet6.IsValid() {
+			ic.Network6, ic.Subnet6, ic.Device6 = n.cfg.Config.IPv6.Network, l.Subnet6, ds.Name6()
+		}
+		g, err = n.cfg.NewIngress(ic)
 		if err != nil {
 			return nil, fmt.Errorf("setting up the VXLAN ingress filter: %w", err)
 		}
@@ -546,7 +576,10 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, er
 		}
 	}
 	rc := RulesConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(), IPMasq: n.cfg.IPMasq, SkipForward: n.cfg.SkipForward}
-	rules, err := n.cfg.NewRules(rc)
+	if n.cfg.Config.Backend.DirectRouting {
+		rc.Uplink, rc.Underlay = n.cfg.UplinkName, n.cfg.Underlay
+	}
+	rules, err := n.newRules(rc, dp, l)
 	if err == nil {
 		_, err = rules.Ensure()
 	}
@@ -568,6 +601,12 @@ func (n *Node) watchPeers(ctx context.Context, snaps mailbox[snapshotIn]) {
 		Config:   n.cfg.Config,
 		Underlay: n.cfg.Underlay,
 		VtepMAC:  n.cfg.Leases.VtepMAC,
+		VtepMAC6: n.cfg.Leases.VtepMAC6,
+		Self6: func() (netip.Prefix, netip.Addr) {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			return n.st.Subnet6, n.cfg.Leases.PublicIP6
+		},
 		Foreign: func() []netip.Prefix {
 			n.mu.Lock()
 			defer n.mu.Unlock()
@@ -688,13 +727,8 @@ func (n *Node) ensureRules(r RuleSet) {
 }
 
 func (n *Node) writeEnv(dp Dataplane, l subnet.Lease) {
-	env := SubnetEnv{
-		Network:   n.cfg.Config.Network,
-		Subnet:    netip.PrefixFrom(l.Subnet.Addr().Next(), l.Subnet.Bits()),
-		MTU:       dp.MTU(),
-		IPMasq:    n.cfg.IPMasq,
-		EtcdLease: l.EtcdLeaseID,
-	}
+	env := leaseEnv(n.cfg.Config, l)
+	env.MTU, env.IPMasq, env.EtcdLease = dp.MTU(), n.cfg.IPMasq, l.EtcdLeaseID
 	if err := WriteSubnetEnv(n.cfg.SubnetFile, env); err != nil {
 		n.log.Error("writing the subnet file", "err", err)
 		return

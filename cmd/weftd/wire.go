@@ -21,7 +21,6 @@ import (
 
 	"github.com/weft-net/weft/backend/vxlan"
 	"github.com/weft-net/weft/internal/etcdconn"
-	"github.com/weft-net/weft/ip"
 	"github.com/weft-net/weft/network"
 	"github.com/weft-net/weft/service"
 	"github.com/weft-net/weft/subnet"
@@ -64,7 +63,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		return nil, err
 	}
 	ecfg.DialOptions = append(ecfg.DialOptions, lowMemoryDialOptions()...)
-	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP})
+	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP, PublicIP6: o.publicIP6})
 	if err != nil {
 		return nil, err
 	}
@@ -97,15 +96,63 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		return nil, err
 	}
 	vni := cfg.Backend.VNI
-	mac := ip.VTEPMAC(up.PublicIP, vni)
-	devName := fmt.Sprintf("flannel.%d", vni)
-	avoid, err := network.HostPrefixes(devName)
+	fam, err := families(cfg, up)
 	if err != nil {
 		cli.Close()
 		return nil, err
 	}
-	log.Info("network config", "network", cfg.Network, "subnet_len", cfg.SubnetLen, "vni", vni,
-		"uplink", up.Name, "public_ip", up.PublicIP, "vtep_mac", mac.String())
+	ours := func(dst netip.Prefix, proto, metric int) bool {
+		return (vxlan.IsDirectRoute(cfg.Network, dst, proto, metric) ||
+			cfg.Dual() && vxlan.IsDirectRoute(cfg.IPv6.Network, dst, proto, metric))
+	}
+	avoid, err := network.HostPrefixesExcept(ours, fam.devices...)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	logArgs := []any{"network", cfg.Network, "subnet_len", cfg.SubnetLen, "vni", vni,
+		"uplink", up.Name, "public_ip", fam.publicIP, "vtep_mac", fam.mac.String()}
+	if cfg.Dual() {
+		logArgs = append(logArgs, "ipv6_network", cfg.IPv6.Network, "public_ipv6", fam.publicIP6, "vtep_mac6", fam.mac6.String())
+	}
+	log.Info("network config", logArgs...)
+	release := o.kernelRelease
+	if release == "" {
+		release = kernelRelease()
+	}
+	txOn, why, err := network.ChecksumPolicy(o.txChecksum, release)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	log.Info("tx checksum offload of the VXLAN devices", "on", txOn, "why", why)
+	newDevice := func(local netip.Addr, mac net.HardwareAddr, own netip.Prefix) (network.Dataplane, error) {
+		overlay := cfg.Network
+		if local.Is6() && cfg.Dual() {
+			overlay = cfg.IPv6.Network
+		}
+		var onLink []netip.Prefix
+		for _, p := range up.Networks {
+			if p.Addr().Is6() == local.Is6() {
+				onLink = append(onLink, p)
+			}
+		}
+		return newVXLAN(vxlan.Config{
+			Name:        vxlan.DefaultName(vni, local.Is6()),
+			VNI:         vni,
+			Port:        cfg.Backend.Port,
+			Local:       local,
+			UplinkIndex: up.Index,
+			MTU:         cfg.Backend.MTU,
+			MAC:         mac,
+			Subnet:      own,
+			TxChecksum:  &txOn,
+
+			DirectRouting: cfg.Backend.DirectRouting,
+			OnLink:        onLink,
+			Network:       overlay,
+		}, log, promReg)
+	}
 
 	var holder interface {
 		Hold(context.Context, subnet.HoldRequest) error
@@ -120,31 +167,33 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 	}
 	node, err := network.NewNode(network.NodeConfig{
 		Config:         cfg,
-		PublicIP:       up.PublicIP,
+		PublicIP:       fam.publicIP,
 		Underlay:       up.Networks,
+		UplinkName:     up.Name,
 		Avoid:          avoid,
 		LeaseTTL:       o.leaseTTL,
 		SubnetFile:     o.subnetFile,
 		IPMasq:         o.ipMasq,
 		ResyncInterval: o.resyncInterval,
 		RulesInterval:  o.iptablesResync,
-		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
+		Leases: subnet.LeaseAttrs{PublicIP: fam.publicIP, BackendType: "vxlan", VNI: vni, VtepMAC: fam.mac,
+			PublicIP6: fam.publicIP6, VtepMAC6: fam.mac6},
 		Holder:         holder,
 		Watcher:        watcher,
 		ConfigWatcher:  a.reg,
 		ConfigRevision: cfgRev,
 		EtcdSynced:     a.reg.LastSync,
-		NewDataplane: func(own netip.Prefix) (network.Dataplane, error) {
-			return newVXLAN(vxlan.Config{
-				Name:        devName,
-				VNI:         vni,
-				Port:        cfg.Backend.Port,
-				Local:       up.PublicIP,
-				UplinkIndex: up.Index,
-				MTU:         cfg.Backend.MTU,
-				MAC:         mac,
-				Subnet:      own,
-			}, log, promReg)
+		NewDataplane: func(own subnet.Lease) (network.Dataplane, error) {
+			first, err := newDevice(fam.publicIP, fam.mac, own.Subnet)
+			if err != nil || !own.Subnet6.IsValid() {
+				return first, err
+			}
+			v6, err := newDevice(fam.publicIP6, fam.mac6, own.Subnet6)
+			if err != nil {
+				first.Close()
+				return nil, err
+			}
+			return network.NewDualStack(first, v6), nil
 		},
 		NewRules: func(rc network.RulesConfig) (network.RuleSet, error) {
 			r, err := network.NewRules(rc, log)
@@ -163,7 +212,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		},
 		VXLANPort:    cfg.Backend.Port,
 		AllowVXLAN:   o.vxlanAllowNets,
-		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixes(devName) },
+		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixesExcept(ours, fam.devices...) },
 		Log:          log,
 		Metrics:      network.NewMetrics(promReg),
 	})
