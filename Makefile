@@ -46,7 +46,7 @@ demo: deps build
 # and the end-to-end suite on a namespace cluster with a real etcd.
 test: deps build vet
 	WEFT_REQUIRE_ETCD=1 $(GO) test -race -count=1 $(UNIT_PKGS)
-	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./proxy/... ./internal/cluster/...
+	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./rtnl/... ./backend/... ./network/... ./proxy/... ./internal/cluster/...
 	WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 ./cni/...
 	WEFT_REQUIRE_ETCD=1 WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 -timeout 20m ./e2e/...
 
@@ -74,9 +74,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./subnet/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLeaseAttrs$$' -fuzztime $(FUZZTIME) ./subnet/
 	$(GO) test -run '^$$' -fuzz '^FuzzPeerSnapshot$$' -fuzztime $(FUZZTIME) ./subnet/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./rtnl/
+	$(GO) test -run '^$$' -fuzz '^FuzzDisagrees$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
 	$(GO) test -run '^$$' -fuzz '^FuzzSet$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadSubnetEnv$$' -fuzztime $(FUZZTIME) ./network/
+	$(GO) test -run '^$$' -fuzz '^FuzzKernelVersion$$' -fuzztime $(FUZZTIME) ./network/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseFlags$$' -fuzztime $(FUZZTIME) ./cmd/weftd/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePing$$' -fuzztime $(FUZZTIME) ./internal/cluster/
 	$(GO) test -run '^$$' -fuzz '^FuzzSubnetEnv$$' -fuzztime $(FUZZTIME) ./cni/
