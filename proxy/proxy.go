@@ -122,8 +122,14 @@ func (p *Proxy) Update(c service.Change) {
 // backend's answer would otherwise cross the bridge straight back, around
 // the DNAT.
 func (p *Proxy) SetLive(own netip.Prefix, peers []netip.Prefix) {
-	s := append(slices.Clone(peers), own)
-	slices.SortFunc(s, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	byAddr := func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) }
+	s := make([]netip.Prefix, 0, len(peers)+1)
+	s = append(s, peers...)
+	if !slices.IsSortedFunc(s, byAddr) { // peer snapshots come sorted
+		slices.SortFunc(s, byAddr)
+	}
+	i, _ := slices.BinarySearchFunc(s, own, byAddr)
+	s = slices.Insert(s, i, own)
 	p.mu.Lock()
 	if !p.haveLive || !slices.Equal(s, p.subnets) || own != p.own {
 		p.subnets, p.liveNew, p.haveLive = s, true, true
