@@ -215,7 +215,16 @@ func TestEtcdRoles(t *testing.T) {
 	t.Run("read-only node whose reservation differs says so", func(t *testing.T) {
 		// The reservation names node6 but not its VTEP MAC: weftd would have
 		// to write, and may not.
-		key := e.putReservation(root, "172.16.98.0/24", "172.17.42.36", "0e:5d:9f:0a:0b:36")
+		// A subnet no node holds: a reservation written over a live node's
+		// key would be that node's to write back (own-key repair).
+		free := ""
+		for i := 200; i < 256 && free == ""; i++ {
+			s := fmt.Sprintf("172.16.%d.0/24", i)
+			if r, err := root.Get(ctx, fmt.Sprintf("%s/subnets/172.16.%d.0-24", prefix, i)); err == nil && len(r.Kvs) == 0 {
+				free = s
+			}
+		}
+		key := e.putReservation(root, free, "172.17.42.36", "0e:5d:9f:0a:0b:36")
 		before := kvAt(t, root, key)
 		n6 := e.addWeftd("node6", "172.17.42.36", nil, tlsArgs("weft-reader", readerFile)...)
 		n6.waitLog(t, "A node with a read-only etcd role needs a reservation holding exactly this value", 15*time.Second)
