@@ -103,8 +103,9 @@ type NodeConfig struct {
 	VXLANPort  uint16
 	AllowVXLAN []netip.Prefix
 	// HostPrefixes lists the destinations of the host's routes and
-	// addresses weft did not make; a peer subnet overlapping one is
-	// skipped (peer.Self.Foreign). Read at start and at every resync.
+	// addresses weft did not make (what Avoid holds at start); a peer
+	// subnet overlapping one is skipped (peer.Self.Foreign). Read again on
+	// kernel route events and every sixth resync.
 	HostPrefixes func() ([]netip.Prefix, error)
 	// Forwarding turns on IP forwarding; EnableForwarding when nil.
 	Forwarding func() error
@@ -174,13 +175,9 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Log.With("component", "node"), m: cfg.Metrics, refilter: make(chan struct{}, 1)}
 	n.m.dropped = n.dropped
-	if cfg.HostPrefixes != nil {
-		if f, err := cfg.HostPrefixes(); err == nil {
-			n.foreign = f
-		} else {
-			n.log.Warn("listing the host's routes", "err", err)
-		}
-	}
+	// Avoid is the same listing of the host's routes, read at start: the
+	// peer rules begin with it rather than a second dump of every route.
+	n.foreign = cfg.Avoid
 	n.st.PublicIP = cfg.PublicIP
 	n.st.VtepMAC = cfg.Leases.VtepMAC.String()
 	if cfg.Leases.PublicIP6.IsValid() {
