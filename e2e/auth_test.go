@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/weft-net/weft/service"
 	"net/http"
 	"net/netip"
 	"os"
@@ -173,8 +174,7 @@ func TestEtcdRoles(t *testing.T) {
 
 		// Services: nodes read them, operators write them.
 		svcFile := filepath.Join(t.TempDir(), "service.yml")
-		if err := os.WriteFile(svcFile, []byte(`{"kind":"Service","apiVersion":"v1","metadata":{"name":"my-nginx-service"},`+
-			`"spec":{"selector":{"app":"my-nginx"},"ports":[{"protocol":"TCP","port":8080,"targetPort":80}]}}`), 0o644); err != nil {
+		if err := os.WriteFile(svcFile, []byte(service.ReferenceService), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		create := []string{weftctl, "service", "create", "-f", svcFile}
