@@ -7,6 +7,7 @@ package backend
 
 import (
 	"context"
+	"net/netip"
 
 	"github.com/weft-net/weft/peer"
 )
@@ -19,4 +20,16 @@ type Peer = peer.Peer
 type Backend interface {
 	// Set makes the kernel forward to exactly these peers.
 	Set(ctx context.Context, peers []Peer) error
+}
+
+// Gate is what a data plane tells about the peers' public addresses it
+// sends VXLAN to: Admit before the first entries that use an address go in,
+// Release after the last entries that used it are gone, once for each peer
+// admitted. The node's VXLAN ingress filter is one: it lets in packets from
+// admitted addresses only. A Gate is told of changes only, so its cost
+// follows the size of a change, not the number of peers. It handles its own
+// failures (the filter logs and repairs them); they do not fail a Set.
+type Gate interface {
+	Admit(addrs []netip.Addr)
+	Release(addrs []netip.Addr)
 }

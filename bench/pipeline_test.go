@@ -40,8 +40,8 @@ type Pipeline struct {
 	Snapshot Percentiles `json:"snapshot"`
 	// vxlan.Device.Set with one change among N.
 	Set Percentiles `json:"set"`
-	// network.Ingress: Admit before the Set and its prune after, with one
-	// change among N (the VXLAN ingress filter's share of the path).
+	// network.Ingress as the Device's Gate, Admit and Release within the
+	// Set, with one change among N (the VXLAN ingress filter's share).
 	Ingress Percentiles `json:"ingress"`
 	// The whole path, Put returning to Set returning.
 	Total   Percentiles `json:"total"`
@@ -53,7 +53,7 @@ type Pipeline struct {
 	ColdHold     Dur `json:"cold_hold_ms"`
 	ColdSnapshot Dur `json:"cold_snapshot_ms"`
 	ColdSet      Dur `json:"cold_set_ms"`
-	ColdIngress  Dur `json:"cold_ingress_ms"` // the first Admit: N addresses into the set
+	ColdIngress  Dur `json:"cold_ingress_ms"` // the first Set's Admit: N addresses into the set
 
 	// A burst of BurstK leases in one transaction, added then deleted.
 	BurstK   int         `json:"burst_k"`
@@ -71,7 +71,7 @@ func (p *Pipeline) table(w io.Writer) {
 		{"etcd: call returns -> watch event", p.Delivery},
 		{"subnet: event -> Snapshot delivered", p.Snapshot},
 		{"vxlan: Set", p.Set},
-		{"ingress filter: Admit + prune", p.Ingress},
+		{"ingress filter: Admit + Release in Set", p.Ingress},
 		{"total: call returns -> Set returns", p.Total},
 	} {
 		fmt.Fprintf(tw, "%s\t%v\t%v\t%v\t%v\n", row.name, row.p.P50, row.p.P90, row.p.P99, row.p.Max)
@@ -84,7 +84,7 @@ func (p *Pipeline) table(w io.Writer) {
 		fmt.Fprintf(w, "burst of %d %s, in process: etcd %v, subnet %v, vxlan Set %v, ingress filter %v; total %v\n",
 			p.BurstK, b.name, b.s.Delivery, b.s.Snapshot, b.s.Set, b.s.Ingress, b.s.Total)
 	}
-	fmt.Fprintf(w, "start-up at %d peers, in process: Hold to its lease %v; WatchPeers to its first Snapshot %v; Set of it %v; ingress filter's first Admit %v\n",
+	fmt.Fprintf(w, "start-up at %d peers, in process: Hold to its lease %v; WatchPeers to its first Snapshot %v; Set of it %v; ingress filter's first Admit (in the Set) %v\n",
 		p.N, p.ColdHold, p.ColdSnapshot, p.ColdSet, p.ColdIngress)
 	if p.Profile != "" {
 		fmt.Fprintf(w, "CPU profile of these changes: go tool pprof -top %s\n", p.Profile)
@@ -126,8 +126,9 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 	if _, err := dev.Ensure(ctx); err != nil {
 		return nil, err
 	}
-	// The VXLAN ingress filter, as network.Node drives it: Admit before Set,
-	// prune after.
+	// The VXLAN ingress filter, as network.Node drives it: the Device's
+	// Gate, told of the public addresses of the peers each Set adds (before
+	// their entries) and removes (after), timed here.
 	ing, err := wnet.NewIngress(wnet.IngressConfig{
 		Network: netip.MustParsePrefix("172.16.0.0/12"), Subnet: own.subnet, Device: "flannel.1", Port: 8472, NetNSFd: int(nsh),
 	}, nil)
@@ -138,6 +139,8 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 	if _, err := ing.Ensure(); err != nil {
 		return nil, err
 	}
+	tg := &timedGate{g: ing}
+	dev.SetGate(tg)
 
 	// Every step's time, by etcd revision.
 	type stamps struct {
@@ -207,27 +210,28 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 			if first {
 				coldSnap = t0.Sub(watchStart)
 			}
-			// As network.Node: the ingress filter admits the peers, they go
-			// to Set as they are, the filter prunes the departed, and the
-			// previous snapshot's memory goes back to the registry.
-			prune, aerr := ing.Admit(s.Peers)
-			ta := time.Since(t0)
+			// As network.Node: the peers go to Set as they are (its Gate
+			// admitting and releasing their addresses), the filter settles
+			// after the first, and the previous snapshot's memory goes back
+			// to the registry.
+			tg.took, tg.err = 0, nil
 			err := dev.Set(wctx, s.Peers)
-			tp := time.Now()
-			if aerr == nil {
-				aerr = prune()
+			if first {
+				if serr := ing.Settle(); serr != nil {
+					logf("pipeline: ingress: %v", serr)
+				}
 			}
 			t1 := time.Now()
-			if aerr != nil && wctx.Err() == nil {
-				logf("pipeline: ingress: %v", aerr)
+			if tg.err != nil && wctx.Err() == nil {
+				logf("pipeline: ingress: %v", tg.err)
 			}
 			reg.Recycle(prev)
 			prev = s
 			mu.Lock()
 			st := at(s.Revision)
-			st.snap, st.set, st.ingress = t0, t1, ta+t1.Sub(tp)
+			st.snap, st.set, st.ingress = t0, t1, tg.took
 			if first {
-				coldSet, coldIngress = t1.Sub(t0)-st.ingress, ta
+				coldSet, coldIngress = t1.Sub(t0)-tg.took, tg.took
 			}
 			mu.Unlock()
 			if err != nil && wctx.Err() == nil {
@@ -365,4 +369,28 @@ func waitRev(ctx context.Context, done <-chan int64, rev int64) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// timedGate is the ingress filter as the Device's Gate, adding up the time
+// its calls take (Set calls it from the Set's goroutine).
+type timedGate struct {
+	g    *wnet.Ingress
+	took time.Duration
+	err  error
+}
+
+func (t *timedGate) Admit(addrs []netip.Addr) {
+	start := time.Now()
+	if err := t.g.Admit(addrs); err != nil {
+		t.err = err
+	}
+	t.took += time.Since(start)
+}
+
+func (t *timedGate) Release(addrs []netip.Addr) {
+	start := time.Now()
+	if err := t.g.Release(addrs); err != nil {
+		t.err = err
+	}
+	t.took += time.Since(start)
 }

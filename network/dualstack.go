@@ -38,6 +38,13 @@ func (d *DualStack) Set(ctx context.Context, peers []backend.Peer) error {
 	return errors.Join(err, err6)
 }
 
+// SetGate gives both devices g: each tells it of its own family's public
+// addresses.
+func (d *DualStack) SetGate(g backend.Gate) {
+	d.first.SetGate(g)
+	d.v6.SetGate(g)
+}
+
 // Ensure creates or adopts both devices.
 func (d *DualStack) Ensure(ctx context.Context) (bool, error) {
 	c1, err1 := d.first.Ensure(ctx)

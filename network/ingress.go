@@ -2,19 +2,14 @@ package network
 
 import (
 	"bytes"
-	"cmp"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"sync"
 
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
-
-	"github.com/weft-net/weft/backend"
 )
 
 // weft's VXLAN ingress filter.
@@ -45,10 +40,11 @@ import (
 // another node they would look like a peer), and in input when they aim at
 // their own node. A decapsulated packet must come from inside the overlay
 // and not from this node's own subnet, which only this node's containers
-// hold. The set follows the peer snapshots in the data-plane loop: a new
-// peer's address goes in before its routes (Admit), a departed one's after
-// they are gone (the returned func), so no packet of a live peer is ever
-// dropped. Everything else in the table is checked and rebuilt atomically
+// hold. The sets follow the data plane: backend/vxlan's Device tells its
+// Gate the public addresses of the peers a Set adds before their entries go
+// in (Admit), and those of the peers it removed once their entries are gone
+// (Release), so no packet of a live peer is ever dropped, and a change costs
+// what its size costs, whatever the number of peers. Everything else in the table is checked and rebuilt atomically
 // (one nf_tables transaction) by the rules goroutine when nf_tables reports
 // a change, or every --iptables-resync.
 
@@ -86,43 +82,22 @@ type Ingress struct {
 	mu   sync.Mutex // guards the fields below and serialises kernel changes
 	cfg  IngressConfig
 	conn *nftables.Conn
-	// refs counts the peers of the last Admit by PublicIP: two leases may
-	// name one address, which stays allowed while either is a peer.
+	// refs counts the admitted peers by PublicIP: two leases may name one
+	// address, which stays allowed while either is a peer.
 	refs map[netip.Addr]int
-	// last holds the last Admit's peers (subnet and address, sorted by
-	// subnet, as snapshots are), to find what changed in one walk.
-	last, spare []admitted
-	// admitted is false until the first Admit: until then the addresses
-	// already in the kernel's set (left by the weftd before a restart) are
-	// kept, so a restart drops no peer's packet; the first Admit removes
-	// the ones that are no peer any more.
-	admitted bool
-	checks   int // Ensure calls, for the element comparison's period
+	// add and gone are scratch lists of Admit and Release.
+	add, gone []netip.Addr
+	// settled is false until the first Settle: until then the addresses
+	// already in the kernel's sets (left by the weftd before a restart) are
+	// kept, so a restart drops no peer's packet; Settle removes the ones
+	// that are no peer any more.
+	settled bool
+	checks  int // Ensure calls, for the element comparison's period
 }
 
 // elementsEvery is how often Ensure compares the set's elements: every
 // 12th check (a minute at the default --iptables-resync of 5 s).
 const elementsEvery = 12
-
-type admitted struct {
-	key     uint64     // the subnet packed for the walk's comparisons (subnetKey)
-	ip, ip6 netip.Addr // PublicIP (either family), a dual-stack peer's PublicIPv6
-}
-
-// subnetKey packs a subnet so that the walk over thousands of peers compares
-// integers: an IPv4 subnet as address<<8|length, an IPv6 one after every
-// IPv4 one, by its first 64 bits.
-func subnetKey(s netip.Prefix) uint64 {
-	switch {
-	case s.Addr().Is4():
-		b := s.Addr().As4()
-		return uint64(binary.BigEndian.Uint32(b[:]))<<8 | uint64(s.Bits())
-	case s.IsValid():
-		b := s.Addr().As16()
-		return 1<<40 | binary.BigEndian.Uint64(b[:8])>>24
-	}
-	return 0
-}
 
 // family is one address family's share of the filter.
 type family struct {
@@ -192,103 +167,93 @@ func (g *Ingress) Close() {
 	}
 }
 
-// Admit lets the VXLAN packets of peers in: addresses of new peers are in the
-// kernel's set when it returns nil. The returned func takes out those of the
-// peers gone since the last Admit; call it once their routes are gone. peers
-// sorted by subnet (as snapshots are) cost one walk.
-func (g *Ingress) Admit(peers []backend.Peer) (prune func() error, err error) {
+// Admit lets the VXLAN packets from addrs in: they are in the kernel's sets
+// when it returns nil. Each address is counted once per call that names it
+// (one per peer using it) until Release takes the count back down, since
+// two leases may name one address. Its cost follows len(addrs), not the
+// number of peers.
+func (g *Ingress) Admit(addrs []netip.Addr) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.conn == nil {
-		return func() error { return nil }, errors.New("ingress filter closed")
+		return errors.New("ingress filter closed")
 	}
-	var add, gone []netip.Addr
-	// The last Admit's list and a spare swap: at 4,000 peers a fresh list
-	// per change would be 200 kB of garbage on the hot path.
-	next := slices.Grow(g.spare[:0], len(peers))
-	sorted := true
-	for i := range peers {
-		a := admitted{key: subnetKey(peers[i].Subnet), ip: peers[i].PublicIP.Unmap()}
-		if v6 := peers[i].V6; v6 != nil && g.cfg.Subnet6.IsValid() {
-			a.ip6 = v6.PublicIP
-		}
-		if n := len(next); n > 0 && next[n-1].key > a.key {
-			sorted = false
-		}
-		next = append(next, a)
+	add := g.add[:0]
+	for _, a := range addrs {
+		add = g.ref(add, a, 1)
 	}
-	if !sorted {
-		slices.SortFunc(next, func(a, b admitted) int { return cmp.Compare(a.key, b.key) })
+	g.add = add[:0]
+	if len(add) == 0 {
+		return nil
 	}
-	i, j := 0, 0
-	for i < len(next) || j < len(g.last) {
-		c := -1 // next[i] is new
-		switch {
-		case i == len(next):
-			c = 1 // last[j] is gone
-		case j < len(g.last):
-			c = cmp.Compare(next[i].key, g.last[j].key)
-		}
-		switch {
-		case c < 0:
-			add = g.ref(add, next[i].ip, 1)
-			add = g.ref(add, next[i].ip6, 1)
-			i++
-		case c > 0:
-			gone = g.ref(gone, g.last[j].ip, -1)
-			gone = g.ref(gone, g.last[j].ip6, -1)
-			j++
-		default:
-			if next[i].ip != g.last[j].ip {
-				add = g.ref(add, next[i].ip, 1)
-				gone = g.ref(gone, g.last[j].ip, -1)
-			}
-			if next[i].ip6 != g.last[j].ip6 {
-				add = g.ref(add, next[i].ip6, 1)
-				gone = g.ref(gone, g.last[j].ip6, -1)
-			}
-			i, j = i+1, j+1
-		}
+	return g.elementsLocked(add, true)
+}
+
+// Release takes back one count of each of addrs (see Admit); the addresses
+// no peer uses any more leave the kernel's sets. Call it once the departed
+// peers' routes are gone.
+func (g *Ingress) Release(addrs []netip.Addr) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.conn == nil {
+		return errors.New("ingress filter closed")
 	}
-	g.last, g.spare = next, g.last
-	if !g.admitted {
-		g.admitted = true
-		for _, s := range g.sets() {
-			if elems, err := g.conn.GetSetElements(s); err == nil {
-				for _, e := range elems {
-					if a, ok := netip.AddrFromSlice(e.Key); ok && g.refs[a] == 0 {
-						gone = append(gone, a)
-					}
-				}
-			}
-		}
+	gone := g.gone[:0]
+	for _, a := range addrs {
+		gone = g.ref(gone, a, -1)
 	}
-	if len(add) > 0 {
-		if err := g.elementsLocked(add, true); err != nil {
-			return func() error { return nil }, err
-		}
-	}
+	g.gone = gone[:0]
 	if len(gone) == 0 {
-		return func() error { return nil }, nil
+		return nil
 	}
-	return func() error {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		// An address re-admitted meanwhile stays.
-		gone = slices.DeleteFunc(gone, func(a netip.Addr) bool { return g.refs[a] > 0 })
-		if g.conn == nil || len(gone) == 0 {
-			return nil
+	return g.elementsLocked(gone, false)
+}
+
+// Settle ends the adoption of a restart: the first call, made once every
+// peer of the first snapshot is admitted and programmed, takes out of the
+// kernel's sets the addresses the weftd before left there that no peer
+// uses any more. Later calls do nothing.
+func (g *Ingress) Settle() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.settled {
+		return nil
+	}
+	if g.conn == nil {
+		return errors.New("ingress filter closed")
+	}
+	g.settled = true
+	var stale []netip.Addr
+	for _, s := range g.sets() {
+		elems, err := g.conn.GetSetElements(s)
+		if err != nil {
+			continue // no set: the next Ensure writes it from the counts
 		}
-		return g.elementsLocked(gone, false)
-	}, nil
+		for _, e := range elems {
+			if a, ok := netip.AddrFromSlice(e.Key); ok && g.refs[a] == 0 {
+				stale = append(stale, a)
+			}
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	return g.elementsLocked(stale, false)
 }
 
 // ref changes a's count by d and appends it to list when it crosses zero.
+// A count never goes below zero: a Release without its Admit changes
+// nothing.
 func (g *Ingress) ref(list []netip.Addr, a netip.Addr, d int) []netip.Addr {
+	a = a.Unmap()
 	if !a.IsValid() || a.Is6() && !g.cfg.hasV6() {
 		return list
 	}
-	n := g.refs[a] + d
+	n, had := g.refs[a]
+	if !had && d < 0 {
+		return list
+	}
+	n += d
 	if n <= 0 {
 		delete(g.refs, a)
 	} else {
@@ -444,8 +409,8 @@ func (g *Ingress) intactLocked() bool {
 		}
 		elems = append(elems, e...)
 	}
-	if !g.admitted {
-		return true // the elements are adopted as they are until the first Admit
+	if !g.settled {
+		return true // the elements are adopted as they are until Settle
 	}
 	if len(elems) != len(g.refs) {
 		return false
@@ -475,8 +440,8 @@ func (g *Ingress) rebuildLocked() error {
 			elems6 = append(elems6, nftables.SetElement{Key: a.AsSlice()})
 		}
 	}
-	if !g.admitted {
-		// Before the first Admit, keep what the sets hold (a restart).
+	if !g.settled {
+		// Before Settle, keep what the sets hold (a restart).
 		if old, err := g.conn.GetSetElements(s); err == nil {
 			elems = append(elems, old...)
 		}

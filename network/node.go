@@ -31,6 +31,9 @@ type Dataplane interface {
 	MTU() int
 	// Name is the device's name, flannel.<VNI>.
 	Name() string
+	// SetGate makes g hear of the public addresses the data plane starts
+	// and stops using (backend.Gate); called before the first Set.
+	SetGate(g backend.Gate)
 	// Close releases what the data plane holds in this process (sockets,
 	// goroutines) and leaves the kernel state in place.
 	Close()
@@ -38,9 +41,14 @@ type Dataplane interface {
 
 // IngressFilter is what the loop needs of the VXLAN ingress filter (Ingress).
 type IngressFilter interface {
-	// Admit lets peers' VXLAN packets in before their routes go in; the
-	// returned func drops the departed once their routes are gone.
-	Admit(peers []backend.Peer) (prune func() error, err error)
+	// Admit lets the VXLAN packets of these public addresses in (before
+	// the routes of the peers using them go in); Release takes them back
+	// (after the routes are gone). Each counts peers: see Ingress.Admit.
+	Admit(addrs []netip.Addr) error
+	Release(addrs []netip.Addr) error
+	// Settle, after the first snapshot is programmed, drops the addresses
+	// a weftd before a restart left that no peer uses any more.
+	Settle() error
 	// Ensure checks the filter against the kernel and repairs it.
 	Ensure() (int, error)
 	// Dropped reads the filter's drop counters by reason.
@@ -587,6 +595,9 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, er
 		return nil, fmt.Errorf("installing iptables rules: %w", err)
 	}
 	n.rules = rules
+	if g != nil {
+		dp.SetGate(gate{n: n, g: g})
+	}
 	n.setIngress(g)
 	return dp, nil
 }
@@ -647,22 +658,13 @@ func (n *Node) subscribe(ctx context.Context, wg *sync.WaitGroup, dp Dataplane, 
 }
 
 // apply programs a snapshot and reports whether the kernel now matches it.
+// The data plane tells the ingress filter of the peers it adds and removes
+// (see gate); once a snapshot is programmed the filter settles.
 func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, received time.Time) bool {
-	// New peers are let in by the ingress filter before their routes go in;
-	// departed ones are shut out after their routes are gone.
-	var prune func() error
-	if g := n.getIngress(); g != nil {
-		var err error
-		if prune, err = g.Admit(peers); err != nil {
-			n.m.netlinkErrors.WithLabelValues("ingress").Inc()
-			n.log.Error("admitting peers to the VXLAN ingress filter", "err", err)
-		}
-	}
 	err := dp.Set(ctx, peers)
-	if err == nil && prune != nil {
-		if perr := prune(); perr != nil {
-			n.m.netlinkErrors.WithLabelValues("ingress").Inc()
-			n.log.Error("removing departed peers from the VXLAN ingress filter", "err", perr)
+	if g := n.getIngress(); err == nil && g != nil {
+		if serr := g.Settle(); serr != nil {
+			n.ingressFailed("removing the addresses of former peers from the VXLAN ingress filter", serr)
 		}
 	}
 	if err != nil {
@@ -675,6 +677,31 @@ func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, re
 	n.setPeers(len(peers), len(peers))
 	n.log.Debug("programmed peers", "peers", len(peers))
 	return true
+}
+
+// gate is the data plane's backend.Gate to the ingress filter: a failure is
+// counted and logged, and the rules goroutine's next check of the filter
+// writes it whole from the counts.
+type gate struct {
+	n *Node
+	g IngressFilter
+}
+
+func (a gate) Admit(addrs []netip.Addr) {
+	if err := a.g.Admit(addrs); err != nil {
+		a.n.ingressFailed("admitting peers to the VXLAN ingress filter", err)
+	}
+}
+
+func (a gate) Release(addrs []netip.Addr) {
+	if err := a.g.Release(addrs); err != nil {
+		a.n.ingressFailed("removing departed peers from the VXLAN ingress filter", err)
+	}
+}
+
+func (n *Node) ingressFailed(what string, err error) {
+	n.m.netlinkErrors.WithLabelValues("ingress").Inc()
+	n.log.Error(what, "err", err)
 }
 
 // check re-creates the device if it was broken and repairs the entries.

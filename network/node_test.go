@@ -69,6 +69,7 @@ func (f *fakeDataplane) Set(_ context.Context, p []backend.Peer) error {
 	f.peers = p
 	return nil
 }
+func (f *fakeDataplane) SetGate(backend.Gate) {}
 func (f *fakeDataplane) Ensure(context.Context) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -24,7 +24,7 @@ func bigPeers(n int) []backend.Peer {
 		ps[i] = backend.Peer{
 			Subnet:   netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 128+i/256, i%256)),
 			PublicIP: netip.AddrFrom4([4]byte{192, 168, byte(i / 256), byte(i % 256)}),
-			VtepMAC:  net.HardwareAddr{0x0a, 0, 0, 0, byte(i / 256), byte(i % 256)},
+			VtepMAC:  net.HardwareAddr{0x0e, 0, 0, 0, byte(i / 256), byte(i % 256)}, // not the test node's 0a:..:01
 		}
 	}
 	return ps

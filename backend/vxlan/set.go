@@ -30,6 +30,20 @@ func (d *Device) Set(ctx context.Context, peers []backend.Peer) error {
 	start := time.Now()
 	changes, werr := d.updateLocked(peers)
 	d.changes = keepSmall(changes)
+	if d.gate != nil {
+		// Admitted before any entry goes in, released once all are out
+		// (or failed: the next Reconcile takes them out).
+		d.gateLists(changes)
+		if len(d.admit) > 0 {
+			d.gate.Admit(d.admit)
+		}
+		defer func() {
+			if len(d.release) > 0 {
+				d.gate.Release(d.release)
+			}
+			d.admit, d.release = keepSmall(d.admit), keepSmall(d.release)
+		}()
+	}
 	if !d.synced {
 		// Up to three operations a peer: pause as for a large change.
 		if 3*len(d.want) >= pauseEventsOps {
@@ -56,6 +70,31 @@ func (d *Device) Set(ctx context.Context, peers []backend.Peer) error {
 			"fdb", done.FDB, "neigh", done.Neigh, "route", done.Route, "took", time.Since(start).Round(time.Microsecond))
 	}
 	return errors.Join(werr, err)
+}
+
+// SetGate makes g the Gate of the public addresses of the peers of later
+// Sets. Call it before the first Set: a Gate set later hears of changes
+// only, not of the peers already programmed.
+func (d *Device) SetGate(g backend.Gate) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.gate = g
+}
+
+// gateLists fills d.admit with the public addresses of the peers changes
+// claim, and d.release with those of the peers they let go of: one each per
+// peer, so that the Gate can count the peers using an address.
+func (d *Device) gateLists(changes []change) {
+	d.admit, d.release = d.admit[:0], d.release[:0]
+	for k := range changes {
+		c := &changes[k]
+		if c.old.ok() {
+			d.release = append(d.release, c.old.public)
+		}
+		if c.new.ok() {
+			d.admit = append(d.admit, c.new.public)
+		}
+	}
 }
 
 // Reconcile compares the kernel with the peers of the last Set and repairs

@@ -133,8 +133,13 @@ type Device struct {
 	last, next []entry
 	// Scratch space reused by Set and Reconcile.
 	changes []change
+	undo    []undoEntry // mergeLocked's in-place rewrites, undone for unsorted input
 	ops     [rtnl.NumOpKinds][]rtnl.Op
 	fill    []rtnl.Op
+	// gate is told of the public addresses Set starts and stops using
+	// (SetGate); admit and release are its scratch lists.
+	gate           backend.Gate
+	admit, release []netip.Addr
 
 	// wantMu guards the maps below against the subscription's filter, which
 	// reads them; they change only with mu held too, so mu's holder reads

@@ -147,14 +147,14 @@ func (d *Device) updateLocked(peers []backend.Peer) ([]change, error) {
 		d.want = make(map[netip.Addr]*wantedPeer, len(peers))
 		d.macs = make(map[rtnl.MAC]*wantedPeer, len(peers))
 	}
-	// mergeLocked rewrites d.last as it goes, so it must see sorted
-	// input from the start: a second pass after a partial one would take
-	// the changes the first pass wrote for peers given as before.
-	if !slices.IsSortedFunc(peers, bySubnet) {
+	// Snapshots come sorted; other input is sorted here once mergeLocked
+	// finds it is not (it then changed nothing).
+	changes, next, errs, fresh, sorted := d.mergeLocked(peers)
+	if !sorted {
 		peers = slices.Clone(peers)
 		slices.SortStableFunc(peers, bySubnet)
+		changes, next, errs, fresh, _ = d.mergeLocked(peers)
 	}
-	changes, next, errs, fresh, _ := d.mergeLocked(peers)
 	// What went or changed lets go of its subnet address and MAC first.
 	for k := range changes {
 		if c := &changes[k]; c.old.ok() {
@@ -204,6 +204,8 @@ func (d *Device) updateLocked(peers []backend.Peer) ([]change, error) {
 // again with sorted peers.
 func (d *Device) mergeLocked(peers []backend.Peer) (changes []change, next []entry, errs []error, fresh, sorted bool) {
 	changes = d.changes[:0]
+	undo := d.undo[:0]
+	defer func() { d.undo = keepSmall(undo) }()
 	if len(d.last) == 0 {
 		changes = slices.Grow(changes, len(peers))
 	}
@@ -223,6 +225,11 @@ func (d *Device) mergeLocked(peers []backend.Peer) (changes []change, next []ent
 			if i > 0 {
 				switch c := comparePrefix(peers[i-1].Subnet, p.Subnet); {
 				case c > 0:
+					// Put back what was rewritten in place: a second
+					// pass must see the last Set's entries.
+					for _, u := range slices.Backward(undo) {
+						last[u.at] = u.e
+					}
 					return nil, nil, nil, false, false
 				case c == 0:
 					errs = append(errs, skipped(p, errors.New("another peer has the same subnet")))
@@ -262,6 +269,7 @@ func (d *Device) mergeLocked(peers []backend.Peer) (changes []change, next []ent
 			next = append(next, newEntry(p))
 			at = len(next) - 1
 		} else {
+			undo = append(undo, undoEntry{at, *e})
 			*e = newEntry(p)
 		}
 		changes = append(changes, change{old: old, in: i, at: at})
@@ -275,6 +283,13 @@ func (d *Device) mergeLocked(peers []backend.Peer) (changes []change, next []ent
 		}
 	}
 	return changes, next, errs, fresh, true
+}
+
+// undoEntry is an entry of Device.last as it was before mergeLocked
+// rewrote it in place.
+type undoEntry struct {
+	at int
+	e  entry
 }
 
 // releaseLocked forgets the claims of a peer that was wanted as v.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -89,5 +91,32 @@ func TestMetricOf(t *testing.T) {
 		if got := metricOf(netip.MustParsePrefix(c.p)); got != c.want {
 			t.Errorf("metricOf(%s) = %d, want %d", c.p, got, c.want)
 		}
+	}
+}
+
+// Unsorted input whose sorted head changed a peer: Set finds the disorder
+// only after it rewrote that peer's entry in place, and must still program
+// the change (it puts the entry back and goes again over sorted peers).
+func TestSetUnsortedAfterInPlaceChange(t *testing.T) {
+	f := newFakeNL()
+	d := newFakeDevice(t, f)
+	ctx := context.Background()
+	if err := d.Set(ctx, peers(2, 3, 4, 5, 6)); err != nil {
+		t.Fatal(err)
+	}
+	ps := peers(2, 3, 4, 6, 5)
+	ps[1].VtepMAC = net.HardwareAddr{0x0a, 0, 0, 0, 0, 0x33}
+	if err := d.Set(ctx, ps); err != nil {
+		t.Fatal(err)
+	}
+	lines := func(s string) []string { l := strings.Split(s, "\n"); slices.Sort(l); return l }
+	want := lines(strings.ReplaceAll(entriesFor(2, 3, 4, 5, 6), "0a:00:00:00:00:03", "0a:00:00:00:00:33"))
+	if got := lines(f.entries()); !slices.Equal(got, want) {
+		t.Fatalf("kernel after an unsorted Set with a changed MAC:\n%s\nwant:\n%s", got, want)
+	}
+	// And the Device's picture is right: the same peers again change nothing.
+	f.takeOps()
+	if err := d.Set(ctx, ps); err != nil || len(f.takeOps()) != 0 {
+		t.Fatalf("the same peers again: %v, ops made", err)
 	}
 }
