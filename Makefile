@@ -13,11 +13,14 @@ BIN     := $(CURDIR)/bin
 
 # Debian packages the demo and the tests use: ip and bridge, iptables, the etcd
 # server the end-to-end suite runs, ping and ncat for traffic, prometheus and
-# promtool for the scrape test.
-DEB_PACKAGES := iproute2 iptables nftables etcd-server iputils-ping ncat prometheus procps ca-certificates
+# promtool for the scrape test; nft to look at the ingress filter, etcdctl for
+# the role script; the CNI plugins weft-cni delegates to, and podman with runc
+# and a static busybox for the container image of its test.
+DEB_PACKAGES := iproute2 iptables nftables etcd-server etcd-client iputils-ping ncat prometheus procps ca-certificates \
+	containernetworking-plugins podman runc busybox-static
 
 # Packages whose tests never need root; they also run under the race detector.
-UNIT_PKGS := ./ip/... ./subnet/... ./cmd/... ./internal/etcdconn/...
+UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./cmd/... ./internal/etcdconn/...
 
 .PHONY: all build deps demo test test-unit test-kernel e2e bench fuzz vet clean
 
@@ -26,6 +29,7 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/weftd ./cmd/weftd
 	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/weftctl ./cmd/weftctl
+	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/weft-cni ./cmd/weft-cni
 
 # deps installs whatever of DEB_PACKAGES is missing (root, Debian).
 deps:
@@ -43,6 +47,7 @@ demo: deps build
 test: deps build vet
 	WEFT_REQUIRE_ETCD=1 $(GO) test -race -count=1 $(UNIT_PKGS)
 	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./internal/cluster/...
+	WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 ./cni/...
 	WEFT_REQUIRE_ETCD=1 WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 -timeout 20m ./e2e/...
 
 test-unit:
@@ -59,11 +64,23 @@ vet:
 bench: deps build
 	WEFT_BIN=$(BIN) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
 
+# fuzz runs every fuzz target in the repo, FUZZTIME each (make fuzz FUZZTIME=5m).
+# Their seed corpora live in each package's testdata/fuzz and also run in test.
+fuzz: FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseConfig -fuzztime 30s ./subnet/
-	$(GO) test -run '^$$' -fuzz FuzzParseKey -fuzztime 30s ./subnet/
-	$(GO) test -run '^$$' -fuzz FuzzParseLeaseAttrs -fuzztime 30s ./subnet/
-	$(GO) test -run '^$$' -fuzz FuzzReadSubnetEnv -fuzztime 30s ./network/
+	$(GO) test -run '^$$' -fuzz '^FuzzPick$$' -fuzztime $(FUZZTIME) ./ip/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./peer/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./subnet/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./subnet/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLeaseAttrs$$' -fuzztime $(FUZZTIME) ./subnet/
+	$(GO) test -run '^$$' -fuzz '^FuzzPeerSnapshot$$' -fuzztime $(FUZZTIME) ./subnet/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
+	$(GO) test -run '^$$' -fuzz '^FuzzSet$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadSubnetEnv$$' -fuzztime $(FUZZTIME) ./network/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseFlags$$' -fuzztime $(FUZZTIME) ./cmd/weftd/
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePing$$' -fuzztime $(FUZZTIME) ./internal/cluster/
+	$(GO) test -run '^$$' -fuzz '^FuzzSubnetEnv$$' -fuzztime $(FUZZTIME) ./cni/
+	$(GO) test -run '^$$' -fuzz '^FuzzConf$$' -fuzztime $(FUZZTIME) ./cni/
 
 clean:
 	rm -rf $(BIN)

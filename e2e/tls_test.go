@@ -133,6 +133,11 @@ func TestEtcdPassword(t *testing.T) {
 	b := e.addWeftd("node2", "172.17.42.32", nil, common...)
 	a.waitReady(t, 1, 15*time.Second)
 	b.waitReady(t, 1, 15*time.Second)
+	// Both serve traffic and must stay up: their command lines are read
+	// while they are known to be running, before anything else happens.
+	for _, n := range []*node{a, b} {
+		checkCmdline(t, n, password)
+	}
 
 	t.Setenv("WEFTD_ETCD_PASSWORD", "")
 	wrong := filepath.Join(t.TempDir(), "wrong-password")
@@ -141,23 +146,49 @@ func TestEtcdPassword(t *testing.T) {
 	}
 	c := e.addWeftd("node3", "172.17.42.33", nil, append(common, "--etcd-password-file", wrong)...)
 	c.waitLog(t, "authentication failed", 10*time.Second)
+	// A refused password is not an outage to wait out: weftd exits.
+	select {
+	case <-c.proc.Done():
+	case <-time.After(10 * time.Second):
+		t.Errorf("weftd with a wrong password kept running:\n%s", c.proc.Tail(10))
+	}
 
 	for _, n := range []*node{a, b, c} {
 		if log := n.proc.Tail(100000); strings.Contains(log, password) {
 			t.Errorf("%s: the password is in weftd's log:\n%s", n.Name, log)
 		}
+	}
+}
+
+// checkCmdline asserts that n's weftd, which must be running, does not carry
+// password on its command line. /proc/<pid>/cmdline of a process that exited
+// is empty (a zombie) or gone, so the process must be alive both before and
+// after the read: only then was the pid, not yet reaped, still n's weftd.
+func checkCmdline(t *testing.T, n *node, password string) {
+	t.Helper()
+	alive := func() bool {
 		select {
 		case <-n.proc.Done():
-			continue
+			return false
 		default:
+			return true
 		}
-		argv, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.proc.Pid()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(string(argv), "weftd") || strings.Contains(string(argv), password) {
-			t.Errorf("%s: weftd's command line %q holds the password", n.Name, argv)
-		}
+	}
+	if !alive() {
+		t.Fatalf("%s: weftd exited:\n%s", n.Name, n.proc.Tail(20))
+	}
+	argv, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.proc.Pid()))
+	if !alive() {
+		t.Fatalf("%s: weftd exited while its command line was read:\n%s", n.Name, n.proc.Tail(20))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(argv) == 0 { // a zombie not reaped yet: exited all the same
+		t.Fatalf("%s: weftd exited:\n%s", n.Name, n.proc.Tail(20))
+	}
+	if !strings.Contains(string(argv), "weftd") || strings.Contains(string(argv), password) {
+		t.Errorf("%s: weftd's command line %q holds the password", n.Name, argv)
 	}
 }
 

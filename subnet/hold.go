@@ -56,6 +56,8 @@ type holder struct {
 	attrs LeaseAttrs
 	value string // attrs as JSON
 	down  bool   // etcd unreachable; logged once when it starts and ends
+
+	deniedLogged bool // etcd refused us a write; logged once (deniedWrite)
 }
 
 // Hold acquires a subnet for this node and keeps it for as long as ctx lives:
@@ -120,6 +122,9 @@ func (r *Registry) Hold(ctx context.Context, req HoldRequest) error {
 
 // outage records an etcd error: the first one of a series is logged.
 func (h *holder) outage(err error) {
+	if h.deniedWrite(err) {
+		return
+	}
 	if !h.down {
 		h.down = true
 		// The peer watch's probe tells the operator; this is its echo.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -23,6 +24,7 @@ type etcdFlags struct {
 	keyFile      string
 	username     string
 	passwordFile string
+	plainPasswd  bool // --etcd-allow-plaintext-password
 }
 
 func envOr(name, def string) string {
@@ -40,6 +42,8 @@ func (e *etcdFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&e.keyFile, "etcd-keyfile", envOr("WEFTD_ETCD_KEYFILE", ""), "client key for etcd")
 	fs.StringVar(&e.username, "etcd-username", envOr("WEFTD_ETCD_USERNAME", ""), "etcd user name")
 	fs.StringVar(&e.passwordFile, "etcd-password-file", envOr("WEFTD_ETCD_PASSWORD_FILE", ""), "file holding the etcd password (or set WEFTD_ETCD_PASSWORD)")
+	plain, _ := strconv.ParseBool(envOr("WEFTD_ETCD_ALLOW_PLAINTEXT_PASSWORD", "false"))
+	fs.BoolVar(&e.plainPasswd, "etcd-allow-plaintext-password", plain, "send the etcd password over plaintext http:// to an endpoint not on loopback (refused otherwise)")
 }
 
 // registry connects to etcd and returns the subnet registry on it.
@@ -54,7 +58,7 @@ func (e *etcdFlags) registry(log *slog.Logger) (*subnet.Registry, *clientv3.Clie
 	}
 	cfg, err := etcdconn.Config(etcdconn.Options{
 		Endpoints: e.endpoints, CAFile: e.caFile, CertFile: e.certFile, KeyFile: e.keyFile,
-		Username: e.username, Password: pw,
+		Username: e.username, Password: pw, AllowPlaintextPassword: e.plainPasswd,
 	}, log)
 	if err != nil {
 		return nil, nil, err

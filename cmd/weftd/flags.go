@@ -23,6 +23,7 @@ type options struct {
 	etcdUsername     string
 	etcdPassword     string
 	etcdPasswordFile string
+	etcdPlainPasswd  bool // --etcd-allow-plaintext-password
 
 	ifaces     []string
 	ifaceRegex []string
@@ -64,6 +65,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.etcdUsername, "etcd-username", "", "etcd user name")
 	fs.StringVar(&o.etcdPassword, "etcd-password", "", "etcd password (visible in the process list: prefer --etcd-password-file or WEFTD_ETCD_PASSWORD)")
 	fs.StringVar(&o.etcdPasswordFile, "etcd-password-file", "", "file holding the etcd password")
+	fs.BoolVar(&o.etcdPlainPasswd, "etcd-allow-plaintext-password", false, "send the etcd password over plaintext http:// to an endpoint not on loopback (refused otherwise)")
 	fs.StringArrayVar(&o.ifaces, "iface", nil, "interface name or address for the underlay; repeat to give candidates in order")
 	fs.StringArrayVar(&o.ifaceRegex, "iface-regex", nil, "regular expression matching interface names or addresses; repeatable")
 	fs.StringVar(&o.publicIP, "public-ip", "", "address other nodes send VXLAN packets to (default: the interface's first address)")

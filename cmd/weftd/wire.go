@@ -52,6 +52,8 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		KeyFile:   o.etcdKeyFile,
 		Username:  o.etcdUsername,
 		Password:  o.etcdPassword,
+
+		AllowPlaintextPassword: o.etcdPlainPasswd,
 	}, log)
 	if err != nil {
 		return nil, err
@@ -64,7 +66,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 
 	// Serve /healthz and /readyz while waiting for etcd.
 	a := &agent{log: log, opts: o}
-	a.server = &http.Server{Addr: o.metricsAddr, Handler: a.routes(promReg), ReadHeaderTimeout: 5 * time.Second}
+	a.server = newHTTPServer(o.metricsAddr, a.routes(promReg), defaultHTTPLimits)
 	if o.metricsAddr != "" {
 		ln, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {

@@ -4,7 +4,9 @@
 //
 // flanneld silently talks plaintext when it is given only a CA file; weft
 // treats a CA file as "this etcd speaks TLS" and refuses http:// endpoints
-// alongside it.
+// alongside it. Nor does it send a password where anyone on the path could
+// read it: a password with a plaintext endpoint that is not on loopback is
+// refused unless AllowPlaintextPassword says the operator means it.
 //
 // TLS is not handed to the etcd client as a fixed tls.Config: grpc would keep
 // the CA pool and the client certificate it was built with. Instead the
@@ -47,6 +49,9 @@ type Options struct {
 	KeyFile   string
 	Username  string
 	Password  string
+	// AllowPlaintextPassword lets a password go to a plaintext endpoint
+	// that is not on loopback (--etcd-allow-plaintext-password).
+	AllowPlaintextPassword bool
 }
 
 // Config checks o and returns the clientv3 configuration for it. It logs one
@@ -91,6 +96,9 @@ func Config(o Options, log *slog.Logger) (clientv3.Config, error) {
 	}
 	if len(plain) > 0 && len(secure) > 0 {
 		return cfg, fmt.Errorf("--etcd-endpoints: %s is plaintext but %s is TLS; one cluster speaks one of them", plain[0], secure[0])
+	}
+	if len(exposed) > 0 && o.Password != "" && !o.AllowPlaintextPassword {
+		return cfg, fmt.Errorf("--etcd-endpoints %q: plaintext http to an address not on loopback would carry the etcd password readably; use https://, or give --etcd-allow-plaintext-password if the network is trusted", exposed[0])
 	}
 	if len(exposed) > 0 {
 		log.Warn("etcd endpoint is plaintext and not on loopback: leases and credentials cross the network unencrypted",
