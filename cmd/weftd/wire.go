@@ -35,9 +35,16 @@ type agent struct {
 	reg    *subnet.Registry
 	node   atomic.Pointer[network.Node] // set once wired; the HTTP server starts before
 	server *http.Server
+	// starters run beside the loop; closers release what wiring made
+	// (Kubernetes mode, cmd/weftd/kube.go).
+	starters []func(context.Context)
+	closers  []func()
 }
 
 func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
+	if o.kube.enabled {
+		return wireKube(ctx, o, log)
+	}
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(
 		collectors.NewGoCollector(),
@@ -220,6 +227,9 @@ func isUnavailable(err error) bool {
 
 func (a *agent) run(ctx context.Context) error {
 	go a.notifyWhenReady(ctx)
+	for _, f := range a.starters {
+		go f(ctx)
+	}
 	return a.node.Load().Run(ctx)
 }
 
@@ -228,7 +238,12 @@ func (a *agent) shutdown(ctx context.Context) {
 }
 
 func (a *agent) close() {
-	a.cli.Close()
+	if a.cli != nil {
+		a.cli.Close()
+	}
+	for _, f := range a.closers {
+		f()
+	}
 }
 
 func buildInfo() prometheus.Collector {

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/pflag"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/weft-net/weft/backend/vxlan"
+	"github.com/weft-net/weft/ip"
+	"github.com/weft-net/weft/kube"
+	"github.com/weft-net/weft/network"
+	"github.com/weft-net/weft/subnet"
+)
+
+// kubeOptions are the flags of Kubernetes mode, flanneld's names and
+// defaults, and the environment flanneld reads for the node's name.
+type kubeOptions struct {
+	enabled     bool   // --kube-subnet-mgr
+	kubeconfig  string // --kubeconfig-file
+	apiURL      string // --kube-api-url
+	netConfPath string // --net-config-path
+	prefix      string // --kube-annotation-prefix
+	setNetAvail bool   // --set-node-network-unavailable
+
+	nodeName, podName, podNamespace string // NODE_NAME, POD_NAME, POD_NAMESPACE
+}
+
+func addKubeFlags(fs *pflag.FlagSet, k *kubeOptions) {
+	fs.BoolVar(&k.enabled, "kube-subnet-mgr", false, "take the subnet and the peers from the Kubernetes API (Node podCIDRs and annotations) instead of etcd")
+	fs.StringVar(&k.kubeconfig, "kubeconfig-file", "", "kubeconfig for the API server (default: the in-cluster service account)")
+	fs.StringVar(&k.apiURL, "kube-api-url", "", "API server URL, overriding the kubeconfig's")
+	fs.StringVar(&k.netConfPath, "net-config-path", "/etc/kube-flannel/net-conf.json", "network config in Kubernetes mode, the same JSON as etcd mode's config key")
+	fs.StringVar(&k.prefix, "kube-annotation-prefix", kube.DefaultPrefix, "prefix of the Node annotations weft reads and writes")
+	fs.BoolVar(&k.setNetAvail, "set-node-network-unavailable", true, "set the Node's NetworkUnavailable condition to false once the data plane is ready")
+}
+
+// fromEnv reads the node's name as flanneld does: NODE_NAME, or the Node of
+// the pod POD_NAME in POD_NAMESPACE.
+func (k *kubeOptions) fromEnv(getenv func(string) string) error {
+	k.nodeName, k.podName, k.podNamespace = getenv("NODE_NAME"), getenv("POD_NAME"), getenv("POD_NAMESPACE")
+	if !k.enabled {
+		return nil
+	}
+	if err := kube.CheckPrefix(k.prefix); err != nil {
+		return fmt.Errorf("--kube-annotation-prefix: %w", err)
+	}
+	if k.nodeName == "" && (k.podName == "" || k.podNamespace == "") {
+		return errors.New("--kube-subnet-mgr: set NODE_NAME to this node's name, or POD_NAME and POD_NAMESPACE to weftd's pod")
+	}
+	return nil
+}
+
+// restConfig is the API server's address and credentials: the kubeconfig
+// and URL flags, or the pod's service account when neither is given.
+func (k *kubeOptions) restConfig() (*rest.Config, error) {
+	var (
+		c   *rest.Config
+		err error
+	)
+	if k.kubeconfig == "" && k.apiURL == "" {
+		c, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("--kube-subnet-mgr without --kubeconfig-file or --kube-api-url needs the in-cluster service account: %w", err)
+		}
+	} else if c, err = clientcmd.BuildConfigFromFlags(k.apiURL, k.kubeconfig); err != nil {
+		return nil, fmt.Errorf("--kubeconfig-file %q / --kube-api-url %q: %w", k.kubeconfig, k.apiURL, err)
+	}
+	// Protobuf halves what a list of thousands of Nodes costs to decode.
+	c.ContentType = "application/vnd.kubernetes.protobuf"
+	c.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	c.UserAgent = "weftd/" + buildVersion()
+	return c, nil
+}
+
+// wireKube is wire for --kube-subnet-mgr: the network config from a file,
+// the subnet and the peers from the Node objects.
+func wireKube(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
+	k := o.kube
+	raw, err := os.ReadFile(k.netConfPath)
+	if err != nil {
+		return nil, fmt.Errorf("--net-config-path: %w", err)
+	}
+	cfg, err := subnet.ParseConfig(raw)
+	if err != nil {
+		return nil, fmt.Errorf("--net-config-path %s: %w", k.netConfPath, err)
+	}
+	rc, err := k.restConfig()
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("making the Kubernetes client: %w", err)
+	}
+
+	promReg := prometheus.NewRegistry()
+	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
+	a := &agent{log: log, opts: o}
+	a.server = newHTTPServer(o.metricsAddr, a.routes(promReg), defaultHTTPLimits)
+	if o.metricsAddr != "" {
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return nil, fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
+		}
+		go func() {
+			if err := a.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+	}
+
+	name, err := k.resolveNodeName(ctx, client, log)
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := kube.New(kube.Config{Client: client, NodeName: name, Prefix: k.prefix, Network: cfg, Log: log, Registerer: promReg})
+	if err != nil {
+		return nil, err
+	}
+	kctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		mgr.Run(kctx)
+	}()
+	a.closers = append(a.closers, func() { stop(); <-done })
+	fail := func(err error) (*agent, error) { a.close(); return nil, err }
+
+	// public-ip-overwrite on the Node wins over the interface's address.
+	publicIP := o.publicIP
+	over, err := mgr.PublicIPOverwrite(ctx)
+	if err != nil {
+		return fail(fmt.Errorf("Node %s: %w", name, err))
+	}
+	if over.IsValid() {
+		log.Info("using the Node's public-ip-overwrite", "node", name, "public_ip", over)
+		publicIP = over.String()
+	}
+	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: publicIP})
+	if err != nil {
+		return fail(err)
+	}
+	vni := cfg.Backend.VNI
+	mac := ip.VTEPMAC(up.PublicIP, vni)
+	devName := fmt.Sprintf("flannel.%d", vni)
+	avoid, err := network.HostPrefixes(devName)
+	if err != nil {
+		return fail(err)
+	}
+	log.Info("Kubernetes mode", "node", name, "network", cfg.Network, "vni", vni,
+		"uplink", up.Name, "public_ip", up.PublicIP, "vtep_mac", mac.String(), "annotation_prefix", k.prefix)
+
+	// TODO(services): weft's own service VIPs stay off in this mode by
+	// default: kube-proxy owns Services.
+	node, err := network.NewNode(network.NodeConfig{
+		Config:         cfg,
+		PublicIP:       up.PublicIP,
+		Underlay:       up.Networks,
+		Avoid:          avoid,
+		LeaseTTL:       o.leaseTTL,
+		SubnetFile:     o.subnetFile,
+		IPMasq:         o.ipMasq,
+		ResyncInterval: o.resyncInterval,
+		RulesInterval:  o.iptablesResync,
+		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
+		Holder:         mgr,
+		Watcher:        mgr,
+		EtcdSynced:     mgr.LastSync,
+		NewDataplane: func(own netip.Prefix) (network.Dataplane, error) {
+			return newVXLAN(vxlan.Config{Name: devName, VNI: vni, Port: cfg.Backend.Port, Local: up.PublicIP,
+				UplinkIndex: up.Index, MTU: cfg.Backend.MTU, MAC: mac, Subnet: own}, log, promReg)
+		},
+		NewRules: func(rc network.RulesConfig) (network.RuleSet, error) {
+			r, err := network.NewRules(rc, log)
+			if err != nil {
+				return nil, err
+			}
+			return r, nil
+		},
+		SkipForward: !o.forwardRules,
+		NewIngress: func(ic network.IngressConfig) (network.IngressFilter, error) {
+			g, err := network.NewIngress(ic, log)
+			if err != nil {
+				return nil, err
+			}
+			return g, nil
+		},
+		VXLANPort:    cfg.Backend.Port,
+		AllowVXLAN:   o.vxlanAllowNets,
+		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixes(devName) },
+		Log:          log,
+		Metrics:      network.NewMetrics(promReg),
+	})
+	if err != nil {
+		return fail(err)
+	}
+	a.node.Store(node)
+	if k.setNetAvail {
+		a.starters = append(a.starters, func(ctx context.Context) { a.markNetworkAvailable(ctx, mgr) })
+	}
+	return a, nil
+}
+
+// resolveNodeName is NODE_NAME, or the node weftd's own pod runs on.
+func (k *kubeOptions) resolveNodeName(ctx context.Context, client kubernetes.Interface, log *slog.Logger) (string, error) {
+	if k.nodeName != "" {
+		return k.nodeName, nil
+	}
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		pod, err := client.CoreV1().Pods(k.podNamespace).Get(rctx, k.podName, metav1.GetOptions{})
+		cancel()
+		if err == nil && pod.Spec.NodeName != "" {
+			return pod.Spec.NodeName, nil
+		}
+		if err == nil {
+			err = errors.New("spec.nodeName is empty")
+		}
+		log.Warn("finding this node's name from POD_NAME and POD_NAMESPACE, will retry", "pod", k.podNamespace+"/"+k.podName, "err", err)
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// markNetworkAvailable sets the Node's NetworkUnavailable condition to
+// false once the node is first ready, retrying until the API server takes it.
+func (a *agent) markNetworkAvailable(ctx context.Context, mgr *kube.Manager) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	backoff := time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if len(a.node.Load().Status().NotReady(time.Now(), a.opts.readyEtcdGrace)) > 0 {
+			continue
+		}
+		err := mgr.SetNetworkAvailable(ctx)
+		if err == nil {
+			a.log.Info("set the Node's NetworkUnavailable condition to false")
+			return
+		}
+		a.log.Error("marking the Node's network available, will retry", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}

@@ -1,0 +1,109 @@
+package kube
+
+import (
+	"context"
+	"slices"
+
+	"github.com/weft-net/weft/peer"
+	"github.com/weft-net/weft/subnet"
+)
+
+// WatchPeers calls out with a whole Snapshot of the other Nodes once the
+// informer has listed them and this node holds its podCIDR, and again after
+// every change, until ctx ends (it returns ctx.Err()). Changes that arrive
+// while a snapshot is being made are folded into the next one.
+func (m *Manager) WatchPeers(ctx context.Context, f subnet.PeerFilter, out func(subnet.Snapshot)) error {
+	if err := m.WaitSynced(ctx); err != nil {
+		return err
+	}
+	var last []peer.Peer // the previous snapshot's peers, for the event counts
+	for {
+		if s, ok := m.snapshot(f); ok {
+			m.count(last, s.Peers)
+			last = append(last[:0], s.Peers...)
+			out(s)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-m.peerKick:
+		case <-f.Refilter:
+		}
+	}
+}
+
+// snapshot makes the peers for the node's current view; false before the
+// node holds its podCIDR, whose length every peer's subnet must have.
+func (m *Manager) snapshot(f subnet.PeerFilter) (subnet.Snapshot, bool) {
+	self := peer.Self{Underlay: f.Underlay, VtepMAC: f.VtepMAC}
+	if f.Self != nil {
+		self.Subnet, self.PublicIP = f.Self()
+	}
+	if f.Foreign != nil {
+		self.Foreign = f.Foreign()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.own.IsValid() {
+		return subnet.Snapshot{}, false
+	}
+	if !self.Subnet.IsValid() {
+		self.Subnet = m.own
+	}
+	n := peer.Network{Prefix: f.Config.Network, SubnetLen: m.own.Bits()}
+	buf := m.peerBuf(len(m.peers.sorted))
+	peers, rej := m.peers.snapshot(buf, m.cfg.NodeName, n, &self)
+	seen := make(map[string]bool, len(rej))
+	for _, r := range rej {
+		seen[r.name] = true
+		m.rejectLocked(r.name, r.err, false)
+	}
+	// A Node that passes again may be reported again if it fails later.
+	for name := range m.peers.reported {
+		if _, valid := m.peers.valid[name]; valid && !seen[name] {
+			delete(m.peers.reported, name)
+		}
+	}
+	return subnet.Snapshot{Peers: peers, Revision: m.rev}, true
+}
+
+func (m *Manager) peerBuf(n int) []peer.Peer {
+	if p, ok := m.bufs.Get().(*[]peer.Peer); ok && cap(*p) >= n {
+		return (*p)[:0]
+	}
+	return make([]peer.Peer, 0, n+n/8+16)
+}
+
+// count updates weft_peer_events_total from the difference between two
+// snapshots, both sorted by subnet.
+func (m *Manager) count(prev, next []peer.Peer) {
+	i, j := 0, 0
+	for i < len(prev) || j < len(next) {
+		c := 0
+		switch {
+		case i == len(prev):
+			c = 1
+		case j == len(next):
+			c = -1
+		default:
+			c = prev[i].Subnet.Addr().Compare(next[j].Subnet.Addr())
+			if c == 0 && prev[i].Subnet.Bits() != next[j].Subnet.Bits() {
+				c = prev[i].Subnet.Bits() - next[j].Subnet.Bits()
+			}
+		}
+		switch {
+		case c < 0:
+			m.m.peerEvents.WithLabelValues("removed").Inc()
+			i++
+		case c > 0:
+			m.m.peerEvents.WithLabelValues("added").Inc()
+			j++
+		default:
+			if prev[i].PublicIP != next[j].PublicIP || !slices.Equal(prev[i].VtepMAC, next[j].VtepMAC) {
+				m.m.peerEvents.WithLabelValues("changed").Inc()
+			}
+			i++
+			j++
+		}
+	}
+}
