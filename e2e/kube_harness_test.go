@@ -12,15 +12,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/weft-net/weft/internal/cluster"
 )
@@ -79,11 +82,14 @@ type kubeEnv struct {
 	kbin       string
 	dir        string
 	token      string
-	kubeconfig string
-	netConf    string
-	api        *cluster.Proc
-	apiArgs    []string
-	client     kubernetes.Interface
+	kubeconfig string // admin's, for kube-proxy
+	// weftKubeconfig is the ServiceAccount of deploy/kubernetes/weft-kube.yaml:
+	// weftd runs with exactly the ClusterRole the manifest grants.
+	weftKubeconfig string
+	netConf        string
+	api            *cluster.Proc
+	apiArgs        []string
+	client         kubernetes.Interface
 }
 
 func newKubeEnv(t *testing.T) *kubeEnv {
@@ -98,6 +104,7 @@ func newKubeEnv(t *testing.T) *kubeEnv {
 	k.writeFiles()
 	k.startAPI()
 	k.client = k.newClient()
+	k.applyManifestRBAC()
 	return k
 }
 
@@ -131,8 +138,13 @@ func (k *kubeEnv) writeFiles() {
 		return p
 	}
 	saKey := write("sa.key", string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: der})))
-	tokens := write("tokens.csv", k.token+",admin,admin,system:masters\n")
-	k.kubeconfig = write("kubeconfig", fmt.Sprintf(`apiVersion: v1
+	b := make([]byte, 16)
+	rand.Read(b)
+	weftToken := hex.EncodeToString(b)
+	tokens := write("tokens.csv", k.token+",admin,admin,system:masters\n"+
+		weftToken+",system:serviceaccount:kube-system:weft,weft,system:serviceaccounts\n")
+	kubeconfig := func(token string) string {
+		return fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
 - name: test
@@ -149,7 +161,10 @@ contexts:
     cluster: test
     user: admin
 current-context: test
-`, apiURL, k.token))
+`, apiURL, token)
+	}
+	k.kubeconfig = write("kubeconfig", kubeconfig(k.token))
+	k.weftKubeconfig = write("weft.kubeconfig", kubeconfig(weftToken))
 	k.netConf = write("net-conf.json", kubeNetConf)
 	k.apiArgs = []string{filepath.Join(k.kbin, "kube-apiserver"),
 		"--etcd-servers", "http://127.0.0.1:2379",
@@ -237,7 +252,7 @@ func (k *kubeEnv) createNode(name, addr, podCIDR string, ann map[string]string) 
 func (k *kubeEnv) addKubeNode(name, addr, podCIDR string, extra ...string) *node {
 	k.t.Helper()
 	k.createNode(name, addr, podCIDR, nil)
-	args := append([]string{"--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf,
+	args := append([]string{"--kube-subnet-mgr", "--kubeconfig-file", k.weftKubeconfig, "--net-config-path", k.netConf,
 		"--ip-masq", "--metrics-addr", "127.0.0.1:8285"}, extra...)
 	n := k.addWeftd(name, addr, []string{"NODE_NAME=" + name}, args...)
 	if out, err := n.IP(k.ctx, "route", "add", "default", "via", etcdAddr, "dev", "eth0"); err != nil {
@@ -294,5 +309,46 @@ func (k *kubeEnv) pingAll() {
 				k.t.Errorf("host %s -> %s/c1: %v", a.Name, b.Name, err)
 			}
 		}
+	}
+}
+
+// applyManifestRBAC creates the ClusterRole and ClusterRoleBinding of
+// deploy/kubernetes/weft-kube.yaml, which weftd's ServiceAccount user runs with.
+func (k *kubeEnv) applyManifestRBAC() {
+	k.t.Helper()
+	const path = "../deploy/kubernetes/weft-kube.yaml"
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	found := 0
+	for _, doc := range regexp.MustCompile(`(?m)^---$`).Split(string(raw), -1) {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			k.t.Fatalf("%s: %v", path, err)
+		}
+		switch meta.Kind {
+		case "ClusterRole":
+			var r rbacv1.ClusterRole
+			if err := yaml.UnmarshalStrict([]byte(doc), &r); err != nil {
+				k.t.Fatalf("%s: %v", path, err)
+			}
+			_, err = k.client.RbacV1().ClusterRoles().Create(k.ctx, &r, metav1.CreateOptions{})
+		case "ClusterRoleBinding":
+			var r rbacv1.ClusterRoleBinding
+			if err := yaml.UnmarshalStrict([]byte(doc), &r); err != nil {
+				k.t.Fatalf("%s: %v", path, err)
+			}
+			_, err = k.client.RbacV1().ClusterRoleBindings().Create(k.ctx, &r, metav1.CreateOptions{})
+		default:
+			continue
+		}
+		if err != nil {
+			k.t.Fatalf("applying the %s of %s: %v", meta.Kind, path, err)
+		}
+		found++
+	}
+	if found != 2 {
+		k.t.Fatalf("%s: %d of ClusterRole and ClusterRoleBinding found, want both", path, found)
 	}
 }

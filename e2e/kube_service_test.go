@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,7 +15,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/weft-net/weft/internal/cluster"
 	"github.com/weft-net/weft/internal/netnsx"
@@ -115,16 +115,34 @@ func httpGetIn(ctx context.Context, ns, url string) (string, error) {
 // controller manager): the two containers on node2.
 func (k *kubeEnv) createService() {
 	k.t.Helper()
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "my-nginx-service", Namespace: "default"},
-		Spec: corev1.ServiceSpec{
-			ClusterIP: serviceVIP,
-			Selector:  map[string]string{"app": "my-nginx"},
-			Ports:     []corev1.ServicePort{{Protocol: corev1.ProtocolTCP, Port: servicePort, TargetPort: intstr.FromInt32(80)}},
-		},
+	// service.yml of the reference deployment, with its ClusterIP, created
+	// by kubectl as an operator would.
+	svc := filepath.Join(k.dir, "service.yml")
+	if err := os.WriteFile(svc, []byte(`{
+    "kind": "Service",
+    "apiVersion": "v1",
+    "metadata": {
+        "name": "my-nginx-service"
+    },
+    "spec": {
+        "clusterIP": "`+serviceVIP+`",
+        "selector": {
+            "app": "my-nginx"
+        },
+        "ports": [
+            {
+                "protocol": "TCP",
+                "port": 8080,
+                "targetPort": 80
+            }
+        ]
+    }
+}
+`), 0o644); err != nil {
+		k.t.Fatal(err)
 	}
-	if _, err := k.client.CoreV1().Services("default").Create(k.ctx, svc, metav1.CreateOptions{}); err != nil {
-		k.t.Fatalf("creating my-nginx-service: %v", err)
+	if out, err := k.master.Run(k.ctx, filepath.Join(k.kbin, "kubectl"), "--kubeconfig", k.kubeconfig, "create", "-f", svc); err != nil {
+		k.t.Fatalf("kubectl create -f service.yml: %v\n%s", err, out)
 	}
 	ready, port, proto := true, int32(80), corev1.ProtocolTCP
 	node2 := "node2"
@@ -163,4 +181,3 @@ func (k *kubeEnv) startKubeProxy(n *node) {
 		k.t.Fatal(err)
 	}
 }
-
