@@ -164,8 +164,8 @@ func (k *kubeEnv) createService() {
 }
 
 // startKubeProxy runs kube-proxy in iptables mode on n. It leaves the
-// host-wide conntrack table size alone (--conntrack-max-per-core 0): only
-// per-namespace settings change.
+// conntrack settings alone (the table size is the host's, not the
+// namespace's): only n's own iptables and sysctls change.
 func (k *kubeEnv) startKubeProxy(n *node) {
 	k.t.Helper()
 	_, err := n.Start("kube-proxy", filepath.Join(k.kbin, "kube-proxy"),
@@ -174,6 +174,8 @@ func (k *kubeEnv) startKubeProxy(n *node) {
 		"--proxy-mode", "iptables",
 		"--cluster-cidr", "172.16.0.0/12",
 		"--conntrack-max-per-core", "0",
+		"--conntrack-tcp-timeout-established", "0",
+		"--conntrack-tcp-timeout-close-wait", "0",
 		"--metrics-bind-address", "127.0.0.1:10249",
 		"--healthz-bind-address", "127.0.0.1:10256",
 		"-v", "2")

@@ -140,3 +140,27 @@ func waitFor(t *testing.T, ctx context.Context, ok func() bool) {
 		}
 	}
 }
+
+// TestTrim: the informer keeps only what weft reads of a Node.
+func TestTrim(t *testing.T) {
+	m, err := New(Config{Client: fake.NewClientset(), NodeName: "self", Network: testConfig(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := node("n", "10.244.2.0/24", flannelAnn("192.168.7.2", "0a:00:00:00:00:02"))
+	n.Annotations["node.alpha.kubernetes.io/ttl"] = "0"
+	n.Labels = map[string]string{"kubernetes.io/hostname": "n"}
+	n.Status.Images = []corev1.ContainerImage{{Names: []string{"x"}}}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.7.2"}}
+	out, err := m.trim(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*corev1.Node)
+	if len(got.ManagedFields) != 0 || len(got.Labels) != 0 || len(got.Status.Images) != 0 || len(got.Status.Addresses) != 0 {
+		t.Errorf("trim kept what weft does not read: %+v", got)
+	}
+	if len(got.Annotations) != 4 || got.Spec.PodCIDR != "10.244.2.0/24" || got.Name != "n" || got.CreationTimestamp.IsZero() {
+		t.Errorf("trim lost what weft reads: %+v", got)
+	}
+}
