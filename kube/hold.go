@@ -86,11 +86,11 @@ func (m *Manager) podCIDR(v string) (netip.Prefix, error) {
 	s, err := netip.ParsePrefix(v)
 	switch {
 	case err != nil:
-		return s, fmt.Errorf("Node %s: spec.podCIDR %q: not a prefix", m.cfg.NodeName, v)
+		return s, fmt.Errorf("spec.podCIDR %q of Node %s: not a prefix", v, m.cfg.NodeName)
 	case s.Masked() != s || !s.Addr().Is4():
-		return s, fmt.Errorf("Node %s: spec.podCIDR %v: not an IPv4 network address", m.cfg.NodeName, s)
+		return s, fmt.Errorf("spec.podCIDR %v of Node %s: not an IPv4 network address", s, m.cfg.NodeName)
 	case !m.cfg.Network.Network.Contains(s.Addr()) || s.Bits() < m.cfg.Network.Network.Bits():
-		return s, fmt.Errorf("Node %s: spec.podCIDR %v: outside the Network %v of net-conf.json", m.cfg.NodeName, s, m.cfg.Network.Network)
+		return s, fmt.Errorf("spec.podCIDR %v of Node %s: outside the Network %v of net-conf.json", s, m.cfg.NodeName, m.cfg.Network.Network)
 	}
 	return s, nil
 }

@@ -144,7 +144,7 @@ func wireKube(ctx context.Context, o options, log *slog.Logger) (*agent, error) 
 	publicIP := o.publicIP
 	over, err := mgr.PublicIPOverwrite(ctx)
 	if err != nil {
-		return fail(fmt.Errorf("Node %s: %w", name, err))
+		return fail(fmt.Errorf("reading Node %s: %w", name, err))
 	}
 	if over.IsValid() {
 		log.Info("using the Node's public-ip-overwrite", "node", name, "public_ip", over)
