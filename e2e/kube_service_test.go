@@ -46,6 +46,11 @@ func TestKubeProxyService(t *testing.T) {
 	}
 
 	for _, n := range k.nodes {
+		// kube-proxy's rules serve the VIP: nothing listens on it.
+		k.eventually("kube-proxy on "+n.Name+" programs my-nginx-service", 60*time.Second, func() (bool, string) {
+			out, _ := n.Run(k.ctx, "iptables-save", "-t", "nat")
+			return strings.Contains(out, "-d "+serviceVIP+"/32 -p tcp") && strings.Contains(out, "KUBE-SEP-"), out
+		})
 		// A client container of its own (.11): the endpoints themselves
 		// are c1 and c2 on node2.
 		client := n.addContainer("client", 11)
