@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/backend/vxlan"
+	wnet "github.com/weft-net/weft/network"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -39,6 +40,9 @@ type Pipeline struct {
 	Snapshot Percentiles `json:"snapshot"`
 	// vxlan.Device.Set with one change among N.
 	Set Percentiles `json:"set"`
+	// network.Ingress: Admit before the Set and its prune after, with one
+	// change among N (the VXLAN ingress filter's share of the path).
+	Ingress Percentiles `json:"ingress"`
 	// The whole path, Put returning to Set returning.
 	Total   Percentiles `json:"total"`
 	Profile string      `json:"profile,omitempty"`
@@ -49,6 +53,7 @@ type Pipeline struct {
 	ColdHold     Dur `json:"cold_hold_ms"`
 	ColdSnapshot Dur `json:"cold_snapshot_ms"`
 	ColdSet      Dur `json:"cold_set_ms"`
+	ColdIngress  Dur `json:"cold_ingress_ms"` // the first Admit: N addresses into the set
 
 	// A burst of BurstK leases in one transaction, added then deleted.
 	BurstK   int         `json:"burst_k"`
@@ -66,6 +71,7 @@ func (p *Pipeline) table(w io.Writer) {
 		{"etcd: call returns -> watch event", p.Delivery},
 		{"subnet: event -> Snapshot delivered", p.Snapshot},
 		{"vxlan: Set", p.Set},
+		{"ingress filter: Admit + prune", p.Ingress},
 		{"total: call returns -> Set returns", p.Total},
 	} {
 		fmt.Fprintf(tw, "%s\t%v\t%v\t%v\t%v\n", row.name, row.p.P50, row.p.P90, row.p.P99, row.p.Max)
@@ -75,11 +81,11 @@ func (p *Pipeline) table(w io.Writer) {
 		name string
 		s    burstStamps
 	}{{"adds", p.BurstAdd}, {"deletes", p.BurstDel}} {
-		fmt.Fprintf(w, "burst of %d %s, in process: etcd %v, subnet %v, vxlan Set %v; total %v\n",
-			p.BurstK, b.name, b.s.Delivery, b.s.Snapshot, b.s.Set, b.s.Total)
+		fmt.Fprintf(w, "burst of %d %s, in process: etcd %v, subnet %v, vxlan Set %v, ingress filter %v; total %v\n",
+			p.BurstK, b.name, b.s.Delivery, b.s.Snapshot, b.s.Set, b.s.Ingress, b.s.Total)
 	}
-	fmt.Fprintf(w, "start-up at %d peers, in process: Hold to its lease %v; WatchPeers to its first Snapshot %v; Set of it %v\n",
-		p.N, p.ColdHold, p.ColdSnapshot, p.ColdSet)
+	fmt.Fprintf(w, "start-up at %d peers, in process: Hold to its lease %v; WatchPeers to its first Snapshot %v; Set of it %v; ingress filter's first Admit %v\n",
+		p.N, p.ColdHold, p.ColdSnapshot, p.ColdSet, p.ColdIngress)
 	if p.Profile != "" {
 		fmt.Fprintf(w, "CPU profile of these changes: go tool pprof -top %s\n", p.Profile)
 	}
@@ -120,9 +126,24 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 	if _, err := dev.Ensure(ctx); err != nil {
 		return nil, err
 	}
+	// The VXLAN ingress filter, as network.Node drives it: Admit before Set,
+	// prune after.
+	ing, err := wnet.NewIngress(wnet.IngressConfig{
+		Network: netip.MustParsePrefix("172.16.0.0/12"), Subnet: own.subnet, Device: "flannel.1", Port: 8472, NetNSFd: int(nsh),
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer ing.Close()
+	if _, err := ing.Ensure(); err != nil {
+		return nil, err
+	}
 
 	// Every step's time, by etcd revision.
-	type stamps struct{ event, snap, set time.Time }
+	type stamps struct {
+		event, snap, set time.Time
+		ingress          time.Duration
+	}
 	var mu sync.Mutex
 	byRev := map[int64]*stamps{}
 	at := func(rev int64) *stamps {
@@ -172,7 +193,7 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 		return nil, errors.New("pipeline: no lease within 10 s")
 	}
 	coldHold := time.Since(holdStart)
-	var coldSnap, coldSet time.Duration
+	var coldSnap, coldSet, coldIngress time.Duration
 	watchStart := time.Now()
 	filter := subnet.PeerFilter{
 		Config: cfg, Underlay: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")},
@@ -186,17 +207,27 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 			if first {
 				coldSnap = t0.Sub(watchStart)
 			}
-			// As network.Node: the peers go to Set as they are, and the
-			// previous snapshot's memory back to the registry.
+			// As network.Node: the ingress filter admits the peers, they go
+			// to Set as they are, the filter prunes the departed, and the
+			// previous snapshot's memory goes back to the registry.
+			prune, aerr := ing.Admit(s.Peers)
+			ta := time.Since(t0)
 			err := dev.Set(wctx, s.Peers)
+			tp := time.Now()
+			if aerr == nil {
+				aerr = prune()
+			}
 			t1 := time.Now()
+			if aerr != nil && wctx.Err() == nil {
+				logf("pipeline: ingress: %v", aerr)
+			}
 			reg.Recycle(prev)
 			prev = s
 			mu.Lock()
 			st := at(s.Revision)
-			st.snap, st.set = t0, t1
+			st.snap, st.set, st.ingress = t0, t1, ta+t1.Sub(tp)
 			if first {
-				coldSet = t1.Sub(t0)
+				coldSet, coldIngress = t1.Sub(t0)-st.ingress, ta
 			}
 			mu.Unlock()
 			if err != nil && wctx.Err() == nil {
@@ -222,7 +253,7 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 	if err := pprof.StartCPUProfile(prof); err != nil {
 		return nil, err
 	}
-	var deliv, snap, set, total []time.Duration
+	var deliv, snap, set, ingress, total []time.Duration
 	record := func(rev int64, called time.Time) {
 		mu.Lock()
 		st := *at(rev)
@@ -231,7 +262,8 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 			deliv = append(deliv, st.event.Sub(called))
 			snap = append(snap, st.snap.Sub(st.event))
 		}
-		set = append(set, st.set.Sub(st.snap))
+		set = append(set, st.set.Sub(st.snap)-st.ingress)
+		ingress = append(ingress, st.ingress)
 		total = append(total, st.set.Sub(called))
 	}
 	for i := range rounds {
@@ -277,7 +309,7 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 		defer mu.Unlock()
 		st := at(resp.Header.Revision)
 		return burstStamps{Delivery: Dur(st.event.Sub(called)), Snapshot: Dur(st.snap.Sub(st.event)),
-			Set: Dur(st.set.Sub(st.snap)), Total: Dur(st.set.Sub(called))}, nil
+			Set: Dur(st.set.Sub(st.snap) - st.ingress), Ingress: Dur(st.ingress), Total: Dur(st.set.Sub(called))}, nil
 	}
 	some := e.burstPeers
 	var puts, dels []clientv3.Op
@@ -303,8 +335,8 @@ func (e *env) pipeline(ctx context.Context, nd *node, n int, free []synth, round
 	defer mu.Unlock()
 	return &Pipeline{
 		N: n, Delivery: percentiles(deliv), Snapshot: percentiles(snap),
-		Set: percentiles(set), Total: percentiles(total), Profile: profPath,
-		ColdHold: Dur(coldHold), ColdSnapshot: Dur(coldSnap), ColdSet: Dur(coldSet),
+		Set: percentiles(set), Ingress: percentiles(ingress), Total: percentiles(total), Profile: profPath,
+		ColdHold: Dur(coldHold), ColdSnapshot: Dur(coldSnap), ColdSet: Dur(coldSet), ColdIngress: Dur(coldIngress),
 		BurstAdd: badd, BurstDel: bdel, BurstK: len(some),
 	}, nil
 }
@@ -314,6 +346,7 @@ type burstStamps struct {
 	Delivery Dur `json:"etcd_delivery_ms"`
 	Snapshot Dur `json:"snapshot_ms"`
 	Set      Dur `json:"set_ms"`
+	Ingress  Dur `json:"ingress_ms"`
 	Total    Dur `json:"total_ms"`
 }
 

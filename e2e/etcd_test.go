@@ -239,15 +239,20 @@ func TestOwnLeaseDeleted(t *testing.T) {
 	t.Logf("lease back %v after deletion", took.Round(time.Millisecond))
 }
 
-// TestLeaseConflict: another node's lease overwrites node1's key. weftd logs
-// and counts it and does not fight over the key.
+// TestLeaseConflict: another live node's lease (its value on its own etcd
+// lease) overwrites node1's key. weftd logs and counts it and does not fight
+// over the key.
 func TestLeaseConflict(t *testing.T) {
 	e := newEnv(t, clusterOpts{nodes: 2})
 	ctx := e.ctx
 	a := e.nodes[0]
 	key := e.leaseKey(a)
 	intruder := `{"PublicIP":"172.17.42.99","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}}`
-	if _, err := e.cli.Put(ctx, key, intruder); err != nil {
+	g, err := e.cli.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cli.Put(ctx, key, intruder, clientv3.WithLease(g.ID)); err != nil {
 		t.Fatal(err)
 	}
 	put, err := e.cli.Get(ctx, key)

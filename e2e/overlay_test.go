@@ -42,8 +42,13 @@ func TestOverlay(t *testing.T) {
 
 	t.Run("subnet.env", func(t *testing.T) {
 		n := e.nodes[0]
-		want := fmt.Sprintf("FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
-			netip.PrefixFrom(n.subnet().Addr().Next(), 24))
+		// flannel's four lines, and the etcd lease of the node's key (weft's own line).
+		resp, err := e.cli.Get(ctx, e.leaseKey(n))
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("reading the node's key: %v", err)
+		}
+		want := fmt.Sprintf("FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\nWEFT_ETCD_LEASE=%x\n",
+			netip.PrefixFrom(n.subnet().Addr().Next(), 24), resp.Kvs[0].Lease)
 		out, err := exec.Command("cat", n.subnetFile).Output()
 		if err != nil || string(out) != want {
 			t.Errorf("subnet.env is %q (%v), want %q", out, err, want)

@@ -164,6 +164,21 @@ func TestVXLANIngressFromUnderlay(t *testing.T) {
 	if got := a.dataplane(ctx); got != before {
 		t.Errorf("node1's data plane differs after the peer left:\nbefore:\n%s\nafter:\n%s", before, got)
 	}
+
+	// The operator allows the host's address with --vxlan-allow-cidr: its
+	// frames pass without a lease.
+	a.stop()
+	a.args = append(a.args, "--vxlan-allow-cidr", outsideAddr+"/32")
+	a.start()
+	e.eventually("node1's filter allows the range", 10*time.Second, func() (bool, string) {
+		out, _ := a.Run(ctx, "nft", "list", "chain", "inet", "weft", "input")
+		return strings.Contains(out, "ip saddr "+outsideAddr+" udp dport 8472 return"), out
+	})
+	n0 = seen()
+	pingOnce(e.outside, victim.Addr, src, 3)
+	if n := seen() - n0; n < 3 {
+		t.Errorf("frames from a --vxlan-allow-cidr range: container saw %d of 3", n)
+	}
 }
 
 // TestVXLANIngressFromContainers: a container builds its own VXLAN device and

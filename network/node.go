@@ -81,6 +81,10 @@ type NodeConfig struct {
 
 	Holder  leaseHolder
 	Watcher peerWatcher
+	// ConfigWatcher follows the config key from ConfigRevision, the mod
+	// revision Config was read at; nil leaves the config as it is.
+	ConfigWatcher  configWatcher
+	ConfigRevision int64
 	// EtcdSynced says when the node's view of etcd was last current (for
 	// /readyz); subnet.Registry.LastSync.
 	EtcdSynced func() time.Time
@@ -162,6 +166,7 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	}
 	n.st.PublicIP = cfg.PublicIP
 	n.st.VtepMAC = cfg.Leases.VtepMAC.String()
+	n.st.ConfigRevision = cfg.ConfigRevision
 	return n, nil
 }
 
@@ -200,21 +205,16 @@ func (n *Node) Run(ctx context.Context) error {
 	defer cancel()
 
 	leases := newMailbox[subnet.Lease]()
-	prev := n.previousSubnet()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n.holdLease(ctx, prev, leases)
-	}()
-
-	// The peer watch starts with the lease acquisition rather than after it:
-	// its listing then overlaps Hold's and the device set-up at a cold start.
 	snaps := newMailbox[snapshotIn]()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n.watchPeers(ctx, snaps)
-	}()
+	prev, prevLease := n.previousSubnet()
+	stopEtcd := n.startEtcdSide(ctx, prev, prevLease, leases, snaps)
+	defer func() { stopEtcd() }()
+	configs := newMailbox[subnet.ConfigUpdate]()
+	if n.cfg.ConfigWatcher != nil {
+		wg.Go(func() {
+			_ = n.cfg.ConfigWatcher.WatchConfig(ctx, n.cfg.ConfigRevision, func(u subnet.ConfigUpdate) { configs.put(u) })
+		})
+	}
 
 	n.beat()
 	var lease subnet.Lease
@@ -281,8 +281,12 @@ func (n *Node) Run(ctx context.Context) error {
 
 		case l := <-leases.ch:
 			if l.Subnet == lease.Subnet {
+				renewed := l.EtcdLeaseID != lease.EtcdLeaseID
 				lease = l
 				n.setLease(l)
+				if renewed && n.envWritten() {
+					n.writeEnv(dp, lease) // subnet.env records the etcd lease
+				}
 				continue
 			}
 			n.log.Warn("the node's subnet changed; containers must be restarted on the new one",
@@ -303,6 +307,16 @@ func (n *Node) Run(ctx context.Context) error {
 			n.markEnvWritten(false)
 			subCtx, stopSub = context.WithCancel(ctx)
 			n.subscribe(subCtx, &wg, dp, kicks)
+
+		case u := <-configs.ch:
+			if next, apply := n.configChange(u); apply {
+				// Hold and the peer watch start again with the new
+				// config: the lease is adopted as it is, the peers are
+				// listed again and judged by the new range.
+				stopEtcd()
+				n.cfg.Config = next
+				stopEtcd = n.startEtcdSide(ctx, lease.Subnet, lease.EtcdLeaseID, leases, snaps)
+			}
 
 		case in := <-snaps.ch:
 			// The snapshot's peers are the desired state as they are
@@ -418,34 +432,36 @@ func (n *Node) dropped() map[string]uint64 {
 	return d
 }
 
-// previousSubnet is the subnet this node had before, according to subnet.env.
-func (n *Node) previousSubnet() netip.Prefix {
+// previousSubnet is the subnet this node had before, and the etcd lease it
+// held it with, according to subnet.env.
+func (n *Node) previousSubnet() (netip.Prefix, int64) {
 	if n.cfg.SubnetFile == "" {
-		return netip.Prefix{}
+		return netip.Prefix{}, 0
 	}
 	env, err := ReadSubnetEnv(n.cfg.SubnetFile)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return netip.Prefix{}
+		return netip.Prefix{}, 0
 	case err != nil:
 		n.log.Warn("ignoring unreadable subnet file", "err", err)
-		return netip.Prefix{}
+		return netip.Prefix{}, 0
 	}
-	return env.Lease()
+	return env.Lease(), env.EtcdLease
 }
 
 // holdLease keeps the node's lease until ctx ends, retrying acquisition
 // failures (an exhausted range, etcd down at start) with backoff.
-func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, out mailbox[subnet.Lease]) {
+func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, prevLease int64, out mailbox[subnet.Lease]) {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		err := n.cfg.Holder.Hold(ctx, subnet.HoldRequest{
-			Config:   n.cfg.Config,
-			PublicIP: n.cfg.PublicIP,
-			VtepMAC:  n.cfg.Leases.VtepMAC,
-			TTL:      n.cfg.LeaseTTL,
-			Previous: prev,
-			Avoid:    avoidExcept(n.cfg.Avoid, prev),
+			Config:        n.cfg.Config,
+			PublicIP:      n.cfg.PublicIP,
+			VtepMAC:       n.cfg.Leases.VtepMAC,
+			TTL:           n.cfg.LeaseTTL,
+			Previous:      prev,
+			PreviousLease: prevLease,
+			Avoid:         avoidExcept(n.cfg.Avoid, prev),
 			OnLease: func(l subnet.Lease) {
 				n.setLease(l)
 				out.put(l)
@@ -664,10 +680,11 @@ func (n *Node) ensureRules(r RuleSet) {
 
 func (n *Node) writeEnv(dp Dataplane, l subnet.Lease) {
 	env := SubnetEnv{
-		Network: n.cfg.Config.Network,
-		Subnet:  netip.PrefixFrom(l.Subnet.Addr().Next(), l.Subnet.Bits()),
-		MTU:     dp.MTU(),
-		IPMasq:  n.cfg.IPMasq,
+		Network:   n.cfg.Config.Network,
+		Subnet:    netip.PrefixFrom(l.Subnet.Addr().Next(), l.Subnet.Bits()),
+		MTU:       dp.MTU(),
+		IPMasq:    n.cfg.IPMasq,
+		EtcdLease: l.EtcdLeaseID,
 	}
 	if err := WriteSubnetEnv(n.cfg.SubnetFile, env); err != nil {
 		n.log.Error("writing the subnet file", "err", err)

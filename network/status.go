@@ -24,6 +24,11 @@ type Status struct {
 	LastReconcile time.Time    `json:"lastReconcile,omitzero"`
 	LastEtcdSync  time.Time    `json:"lastEtcdSync,omitzero"`
 	LastBeat      time.Time    `json:"lastLoop"`
+	// ConfigRevision is the mod revision of the config key the node runs
+	// with; ConfigPending says why a newer config in etcd is not applied
+	// (it needs a restart, or it is invalid), empty when none waits.
+	ConfigRevision int64  `json:"configRevision,omitempty"`
+	ConfigPending  string `json:"configPending,omitempty"`
 }
 
 // Status returns a copy of the node's current status.

@@ -22,6 +22,11 @@ type SubnetEnv struct {
 	Subnet netip.Prefix
 	MTU    int
 	IPMasq bool
+	// EtcdLease is the etcd lease the node's key was attached to, 0 if
+	// none; weft's own line, which flannel's readers ignore. After a
+	// restart it proves which key was this node's (subnet.HoldRequest's
+	// PreviousLease).
+	EtcdLease int64
 }
 
 // The keys of subnet.env, in the order they are written.
@@ -30,6 +35,7 @@ const (
 	envSubnet  = "FLANNEL_SUBNET"
 	envMTU     = "FLANNEL_MTU"
 	envIPMasq  = "FLANNEL_IPMASQ"
+	envLease   = "WEFT_ETCD_LEASE" // optional, hexadecimal as etcdctl prints it
 )
 
 // Lease is the node's subnet as leased: Subnet with the host bits cleared
@@ -61,6 +67,9 @@ func (e SubnetEnv) encode() []byte {
 	fmt.Fprintf(&b, "%s=%s\n", envSubnet, e.Subnet)
 	fmt.Fprintf(&b, "%s=%d\n", envMTU, e.MTU)
 	fmt.Fprintf(&b, "%s=%t\n", envIPMasq, e.IPMasq)
+	if e.EtcdLease != 0 {
+		fmt.Fprintf(&b, "%s=%x\n", envLease, e.EtcdLease)
+	}
 	return b.Bytes()
 }
 
@@ -160,7 +169,7 @@ func ParseSubnetEnv(b []byte) (SubnetEnv, error) {
 		}
 		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
 		switch key {
-		case envNetwork, envSubnet, envMTU, envIPMasq:
+		case envNetwork, envSubnet, envMTU, envIPMasq, envLease:
 		default:
 			continue
 		}
@@ -215,6 +224,12 @@ func (e *SubnetEnv) set(key, val string) error {
 			return errors.New("not true or false")
 		}
 		e.IPMasq = v
+	case envLease:
+		id, err := strconv.ParseUint(val, 16, 63)
+		if err != nil {
+			return errors.New("not a hexadecimal etcd lease ID")
+		}
+		e.EtcdLease = int64(id)
 	}
 	return nil
 }

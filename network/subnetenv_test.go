@@ -192,3 +192,34 @@ func FuzzReadSubnetEnv(f *testing.F) {
 		}
 	})
 }
+
+// The etcd lease the node held its subnet with is written as weft's own line
+// and read back; flannel's four lines are unchanged, and a file without it
+// (written by flanneld or an older weft) reads as lease 0.
+func TestSubnetEnvEtcdLease(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "subnet.env")
+	env := SubnetEnv{Network: netip.MustParsePrefix("172.16.0.0/12"), Subnet: netip.MustParsePrefix("172.16.28.1/24"),
+		MTU: 1450, IPMasq: true, EtcdLease: 0x694d9a1f2c3b4d5e}
+	if err := WriteSubnetEnv(path, env); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "FLANNEL_NETWORK=172.16.0.0/12\nFLANNEL_SUBNET=172.16.28.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\nWEFT_ETCD_LEASE=694d9a1f2c3b4d5e\n"
+	if string(b) != want {
+		t.Fatalf("subnet.env:\n%s\nwant:\n%s", b, want)
+	}
+	got, err := ReadSubnetEnv(path)
+	if err != nil || got != env {
+		t.Fatalf("read back %+v, %v; want %+v", got, err, env)
+	}
+	old, err := ParseSubnetEnv([]byte(want[:strings.Index(want, "WEFT")]))
+	if err != nil || old.EtcdLease != 0 {
+		t.Fatalf("file without the lease line: %+v, %v", old, err)
+	}
+	if _, err := ParseSubnetEnv([]byte(want + "WEFT_ETCD_LEASE=zz\n")); err == nil || !strings.Contains(err.Error(), "WEFT_ETCD_LEASE") {
+		t.Fatalf("a bad lease line: %v, want an error naming it", err)
+	}
+}

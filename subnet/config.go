@@ -99,6 +99,9 @@ func parseBool(field string, raw json.RawMessage) (bool, error) {
 // ParseConfig parses and validates the JSON stored at <prefix>/config and
 // fills in flannel's defaults. Every error names the offending field.
 func ParseConfig(data []byte) (Config, error) {
+	if err := valueSizeErr("config", data); err != nil {
+		return Config{}, err
+	}
 	var raw rawConfig
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return Config{}, fmt.Errorf("config: not a JSON object: %w", err)
@@ -136,6 +139,13 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, fieldErr("Network", raw.Network, fmt.Sprintf("host bits set (did you mean %v?)", c.Network.Masked()))
 	case c.Network.Bits() > 28:
 		return Config{}, fieldErr("Network", raw.Network, "too small: the prefix length must be at most 28")
+	case c.Network.Bits() < 8:
+		return Config{}, fieldErr("Network", raw.Network, "too large: the prefix length must be at least 8")
+	}
+	for _, sp := range specialNets {
+		if sp.p.Overlaps(c.Network) {
+			return Config{}, fieldErr("Network", raw.Network, fmt.Sprintf("overlaps %v (%s)", sp.p, sp.what))
+		}
 	}
 
 	nb := c.Network.Bits()
@@ -168,11 +178,29 @@ func ParseConfig(data []byte) (Config, error) {
 	if c.SubnetMax.Less(c.SubnetMin) {
 		return Config{}, fmt.Errorf("config: SubnetMin %v is above SubnetMax %v", c.SubnetMin, c.SubnetMax)
 	}
+	if n := ip.Count(c.SubnetLen, c.SubnetMin, c.SubnetMax); n < 2 {
+		return Config{}, fmt.Errorf("config: SubnetLen %d with SubnetMin %v and SubnetMax %v leaves %d subnet, fewer than 2: an overlay needs two nodes",
+			c.SubnetLen, c.SubnetMin, c.SubnetMax, n)
+	}
 
 	if c.Backend, err = parseBackend(raw.Backend); err != nil {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// specialNets are the ranges no overlay Network may touch: packets to them
+// are never routed to a peer (loopback, link-local, multicast), or the
+// addresses are not usable by hosts at all.
+var specialNets = []struct {
+	p    netip.Prefix
+	what string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), `"this network"`},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved, and the limited broadcast address"},
 }
 
 // parseBound parses SubnetMin or SubnetMax; a missing field yields the zero Addr.
@@ -292,7 +320,7 @@ func (c Config) checkLease(l Lease) error {
 	a := l.Attrs
 	switch {
 	case a.BackendType != "vxlan":
-		return fmt.Errorf("BackendType %q: %w", a.BackendType, errNotVXLAN)
+		return fmt.Errorf("BackendType %q: %w", clip(a.BackendType), errNotVXLAN)
 	case a.VNI != 0 && a.VNI != c.Backend.VNI:
 		return fmt.Errorf("VNI %d: network uses VNI %d", a.VNI, c.Backend.VNI)
 	}

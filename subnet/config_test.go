@@ -72,6 +72,21 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"Network":"172.16.0.0/12","EnableIPv6":true}`, `config: EnableIPv6 true: not supported`},
 		{`{"Network":"172.16.0.0/12","EnableIPv6":"yes"}`, `EnableIPv6 "yes": must be true or false`},
 		{`{"Network":"172.16.0.0/12","EnableIPv4":false}`, `EnableIPv4 false: IPv6-only networks are not supported`},
+		{`{"Network":"0.0.0.0/0"}`, `Network "0.0.0.0/0": too large: the prefix length must be at least 8`},
+		{`{"Network":"10.0.0.0/7"}`, `Network "10.0.0.0/7": too large`},
+		{`{"Network":"128.0.0.0/1"}`, `too large`},
+		{`{"Network":"0.0.0.0/8"}`, `Network "0.0.0.0/8": overlaps 0.0.0.0/8`},
+		{`{"Network":"127.0.0.0/8"}`, `Network "127.0.0.0/8": overlaps 127.0.0.0/8 (loopback)`},
+		{`{"Network":"127.1.0.0/16"}`, `(loopback)`},
+		{`{"Network":"169.254.0.0/16"}`, `overlaps 169.254.0.0/16 (link-local)`},
+		{`{"Network":"169.0.0.0/8"}`, `(link-local)`},
+		{`{"Network":"224.0.0.0/8"}`, `overlaps 224.0.0.0/4 (multicast)`},
+		{`{"Network":"239.255.0.0/16"}`, `(multicast)`},
+		{`{"Network":"240.0.0.0/8"}`, `overlaps 240.0.0.0/4 (reserved`},
+		{`{"Network":"255.255.255.0/24"}`, `overlaps 240.0.0.0/4`},
+		{`{"Network":"172.16.0.0/12","SubnetMin":"172.16.5.0","SubnetMax":"172.16.5.0"}`, `leaves 1 subnet, fewer than 2`},
+		{`{"Network":"10.0.0.0/26","SubnetLen":28,"SubnetMin":"10.0.0.48"}`, `SubnetLen 28 with SubnetMin 10.0.0.48 and SubnetMax 10.0.0.48 leaves 1 subnet`},
+		{`{"Network":"10.0.0.0/8"} ` + strings.Repeat(" ", MaxValueSize), `config: 65561 bytes, over the 65536-byte limit`},
 	}
 	for _, c := range cases {
 		_, err := ParseConfig([]byte(c.in))

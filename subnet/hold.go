@@ -34,6 +34,10 @@ type HoldRequest struct {
 	// Previous is the subnet from the last run (subnet.env); it is taken
 	// again if still free. May be zero.
 	Previous netip.Prefix
+	// PreviousLease is the etcd lease this node held Previous with
+	// (subnet.env records it); 0 if unknown. A key at Previous attached to
+	// it was this node's, whatever address it names now.
+	PreviousLease int64
 	// Avoid lists prefixes the node uses for something else (its own
 	// addresses and routes weft did not make); no subnet overlapping them is
 	// ever taken.
@@ -51,13 +55,15 @@ type HoldRequest struct {
 
 // holder is the state of one Hold call.
 type holder struct {
-	r     *Registry
-	req   HoldRequest
-	attrs LeaseAttrs
-	value string // attrs as JSON
-	down  bool   // etcd unreachable; logged once when it starts and ends
-
-	deniedLogged bool // etcd refused us a write; logged once (deniedWrite)
+	r            *Registry
+	req          HoldRequest
+	attrs        LeaseAttrs
+	value        string // attrs as JSON
+	down         bool   // etcd unreachable; logged once when it starts and ends
+	deniedLogged bool   // etcd refused us a write; logged once (deniedWrite)
+	// repairLogged is when a repair of our key was last logged at warning
+	// level: a writer overwriting it in a loop gets one line a minute.
+	repairLogged time.Time
 }
 
 // Hold acquires a subnet for this node and keeps it for as long as ctx lives:
@@ -226,12 +232,16 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	if len(mine) > 0 && (!sticky || mine[0].Subnet == prev || !alloc.Eligible(prev)) {
 		return adopt, mine[0], nil
 	}
-	// The previous subnet's key names another address: this node's address
-	// changed (subnet.env, the node's own record, says the subnet is ours).
-	// Take the key over, as flanneld does, so peers switch to the new
-	// address instead of keeping a dead lease for a day. Reservations are
-	// never taken over: they belong to the address they name.
-	if l := prevLease; l.Subnet == prev && prev.IsValid() && !sticky && l.Err == nil && l.EtcdLeaseID != 0 && inRange.Eligible(prev) {
+	// The previous subnet's key names another address, or garbage, but is
+	// attached to the etcd lease this node held it with (subnet.env, the
+	// node's own record, says so): this node's address changed, or its key
+	// was overwritten while it was down. Take the key over, so peers switch
+	// to the new address instead of keeping a dead lease for a day. A key
+	// on any other etcd lease may be a live node's and is never taken:
+	// the node gets another subnet. Reservations are never taken over:
+	// they belong to the address they name.
+	if l := prevLease; l.Subnet == prev && prev.IsValid() && !sticky && l.EtcdLeaseID != 0 &&
+		l.EtcdLeaseID == h.req.PreviousLease && inRange.Eligible(prev) {
 		h.r.log.Info("taking over the previous subnet's lease for this node's new address",
 			"subnet", prev, "old_public_ip", l.Attrs.PublicIP, "public_ip", h.req.PublicIP)
 		return adopt, l, nil
@@ -267,8 +277,8 @@ func cmpBool(a, b bool) int {
 	return 1
 }
 
-// acquire gets a subnet: one prefix Get, then transactions whose Else branch
-// supplies the data for the next attempt. It retries etcd errors forever
+// acquire gets a subnet: one listing of the prefix, then transactions; a
+// failed comparison lists again for the next attempt. It retries etcd errors forever
 // (quietly) and lost races immediately. It returns an error only when no
 // subnet is free on a first acquisition, or ctx ends.
 func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (Lease, error) {
@@ -338,7 +348,7 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 				continue
 			}
 			if !ok {
-				continue // kvs now holds the Else branch's fresh list
+				continue // kvs now holds a fresh listing
 			}
 			l.Attrs, l.ModRevision = h.attrs, rev
 			return l, nil
@@ -368,7 +378,7 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 				continue
 			}
 			if !ok {
-				continue // lost the race; retry from the Else data
+				continue // lost the race; retry from the fresh listing
 			}
 			used = true
 			return Lease{Subnet: l.Subnet, Attrs: h.attrs, EtcdLeaseID: granted, Key: key,
@@ -378,23 +388,28 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 	return Lease{}, ctx.Err()
 }
 
-// txn runs If(cmp).Then(then).Else(Get subnets prefix). On failure of the
-// comparison it stores the Else data in *kvs.
+// txn runs If(cmp).Then(then). On failure of the comparison it lists the
+// subnets prefix again into *kvs, in pages: an Else branch reading the whole
+// prefix in one response would be unbounded (a prefix of megabyte values
+// would fail the transaction forever).
 func (h *holder) txn(ctx context.Context, c clientv3.Cmp, then clientv3.Op, kvs *[]*mvccpb.KeyValue) (bool, int64, error) {
 	r := h.r
 	var resp *clientv3.TxnResponse
 	err := r.timed("txn", func() (err error) {
 		tc, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
-		resp, err = r.cli.Txn(tc).If(c).Then(then).
-			Else(clientv3.OpGet(r.subnetsPrefix(), clientv3.WithPrefix())).Commit()
+		resp, err = r.cli.Txn(tc).If(c).Then(then).Commit()
 		return
 	})
 	if err != nil {
 		return false, 0, err
 	}
 	if !resp.Succeeded {
-		*kvs = resp.Responses[0].GetResponseRange().Kvs
+		list, err := r.listSubnets(ctx, false)
+		if err != nil {
+			return false, 0, err
+		}
+		*kvs = list.Kvs
 	}
 	return resp.Succeeded, resp.Header.Revision, nil
 }

@@ -247,11 +247,16 @@ func TestHoldReacquires(t *testing.T) {
 	if l3.Subnet != l.Subnet || l3.EtcdLeaseID == l2.EtcdLeaseID {
 		t.Fatalf("after revoke got %+v", l3)
 	}
-	// Another node's value lands on our key: we do not fight, we wait.
+	// Another live node's claim lands on our key (its value on its own etcd
+	// lease): we do not fight, we wait.
 	if _, err := cli.Delete(ctx, l3.Key); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cli.Put(ctx, l3.Key, val("172.17.9.9", "b2:69:2c:67:63:b8", 1)); err != nil {
+	other, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, l3.Key, val("172.17.9.9", "b2:69:2c:67:63:b8", 1), clientv3.WithLease(other.ID)); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
@@ -272,6 +277,9 @@ func TestHoldReacquires(t *testing.T) {
 	}
 	if l4 := h.next(t); l4.Subnet != l.Subnet {
 		t.Fatalf("after conflict got %v", l4.Subnet)
+	}
+	if _, err := cli.Revoke(ctx, other.ID); err != nil {
+		t.Fatal(err)
 	}
 	if n := countLeases(t, cli); n != 1 {
 		t.Fatalf("%d etcd leases, want 1", n)
@@ -394,8 +402,26 @@ func TestHoldTakesOverPreviousSubnetAfterAddressChange(t *testing.T) {
 	h1.cancel()
 	h1.done <- <-h1.done // stopped; leave the result for the cleanup
 
+	// Without the etcd lease subnet.env records, the key may be a live
+	// node's: another subnet, the key left alone.
+	stranger := node(51, cfg)
+	stranger.Previous = first.Subnet
+	hs := startHold(t, fastRegistry(t, cli), stranger)
+	ls := hs.next(t)
+	if ls.Subnet == first.Subnet {
+		t.Fatalf("took %v over without proof it was ours", ls.Subnet)
+	}
+	hs.cancel()
+	hs.done <- <-hs.done
+	if a, _, _ := getKey(t, cli, first.Key); a.PublicIP != old.PublicIP {
+		t.Fatalf("key now names %v, want %v", a.PublicIP, old.PublicIP)
+	}
+	if _, err := cli.Revoke(context.Background(), clientv3.LeaseID(ls.EtcdLeaseID)); err != nil {
+		t.Fatal(err)
+	}
+
 	moved := node(51, cfg)
-	moved.Previous = first.Subnet
+	moved.Previous, moved.PreviousLease = first.Subnet, first.EtcdLeaseID
 	h2 := startHold(t, fastRegistry(t, cli), moved)
 	got := h2.next(t)
 	if got.Subnet != first.Subnet || got.EtcdLeaseID != first.EtcdLeaseID {
@@ -411,7 +437,7 @@ func TestHoldTakesOverPreviousSubnetAfterAddressChange(t *testing.T) {
 
 	// A reservation names its owner; subnet.env elsewhere does not override it.
 	res := netip.MustParsePrefix("172.16.99.0/24")
-	if _, err := cli.Put(context.Background(), fastRegistry(t, cli).SubnetKey(res), val("172.17.0.77", mac1, 1)); err != nil {
+	if _, err := cli.Put(context.Background(), fastRegistry(t, cli).SubnetKey(res), val("172.17.0.77", macFor("172.17.0.77"), 1)); err != nil {
 		t.Fatal(err)
 	}
 	other := node(52, cfg)

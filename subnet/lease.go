@@ -51,16 +51,16 @@ func KeyName(p netip.Prefix) string {
 func ParseKey(name string) (netip.Prefix, error) {
 	i := strings.LastIndexByte(name, '-')
 	if i < 0 {
-		return netip.Prefix{}, fmt.Errorf("key %q: want ADDRESS-LENGTH", name)
+		return netip.Prefix{}, fmt.Errorf("key %q: want ADDRESS-LENGTH", clip(name))
 	}
 	as, ls := name[:i], name[i+1:]
 	a, err := netip.ParseAddr(as)
 	if err != nil || !a.Is4() {
-		return netip.Prefix{}, fmt.Errorf("key %q: %q is not an IPv4 address", name, as)
+		return netip.Prefix{}, fmt.Errorf("key %q: %q is not an IPv4 address", clip(name), clip(as))
 	}
 	n, err := strconv.Atoi(ls)
 	if err != nil || n < 0 || n > 32 || strconv.Itoa(n) != ls {
-		return netip.Prefix{}, fmt.Errorf("key %q: %q is not a prefix length 0-32", name, ls)
+		return netip.Prefix{}, fmt.Errorf("key %q: %q is not a prefix length 0-32", clip(name), clip(ls))
 	}
 	p := netip.PrefixFrom(a, n)
 	if p.Masked() != p {
@@ -115,7 +115,7 @@ func (v leaseValue) attrs() (LeaseAttrs, error) {
 	}
 	ipa, err := netip.ParseAddr(v.PublicIP)
 	if err != nil || !ipa.Is4() {
-		return a, fmt.Errorf("lease value: PublicIP %q: not an IPv4 address", v.PublicIP)
+		return a, fmt.Errorf("lease value: PublicIP %q: not an IPv4 address", clip(v.PublicIP))
 	}
 	a.PublicIP = ipa
 	a.BackendType = v.BackendType
@@ -134,7 +134,7 @@ func (v leaseValue) attrs() (LeaseAttrs, error) {
 	}
 	mac, err := net.ParseMAC(v.VtepMAC)
 	if err != nil || len(mac) != 6 {
-		return a, fmt.Errorf("lease value: BackendData.VtepMAC %q: not a 6-byte MAC", v.VtepMAC)
+		return a, fmt.Errorf("lease value: BackendData.VtepMAC %q: not a 6-byte MAC", clip(v.VtepMAC))
 	}
 	a.VNI, a.VtepMAC = v.VNI, mac
 	return a, nil
@@ -151,12 +151,25 @@ func parseKV(subnetsPrefix string, key, value []byte, etcdLease, create, mod int
 	l := Lease{Key: string(key), EtcdLeaseID: etcdLease, CreateRevision: create, ModRevision: mod}
 	name, ok := strings.CutPrefix(l.Key, subnetsPrefix)
 	if !ok {
-		l.Err = fmt.Errorf("key %q: not under %s", l.Key, subnetsPrefix)
+		l.Err = fmt.Errorf("key %q: not under %s", clip(l.Key), subnetsPrefix)
 		return l
 	}
 	if l.Subnet, l.Err = ParseKey(name); l.Err != nil {
 		return l
 	}
+	if l.Err = valueSizeErr("lease value", value); l.Err != nil {
+		return l
+	}
 	l.Attrs, l.Err = ParseLeaseAttrs(value)
 	return l
+}
+
+// clip shortens s for an error message or a log line: a key or a field of a
+// hostile value may be a megabyte long.
+func clip(s string) string {
+	const most = 64
+	if len(s) <= most {
+		return s
+	}
+	return fmt.Sprintf("%s...(%d bytes)", s[:most], len(s))
 }

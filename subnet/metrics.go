@@ -12,6 +12,7 @@ type metrics struct {
 	etcdUp        prometheus.Gauge
 	peerEvents    *prometheus.CounterVec
 	conflicts     prometheus.Counter
+	repairs       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -35,7 +36,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"type"}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_lease_conflicts_total",
-			Help: "Times another node's address was found on this node's subnet key.",
+			Help: "Times another live node's claim was found on this node's subnet key.",
+		}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_lease_repairs_total",
+			Help: "Times this node wrote its lease back over a foreign value that was no claim (garbage, or another address without an etcd lease of its own).",
 		}),
 	}
 	// Every label value exists from the start, so that increase() sees the
@@ -54,6 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.etcdUp = register(reg, m.etcdUp)
 	m.peerEvents = register(reg, m.peerEvents)
 	m.conflicts = register(reg, m.conflicts)
+	m.repairs = register(reg, m.repairs)
 	return m
 }
 

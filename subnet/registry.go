@@ -6,10 +6,12 @@
 // Three things live here. ParseConfig, ParseKey and ParseLeaseAttrs turn
 // outside bytes into validated values; every error names the field. Hold
 // acquires this node's subnet with a constant number of etcd requests
-// whatever the cluster size (one prefix Get, then create-if-absent
-// transactions whose Else branch returns fresh data for the retry), keeps the
-// etcd lease alive, and re-acquires the same subnet when etcd forgets it
-// (lease expired, key deleted, etcd restored empty). WatchPeers lists once,
+// whatever the cluster size (one listing of the prefix, then a
+// create-if-absent transaction; a lost race lists again), keeps the etcd
+// lease alive, re-acquires the same subnet when etcd forgets it (lease
+// expired, key deleted, etcd restored empty), and writes its value back when
+// someone overwrites its key with anything that cannot be a live node's claim
+// (keep.go, judge). WatchPeers lists once,
 // watches from the next revision and hands the caller a whole Snapshot of
 // usable peers after every change, so the consumer is a plain "make the kernel
 // look like this" function and never has to interpret events.
@@ -17,7 +19,11 @@
 // The code never trusts etcd content: a peer value that fails validation is
 // logged once, counted, and ignored; if the key had a valid value before, that
 // value stays in effect, so a corrupt write cannot tear down a working route.
-// Only a delete removes a peer. etcd outages are waited out quietly: one log
+// Only a delete removes a peer. Nothing under the prefix can make weftd's
+// memory grow without bound: listings come in pages (page.go) that fit the
+// client's receive limit, and values over MaxValueSize are never parsed or
+// kept. WatchConfig follows the config key; LiveChange says which changes a
+// running node may apply. etcd outages are waited out quietly: one log
 // line when one starts, one when it ends, and a full re-list afterwards
 // because etcd may have come back from a backup or from nothing.
 //
@@ -36,6 +42,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,6 +69,9 @@ type Registry struct {
 	restoreGrace time.Duration // how long peers a restored etcd forgot stay programmed
 	backoffMin   time.Duration
 	backoffMax   time.Duration
+	pageMax      int // most keys one listing request asks for
+	// pageLimit is the page size the last listing ended with (rangeAll).
+	pageLimit atomic.Int64
 	// Test hooks, nil in production.
 	hookBeforeCreate func(key string) // before a create-if-absent txn
 	hookAfterList    func()           // after WatchPeers lists, before it watches
@@ -111,16 +121,7 @@ func (r *Registry) listSubnets(ctx context.Context, share bool) (*clientv3.GetRe
 		r.listing = c
 		r.mu.Unlock()
 	}
-	var resp *clientv3.GetResponse
-	err := r.timed("get", func() (err error) {
-		c, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		resp, err = r.cli.Get(c, r.subnetsPrefix(), clientv3.WithPrefix())
-		return
-	})
-	if err != nil {
-		err = fmt.Errorf("listing %s: %w", r.subnetsPrefix(), err)
-	}
+	resp, err := r.rangeAll(ctx, r.subnetsPrefix())
 	if c != nil {
 		c.resp, c.err = resp, err
 		r.mu.Lock()
@@ -210,6 +211,7 @@ func NewRegistry(cli *clientv3.Client, prefix string, log *slog.Logger, reg prom
 		restoreGrace: 30 * time.Second,
 		backoffMin:   200 * time.Millisecond,
 		backoffMax:   30 * time.Second,
+		pageMax:      pageMax,
 	}
 }
 
@@ -229,22 +231,8 @@ func (r *Registry) timed(op string, f func() error) error {
 
 // GetConfig reads and parses the network config.
 func (r *Registry) GetConfig(ctx context.Context) (Config, error) {
-	var resp *clientv3.GetResponse
-	err := r.timed("get", func() (err error) { resp, err = r.cli.Get(ctx, r.configKey()); return })
-	if err != nil {
-		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), err)
-	}
-	// etcd answered: it is up even if the config is missing or bad.
-	r.m.etcdUp.Set(1)
-	r.markSync()
-	if len(resp.Kvs) == 0 {
-		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), ErrNoConfig)
-	}
-	c, err := ParseConfig(resp.Kvs[0].Value)
-	if err != nil {
-		return Config{}, fmt.Errorf("reading %s: %w", r.configKey(), err)
-	}
-	return c, nil
+	c, _, err := r.ReadConfig(ctx)
+	return c, err
 }
 
 // SetConfig writes the network config (defaults spelled out).
@@ -262,13 +250,9 @@ func (r *Registry) SetConfig(ctx context.Context, c Config) error {
 // in with one LeaseTimeToLive per distinct etcd lease: this is for operators,
 // not for the agent.
 func (r *Registry) ListLeases(ctx context.Context) ([]Lease, int64, error) {
-	var resp *clientv3.GetResponse
-	err := r.timed("get", func() (err error) {
-		resp, err = r.cli.Get(ctx, r.subnetsPrefix(), clientv3.WithPrefix())
-		return
-	})
+	resp, err := r.rangeAll(ctx, r.subnetsPrefix())
 	if err != nil {
-		return nil, 0, fmt.Errorf("listing %s: %w", r.subnetsPrefix(), err)
+		return nil, 0, err
 	}
 	cfg, cfgErr := r.GetConfig(ctx)
 	ttls := map[int64]time.Duration{}

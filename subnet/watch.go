@@ -195,6 +195,9 @@ func (ps *peerState) list(ctx context.Context) error {
 	for _, l := range ps.valid {
 		ps.account(l, 1)
 	}
+	for _, h := range ps.held { // held keys are never in valid
+		ps.account(h.Lease, 1)
+	}
 	return nil
 }
 
@@ -227,6 +230,7 @@ func (ps *peerState) expireHeld(now time.Time) time.Time {
 	var next time.Time
 	for k, h := range ps.held {
 		if !now.Before(h.until) {
+			ps.account(h.Lease, -1)
 			delete(ps.held, k)
 			ps.clean, ps.touched = false, nil
 			continue
@@ -249,6 +253,8 @@ func (ps *peerState) put(kv *mvccpb.KeyValue) {
 	shared := false
 	if old, ok := ps.valid[l.Key]; ok {
 		shared = ps.account(old, -1)
+	} else if h, held := ps.held[l.Key]; held {
+		shared = ps.account(h.Lease, -1)
 	}
 	if ps.account(&l, 1) || shared {
 		ps.outOK, ps.touched = false, nil // others' verdicts may change: check all
@@ -316,6 +322,8 @@ func (ps *peerState) remove(key string) {
 	}
 	if v, inValid := ps.valid[key]; inValid && ps.account(v, -1) {
 		ps.outOK, ps.touched = false, nil
+	} else if h, held := ps.held[key]; held && !inValid && ps.account(h.Lease, -1) {
+		ps.outOK, ps.touched = false, nil
 	}
 	delete(ps.valid, key)
 	delete(ps.held, key)
@@ -352,7 +360,7 @@ func (ps *peerState) invalid(l Lease, err error, kept bool) {
 	}
 	ps.logged[l.Key] = l.ModRevision
 	ps.r.m.peerEvents.WithLabelValues("invalid").Inc()
-	ps.r.log.Warn("ignoring invalid subnet lease", "key", l.Key, "mod_revision", l.ModRevision,
+	ps.r.log.Warn("ignoring invalid subnet lease", "key", clip(l.Key), "mod_revision", l.ModRevision,
 		"err", err, "kept_previous_value", kept)
 }
 
@@ -397,6 +405,7 @@ func (ps *peerState) watch(ctx context.Context, reconnect <-chan struct{}, out f
 				ps.clean = false // merged once by the snapshot
 			}
 			for _, ev := range wr.Events {
+				capKey(ev.Kv)
 				if ev.Type == clientv3.EventTypeDelete {
 					ps.remove(string(ev.Kv.Key))
 					continue
@@ -651,7 +660,8 @@ func (r *Registry) probe(ctx context.Context, reconnect chan<- struct{}, seen *a
 			// the endpoints, and a member a little behind would answer with
 			// a revision below the watch's, which reads as a restore; a
 			// member cut off from its cluster would still answer too.
-			resp, err = r.cli.Get(c, r.configKey())
+			// Count only: the probe wants the revision, not the value.
+			resp, err = r.cli.Get(c, r.configKey(), clientv3.WithCountOnly())
 			return
 		})
 		if ctx.Err() != nil {

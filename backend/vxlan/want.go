@@ -117,12 +117,14 @@ func (d *Device) updateLocked(peers []backend.Peer) ([]change, error) {
 		d.want = make(map[netip.Addr]*wantedPeer, len(peers))
 		d.macs = make(map[mac]*wantedPeer, len(peers))
 	}
-	changes, next, errs, fresh, sorted := d.mergeLocked(peers)
-	if !sorted {
+	// mergeLocked rewrites d.last as it goes, so it must see sorted
+	// input from the start: a second pass after a partial one would take
+	// the changes the first pass wrote for peers given as before.
+	if !slices.IsSortedFunc(peers, bySubnet) {
 		peers = slices.Clone(peers)
 		slices.SortStableFunc(peers, bySubnet)
-		changes, next, errs, fresh, _ = d.mergeLocked(peers)
 	}
+	changes, next, errs, fresh, _ := d.mergeLocked(peers)
 	// What went or changed lets go of its subnet address and MAC first.
 	for k := range changes {
 		if c := &changes[k]; c.old.ok() {
@@ -288,7 +290,9 @@ func (d *Device) planChanges(changes []change, ops *[numOpKinds][]op) {
 		if !n.ok() || o.subnet != n.subnet {
 			ops[routeDel] = append(ops[routeDel], op{kind: routeDel, dst: o.subnet, metric: metricOf(o.subnet)})
 		}
-		if !n.ok() {
+		// The old neighbour goes unless another peer now has that subnet
+		// address (a subnet of another length): its neighSet rewrote it.
+		if !n.ok() && d.want[o.subnet.Addr()] == nil {
 			ops[neighDel] = append(ops[neighDel], op{kind: neighDel, ip: o.subnet.Addr()})
 		}
 		// The old MAC's FDB entry goes unless another peer now has that

@@ -5,8 +5,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/pflag"
 
@@ -42,7 +46,7 @@ func printLeases(w io.Writer, leases []subnet.Lease) {
 	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tVTEP MAC\tTTL")
 	for _, l := range leases {
 		if l.Err != nil {
-			fmt.Fprintf(tw, "%s\t-\t-\tinvalid: %v\n", l.Key, l.Err)
+			fmt.Fprintf(tw, "%s\t-\t-\tinvalid: %s\n", printable(l.Key), printable(l.Err.Error()))
 			continue
 		}
 		ttl := "reserved"
@@ -52,4 +56,24 @@ func printLeases(w io.Writer, leases []subnet.Lease) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, l.Attrs.VtepMAC, ttl)
 	}
 	tw.Flush()
+}
+
+// printable makes a string from etcd safe for a terminal: anything written
+// under the prefix can be a key, so a key or a reason holding a control
+// character (a terminal escape), a tab (which would shift the columns) or
+// anything else unprintable is shown Go-quoted, and a long one is cut.
+func printable(s string) string {
+	const most = 120
+	long := len(s) > most
+	if long {
+		s = s[:most]
+	}
+	clean := utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
+	if !clean {
+		s = strconv.Quote(s)
+	}
+	if long {
+		s += "..."
+	}
+	return s
 }

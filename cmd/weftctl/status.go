@@ -77,6 +77,9 @@ func printStatus(w io.Writer, r statusReply, now time.Time) {
 	fmt.Fprintf(tw, "last reconcile:\t%s\n", ago(s.LastReconcile))
 	fmt.Fprintf(tw, "etcd last in sync:\t%s\n", ago(s.LastEtcdSync))
 	fmt.Fprintf(tw, "subnet file:\t%s\n", map[bool]string{true: "written", false: "not written"}[s.SubnetFile])
+	if s.ConfigPending != "" {
+		fmt.Fprintf(tw, "config:\t%s\n", s.ConfigPending)
+	}
 	if r.Ready {
 		fmt.Fprintf(tw, "ready:\tyes\n")
 	} else {

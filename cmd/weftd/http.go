@@ -63,7 +63,7 @@ func (a *agent) routes(reg *prometheus.Registry) http.Handler {
 		node := a.node.Load()
 		if node == nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_ = json.NewEncoder(w).Encode(map[string]any{"ready": false, "notReady": []string{starting}})
+			_ = json.NewEncoder(w).Encode(map[string]any{"ready": false, "notReady": a.notReady(time.Now())})
 			return
 		}
 		st := node.Status()
@@ -81,6 +81,9 @@ func (a *agent) routes(reg *prometheus.Registry) http.Handler {
 func (a *agent) notReady(now time.Time) []string {
 	node := a.node.Load()
 	if node == nil {
+		if why := a.refused.Load(); why != nil {
+			return []string{*why}
+		}
 		return []string{starting}
 	}
 	return node.Status().NotReady(now, a.opts.readyEtcdGrace)

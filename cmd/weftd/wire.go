@@ -35,6 +35,9 @@ type agent struct {
 	reg    *subnet.Registry
 	node   atomic.Pointer[network.Node] // set once wired; the HTTP server starts before
 	server *http.Server
+	// refused says why the config in etcd is refused, while weftd waits
+	// for a usable one before it touches anything; nil otherwise.
+	refused atomic.Pointer[string]
 	// starters run beside the loop; closers release what wiring made
 	// (Kubernetes mode, cmd/weftd/kube.go).
 	starters []func(context.Context)
@@ -93,7 +96,7 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 	a.cli = cli
 	a.reg = subnet.NewRegistry(cli, o.etcdPrefix, log, promReg)
 
-	cfg, err := a.waitConfig(ctx)
+	cfg, cfgRev, err := a.waitConfig(ctx)
 	if err != nil {
 		cli.Close()
 		return nil, err
@@ -122,6 +125,8 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
 		Holder:         a.reg,
 		Watcher:        a.reg,
+		ConfigWatcher:  a.reg,
+		ConfigRevision: cfgRev,
 		EtcdSynced:     a.reg.LastSync,
 		NewDataplane: func(own netip.Prefix) (network.Dataplane, error) {
 			return newVXLAN(vxlan.Config{
@@ -165,30 +170,44 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 }
 
 // waitConfig reads the network config, waiting for etcd and for the config to
-// appear. A config that is there but invalid is an error: weftd will not guess.
-func (a *agent) waitConfig(ctx context.Context) (subnet.Config, error) {
+// appear. A config that is there but refused (invalid, or unsafe: a Network
+// over loopback, say) is logged, shown in /readyz and /status, and waited out
+// like a missing one: weftd touches neither the data plane nor the rules
+// until the config is fixed.
+func (a *agent) waitConfig(ctx context.Context) (subnet.Config, int64, error) {
 	logged := false
+	var refusedAt int64 = -1
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		cfg, err := a.reg.GetConfig(rctx)
+		cfg, rev, err := a.reg.ReadConfig(rctx)
 		cancel()
+		var ce *subnet.ConfigError
 		switch {
 		case err == nil:
-			if logged {
-				a.log.Info("network config found")
+			if logged || refusedAt >= 0 {
+				a.log.Info("network config found", "revision", rev)
 			}
-			return cfg, nil
+			a.refused.Store(nil)
+			return cfg, rev, nil
+		case errors.As(err, &ce):
+			if ce.Revision != refusedAt {
+				refusedAt = ce.Revision
+				a.log.Error("refusing the network config; not ready, and nothing is touched until it is fixed", "err", err)
+			}
+			why := err.Error()
+			a.refused.Store(&why)
 		case errors.Is(err, subnet.ErrNoConfig), ctx.Err() == nil && rctx.Err() != nil, isUnavailable(err):
+			a.refused.Store(nil)
 			if !logged {
 				a.log.Warn("waiting for etcd and the network config", "endpoints", a.opts.etcdEndpoints, "prefix", a.opts.etcdPrefix, "err", err)
 				logged = true
 			}
 		default:
-			return subnet.Config{}, err
+			return subnet.Config{}, 0, err
 		}
 		select {
 		case <-ctx.Done():
-			return subnet.Config{}, ctx.Err()
+			return subnet.Config{}, 0, ctx.Err()
 		case <-time.After(time.Second):
 		}
 	}

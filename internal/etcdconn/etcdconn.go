@@ -41,6 +41,13 @@ import (
 	"google.golang.org/grpc/credentials"
 )
 
+// RecvLimit is the largest response the client accepts, 8 MiB (gRPC's
+// default for etcd's client is 2 GiB): weft lists the subnets prefix in pages
+// that shrink until they fit, and a watch response over it breaks the watch,
+// which is then re-listed in pages. It bounds what one response of megabyte
+// values written under the prefix can cost weftd's memory.
+const RecvLimit = 8 << 20
+
 // Options are the etcd flags shared by weftd and weftctl.
 type Options struct {
 	Endpoints []string
@@ -68,6 +75,7 @@ func Config(o Options, log *slog.Logger) (clientv3.Config, error) {
 		Username:             o.Username,
 		Password:             o.Password,
 		Logger:               zap.NewNop(),
+		MaxCallRecvMsgSize:   RecvLimit,
 	}
 	if (o.CertFile == "") != (o.KeyFile == "") {
 		return cfg, errors.New("--etcd-certfile and --etcd-keyfile go together: give both or neither")
