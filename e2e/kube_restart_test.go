@@ -1,10 +1,17 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"net/netip"
 	"syscall"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // TestKubeAPIServerRestart stops the API server for a few seconds and starts
@@ -28,6 +35,10 @@ func TestKubeAPIServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-k.api.Done()
+	// A write behind the API server's back, and a compaction up to it: the
+	// revision weftd last saw is gone from etcd's history, so its watch
+	// cannot resume and its informer lists the Nodes again.
+	k.bumpEtcd()
 	time.Sleep(3 * time.Second)
 	for _, n := range k.nodes {
 		if got := routeSnapshot(t, n); got != before[n.Name] {
@@ -35,7 +46,15 @@ func TestKubeAPIServerRestart(t *testing.T) {
 		}
 	}
 	k.startAPI()
-	time.Sleep(3 * time.Second)
+	// Pings go on until every informer has listed the Nodes again (its
+	// backoff after the outage may take a while).
+	for _, n := range k.nodes {
+		k.eventually(n.Name+" lists the Nodes again", 60*time.Second, func() (bool, string) {
+			v := n.metric(k.ctx, "weft_kube_node_lists_total", "")
+			return v >= 2, fmt.Sprint(v, " listings")
+		})
+	}
+	time.Sleep(time.Second)
 	s.stop()
 	for _, n := range k.nodes {
 		if got := routeSnapshot(t, n); got != before[n.Name] {
@@ -67,4 +86,33 @@ func routeSnapshot(t *testing.T, n *node) string {
 	neigh, _ := n.Neigh(t.Context())
 	fdb, _ := n.FDB(t.Context())
 	return out + neigh + fdb
+}
+
+// bumpEtcd writes a key of its own straight into the API server's etcd and
+// compacts its history up to that write.
+func (k *kubeEnv) bumpEtcd() {
+	k.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{"http://127.0.0.1:2379"},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return k.master.DialContext(ctx, "tcp", addr)
+		})},
+	})
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	defer cli.Close()
+	var rev int64
+	for i := range 3 {
+		r, err := cli.Put(k.ctx, "/weft-e2e/bump", fmt.Sprint(i))
+		if err != nil {
+			k.t.Fatalf("writing to etcd: %v", err)
+		}
+		rev = r.Header.Revision
+	}
+	if _, err := cli.Compact(k.ctx, rev); err != nil {
+		k.t.Fatalf("compacting etcd: %v", err)
+	}
 }

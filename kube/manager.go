@@ -85,11 +85,15 @@ func New(cfg Config) (*Manager, error) {
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			l, err := nodes.List(ctx, o)
 			m.contact(err)
+			m.m.lists.Inc()
 			return l, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			w, err := nodes.Watch(ctx, o)
 			m.contact(err)
+			if o.SendInitialEvents != nil && *o.SendInitialEvents {
+				m.m.lists.Inc() // a listing streamed as watch events
+			}
 			return w, err
 		},
 	}

@@ -9,6 +9,7 @@ import (
 type metrics struct {
 	peerEvents *prometheus.CounterVec
 	apiErrors  prometheus.Counter
+	lists      prometheus.Counter
 }
 
 // newMetrics makes the Manager's metrics. weft_peer_events_total has the
@@ -23,6 +24,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "weft_kube_api_errors_total",
 			Help: "Failed list and watch requests to the Kubernetes API server.",
 		}),
+		lists: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_kube_node_lists_total",
+			Help: "Full listings of the Nodes: the first, and each re-list after the watch could not resume.",
+		}),
 	}
 	for _, t := range []string{"added", "removed", "changed", "invalid"} {
 		m.peerEvents.WithLabelValues(t)
@@ -30,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return m
 	}
-	for _, c := range []prometheus.Collector{m.peerEvents, m.apiErrors} {
+	for _, c := range []prometheus.Collector{m.peerEvents, m.apiErrors, m.lists} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
