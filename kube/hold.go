@@ -114,7 +114,7 @@ func (m *Manager) patchAnnotations(ctx context.Context, ann map[string]string) e
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err = m.cfg.Client.CoreV1().Nodes().Patch(ctx, m.cfg.NodeName, types.MergePatchType, body, metav1.PatchOptions{})
+	_, err = m.cfg.Nodes.Patch(ctx, m.cfg.NodeName, types.MergePatchType, body, metav1.PatchOptions{})
 	return err
 }
 
@@ -136,7 +136,7 @@ func (m *Manager) SetNetworkAvailable(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err = m.cfg.Client.CoreV1().Nodes().Patch(ctx, m.cfg.NodeName, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status")
+	_, err = m.cfg.Nodes.Patch(ctx, m.cfg.NodeName, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status")
 	if err != nil {
 		return fmt.Errorf("setting Node %s's NetworkUnavailable condition to false: %w", m.cfg.NodeName, err)
 	}

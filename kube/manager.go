@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/weft-net/weft/peer"
@@ -23,8 +22,8 @@ import (
 
 // Config is what a Manager is told at start.
 type Config struct {
-	Client   kubernetes.Interface
-	NodeName string // this node's Node object
+	Nodes    NodeAPI // a Client, or client-go's CoreV1().Nodes()
+	NodeName string  // this node's Node object
 	// Prefix is the annotation prefix; DefaultPrefix when empty.
 	Prefix string
 	// Network is the cluster's network config (net-conf.json).
@@ -59,8 +58,8 @@ type Manager struct {
 
 // New makes a Manager; Run starts its informer.
 func New(cfg Config) (*Manager, error) {
-	if cfg.Client == nil || cfg.NodeName == "" {
-		return nil, errors.New("kube: Config needs Client and NodeName")
+	if cfg.Nodes == nil || cfg.NodeName == "" {
+		return nil, errors.New("kube: Config needs Nodes and NodeName")
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
@@ -80,7 +79,7 @@ func New(cfg Config) (*Manager, error) {
 		peerKick: make(chan struct{}, 1),
 		peers:    newPeerSet(),
 	}
-	nodes := cfg.Client.CoreV1().Nodes()
+	nodes := cfg.Nodes
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			l, err := nodes.List(ctx, o)
@@ -98,7 +97,7 @@ func New(cfg Config) (*Manager, error) {
 		},
 	}
 	_, m.ctrl = cache.NewInformerWithOptions(cache.InformerOptions{
-		ListerWatcher: cache.ToListWatcherWithWatchListSemantics(lw, cfg.Client),
+		ListerWatcher: cache.ToListWatcherWithWatchListSemantics(lw, cfg.Nodes),
 		ObjectType:    &corev1.Node{},
 		Transform:     m.trim,
 		Handler: cache.ResourceEventHandlerDetailedFuncs{

@@ -18,6 +18,12 @@ import (
 // These tests drive the Manager with client-go's fake clientset, for the
 // logic alone; e2e/kube_*_test.go run it against a real kube-apiserver.
 
+// fakeNodes is the fake clientset's Nodes, which cannot stream a listing
+// as watch events (the real API server can, and Client uses it).
+type fakeNodes struct{ NodeAPI }
+
+func (fakeNodes) IsWatchListSemanticsUnSupported() bool { return true }
+
 func testConfig(t *testing.T) subnet.Config {
 	t.Helper()
 	c, err := subnet.ParseConfig([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`))
@@ -64,7 +70,7 @@ func TestManagerHoldAndPeers(t *testing.T) {
 		node("loopback", "10.244.4.0/24", flannelAnn("127.0.0.1", "0a:00:00:00:00:04")),
 		node("garbage", "10.244.5.0/24", map[string]string{DefaultPrefix + "/kube-subnet-manager": "true", DefaultPrefix + "/backend-data": "{{"}),
 	)
-	m, err := New(Config{Client: client, NodeName: "self", Network: testConfig(t)})
+	m, err := New(Config{Nodes: fakeNodes{client.CoreV1().Nodes()}, NodeName: "self", Network: testConfig(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +149,7 @@ func waitFor(t *testing.T, ctx context.Context, ok func() bool) {
 
 // TestTrim: the informer keeps only what weft reads of a Node.
 func TestTrim(t *testing.T) {
-	m, err := New(Config{Client: fake.NewClientset(), NodeName: "self", Network: testConfig(t)})
+	m, err := New(Config{Nodes: fakeNodes{fake.NewClientset().CoreV1().Nodes()}, NodeName: "self", Network: testConfig(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/pflag"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -102,9 +100,9 @@ func wireKube(ctx context.Context, o options, log *slog.Logger) (*agent, error) 
 	if err != nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(rc)
+	client, err := kube.NewClient(rc)
 	if err != nil {
-		return nil, fmt.Errorf("making the Kubernetes client: %w", err)
+		return nil, err
 	}
 
 	promReg := prometheus.NewRegistry()
@@ -127,7 +125,7 @@ func wireKube(ctx context.Context, o options, log *slog.Logger) (*agent, error) 
 	if err != nil {
 		return nil, err
 	}
-	mgr, err := kube.New(kube.Config{Client: client, NodeName: name, Prefix: k.prefix, Network: cfg, Log: log, Registerer: promReg})
+	mgr, err := kube.New(kube.Config{Nodes: client, NodeName: name, Prefix: k.prefix, Network: cfg, Log: log, Registerer: promReg})
 	if err != nil {
 		return nil, err
 	}
@@ -216,16 +214,16 @@ func wireKube(ctx context.Context, o options, log *slog.Logger) (*agent, error) 
 }
 
 // resolveNodeName is NODE_NAME, or the node weftd's own pod runs on.
-func (k *kubeOptions) resolveNodeName(ctx context.Context, client kubernetes.Interface, log *slog.Logger) (string, error) {
+func (k *kubeOptions) resolveNodeName(ctx context.Context, client *kube.Client, log *slog.Logger) (string, error) {
 	if k.nodeName != "" {
 		return k.nodeName, nil
 	}
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		pod, err := client.CoreV1().Pods(k.podNamespace).Get(rctx, k.podName, metav1.GetOptions{})
+		node, err := client.PodNode(rctx, k.podNamespace, k.podName)
 		cancel()
-		if err == nil && pod.Spec.NodeName != "" {
-			return pod.Spec.NodeName, nil
+		if err == nil && node != "" {
+			return node, nil
 		}
 		if err == nil {
 			err = errors.New("spec.nodeName is empty")
