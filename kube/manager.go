@@ -77,7 +77,7 @@ func New(cfg Config) (*Manager, error) {
 		m:        newMetrics(cfg.Registerer),
 		selfKick: make(chan struct{}, 1),
 		peerKick: make(chan struct{}, 1),
-		peers:    newPeerSet(),
+		peers:    newPeerSet(cfg.Network.Network),
 	}
 	nodes := cfg.Nodes
 	lw := &cache.ListWatch{
@@ -198,7 +198,9 @@ func (m *Manager) update(obj any) {
 		return // a re-list or a change weft does not read
 	}
 	delete(m.peers.reported, n.Name)
-	m.peers.put(&entry{name: n.Name, created: n.CreationTimestamp.Time, peer: p})
+	e := &entry{name: n.Name, created: n.CreationTimestamp.Time, peer: p}
+	m.peers.note(m.peers.valid[n.Name], e)
+	m.peers.put(e)
 	kick(m.peerKick)
 }
 
@@ -219,6 +221,7 @@ func (m *Manager) delete(obj any) {
 	}
 	delete(m.peers.reported, n.Name)
 	if _, ok := m.peers.valid[n.Name]; ok {
+		m.peers.note(m.peers.valid[n.Name], nil)
 		m.peers.remove(n.Name)
 		kick(m.peerKick)
 	}

@@ -31,19 +31,161 @@ type peerSet struct {
 	// remove: a change costs a binary search and a copy, not a sort.
 	sorted []*entry
 	macs   map[[6]byte]int // valid records by VtepMAC: more than one needs winners
+	inNet  int             // valid records whose public IP lies inside the Network
+	net    netip.Prefix    // the Network, for inNet
 	// reported is the rejection last logged for a Node, so that a Node is
 	// logged and counted once per new verdict, not once per snapshot.
 	reported map[string]string
+
+	// out is the last snapshot's peers, made for outKey; while outOK,
+	// changes are applied to it one by one (pending), in O(log N) each,
+	// rather than checking every peer again. A change that can alter
+	// another peer's verdict (a shared MAC, a public IP inside a subnet,
+	// two claims on one subnet) makes the next snapshot a full one.
+	out     []peer.Peer
+	outOK   bool
+	outKey  outKey
+	pending []change
 }
 
-func newPeerSet() *peerSet {
-	return &peerSet{valid: map[string]*entry{}, macs: map[[6]byte]int{}, reported: map[string]string{}}
+// outKey is what a snapshot's verdicts depend on besides the peers.
+type outKey struct {
+	own    string
+	selfIP netip.Addr
+	self   netip.Prefix
+	n      peer.Network
+}
+
+// change is one Node's record before and after (nil: none).
+type change struct{ old, new *entry }
+
+// maxPending is how many changes are applied one by one before a full
+// snapshot is cheaper.
+const maxPending = 64
+
+// note records a change for the next snapshot.
+func (ps *peerSet) note(old, new *entry) {
+	if !ps.outOK {
+		return
+	}
+	if len(ps.pending) >= maxPending {
+		ps.outOK, ps.pending = false, nil
+		return
+	}
+	ps.pending = append(ps.pending, change{old, new})
+}
+
+// incremental applies the pending changes to out; false means a full
+// snapshot is needed. Called after the changes are in sorted and macs.
+func (ps *peerSet) incremental(key outKey, self *peer.Self) ([]rejection, bool) {
+	if !ps.outOK || key != ps.outKey {
+		return nil, false
+	}
+	var rej []rejection
+	for _, c := range ps.pending {
+		if !ps.alone(c, key) {
+			return nil, false
+		}
+		if c.old != nil && c.old.name != key.own {
+			if j, found := slices.BinarySearchFunc(ps.out, c.old.peer.Subnet, peerAt); found && ps.out[j].Subnet == c.old.peer.Subnet {
+				ps.out = slices.Delete(ps.out, j, j+1)
+			}
+		}
+		if c.new != nil && c.new.name != key.own {
+			p := c.new.peer
+			if err := peer.Check(&p, key.n, self); err != nil {
+				rej = append(rej, rejection{c.new.name, err})
+				continue
+			}
+			j, found := slices.BinarySearchFunc(ps.out, p.Subnet, peerAt)
+			if found {
+				ps.out[j] = p
+			} else {
+				ps.out = slices.Insert(ps.out, j, p)
+			}
+		}
+	}
+	ps.pending = ps.pending[:0]
+	return rej, true
+}
+
+// alone reports whether change c can alter no other record's verdict, so
+// that it can be applied by itself. It is judged against the state after
+// every pending change, which is stricter than at the change's own time.
+func (ps *peerSet) alone(c change, key outKey) bool {
+	if c.new != nil {
+		e := c.new
+		if ps.macs[[6]byte(e.peer.VtepMAC)] != 1 || ps.claims(e.peer.Subnet) != 1 {
+			return false // two claims: the older wins, judged in full
+		}
+		if _, in := key.n.Block(e.peer.PublicIP); in || ps.publicIn(e.peer.Subnet) {
+			return false // a public IP inside a subnet: judged in full
+		}
+	}
+	if c.old != nil {
+		e := c.old
+		mac, claims := 0, 0
+		if c.new != nil && [6]byte(c.new.peer.VtepMAC) == [6]byte(e.peer.VtepMAC) {
+			mac = 1
+		}
+		if c.new != nil && c.new.peer.Subnet == e.peer.Subnet {
+			claims = 1
+		}
+		// Another claim on the old MAC or subnet may win now.
+		if ps.macs[[6]byte(e.peer.VtepMAC)] != mac || ps.claims(e.peer.Subnet) != claims {
+			return false
+		}
+		if _, in := key.n.Block(e.peer.PublicIP); in || ps.publicIn(e.peer.Subnet) {
+			return false
+		}
+	}
+	return true
+}
+
+func peerAt(p peer.Peer, s netip.Prefix) int { return p.Subnet.Addr().Compare(s.Addr()) }
+
+// claims counts the records on subnet s.
+func (ps *peerSet) claims(s netip.Prefix) int {
+	i, _ := slices.BinarySearchFunc(ps.sorted, s, entryAt)
+	n := 0
+	for ; i < len(ps.sorted) && ps.sorted[i].peer.Subnet.Addr() == s.Addr(); i++ {
+		n++
+	}
+	return n
+}
+
+// publicIn reports whether a record's public IP lies in subnet s. Public IPs
+// are the underlay's and lie outside the Network, so this is answered from
+// the Network alone unless s holds one.
+func (ps *peerSet) publicIn(s netip.Prefix) bool {
+	if ps.inNet == 0 {
+		return false
+	}
+	for _, e := range ps.sorted {
+		if s.Contains(e.peer.PublicIP.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+// full records the result of a full snapshot as the base of the next ones.
+func (ps *peerSet) full(key outKey, peers []peer.Peer) {
+	ps.out = append(ps.out[:0], peers...)
+	ps.outOK, ps.outKey, ps.pending = true, key, ps.pending[:0]
+}
+
+func newPeerSet(network netip.Prefix) *peerSet {
+	return &peerSet{valid: map[string]*entry{}, macs: map[[6]byte]int{}, reported: map[string]string{}, net: network}
 }
 
 func (ps *peerSet) put(e *entry) {
 	ps.remove(e.name)
 	ps.valid[e.name] = e
 	ps.macs[[6]byte(e.peer.VtepMAC)]++
+	if ps.net.Contains(e.peer.PublicIP.Unmap()) {
+		ps.inNet++
+	}
 	i, _ := slices.BinarySearchFunc(ps.sorted, e, byClaim)
 	ps.sorted = slices.Insert(ps.sorted, i, e)
 }
@@ -54,6 +196,9 @@ func (ps *peerSet) remove(name string) {
 		return
 	}
 	delete(ps.valid, name)
+	if ps.net.Contains(e.peer.PublicIP.Unmap()) {
+		ps.inNet--
+	}
 	k := [6]byte(e.peer.VtepMAC)
 	if ps.macs[k]--; ps.macs[k] <= 0 {
 		delete(ps.macs, k)

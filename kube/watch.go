@@ -28,6 +28,9 @@ func (m *Manager) WatchPeers(ctx context.Context, f subnet.PeerFilter, out func(
 			return ctx.Err()
 		case <-m.peerKick:
 		case <-f.Refilter:
+			m.mu.Lock()
+			m.peers.outOK = false // the host's routes changed: judge all again
+			m.mu.Unlock()
 		}
 	}
 }
@@ -51,8 +54,14 @@ func (m *Manager) snapshot(f subnet.PeerFilter) (subnet.Snapshot, bool) {
 		self.Subnet = m.own
 	}
 	n := peer.Network{Prefix: f.Config.Network, SubnetLen: m.own.Bits()}
-	buf := m.peerBuf(len(m.peers.sorted))
-	peers, rej := m.peers.snapshot(buf, m.cfg.NodeName, n, &self)
+	key := outKey{own: m.cfg.NodeName, selfIP: self.PublicIP, self: self.Subnet, n: n}
+	rej, incremental := m.peers.incremental(key, &self)
+	if !incremental {
+		var peers []peer.Peer
+		peers, rej = m.peers.snapshot(m.peers.out[:0], m.cfg.NodeName, n, &self)
+		m.peers.full(key, peers)
+	}
+	peers := append(m.peerBuf(len(m.peers.out)), m.peers.out...)
 	seen := make(map[string]bool, len(rej))
 	for _, r := range rej {
 		seen[r.name] = true
@@ -60,6 +69,9 @@ func (m *Manager) snapshot(f subnet.PeerFilter) (subnet.Snapshot, bool) {
 	}
 	// A Node that passes again may be reported again if it fails later.
 	for name := range m.peers.reported {
+		if incremental {
+			break
+		}
 		if _, valid := m.peers.valid[name]; valid && !seen[name] {
 			delete(m.peers.reported, name)
 		}
