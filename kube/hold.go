@@ -37,7 +37,7 @@ func (m *Manager) Hold(ctx context.Context, req subnet.HoldRequest) error {
 		switch {
 		case self == nil:
 			why = fmt.Sprintf("waiting for Node %s to exist", m.cfg.NodeName)
-		case self.Spec.PodCIDR == "":
+		case self.PodCIDR == "":
 			why = fmt.Sprintf("waiting for the controller manager to assign spec.podCIDR to Node %s", m.cfg.NodeName)
 		}
 		if why != waiting && why != "" {
@@ -45,7 +45,7 @@ func (m *Manager) Hold(ctx context.Context, req subnet.HoldRequest) error {
 		}
 		waiting = why
 		if self != nil && why == "" {
-			s, err := m.podCIDR(self.Spec.PodCIDR)
+			s, err := m.podCIDR(self.PodCIDR)
 			if err != nil {
 				return err
 			}

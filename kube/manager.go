@@ -49,7 +49,7 @@ type Manager struct {
 
 	mu       sync.Mutex // guards the fields below
 	peers    *peerSet
-	self     *corev1.Node // this node's Node, trimmed; nil until seen
+	self     *nodeRecord  // this node's Node, trimmed; nil until seen
 	own      netip.Prefix // the subnet Hold handed out
 	rev      int64        // counts changes, the snapshots' Revision
 	healthy  bool         // the last list or watch request succeeded
@@ -146,6 +146,22 @@ func (m *Manager) LastSync() time.Time {
 	return m.lastGood
 }
 
+// nodeRecord is what the informer keeps of a Node: a tenth of the memory of
+// even an empty corev1.Node, whose status alone has dozens of fields.
+type nodeRecord struct {
+	metav1.TypeMeta
+	metav1.ObjectMeta
+	PodCIDR string
+}
+
+// DeepCopyObject makes nodeRecord a runtime.Object, as the informer's
+// store wants.
+func (n *nodeRecord) DeepCopyObject() runtime.Object {
+	c := *n
+	n.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	return &c
+}
+
 // trim keeps of a Node only what weft reads: name, resourceVersion,
 // creation time, podCIDR and the annotations under the prefix.
 func (m *Manager) trim(obj any) (any, error) {
@@ -153,11 +169,11 @@ func (m *Manager) trim(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	t := &corev1.Node{}
+	t := &nodeRecord{}
 	t.Name = n.Name
 	t.ResourceVersion = n.ResourceVersion
 	t.CreationTimestamp = n.CreationTimestamp
-	t.Spec.PodCIDR = n.Spec.PodCIDR
+	t.PodCIDR = n.Spec.PodCIDR
 	for k, v := range n.Annotations {
 		if m.ann.keep(k) {
 			if t.Annotations == nil {
@@ -173,7 +189,7 @@ func (m *Manager) trim(obj any) (any, error) {
 // is checked and becomes its peer record. A Node whose annotations are bad
 // keeps its last good record.
 func (m *Manager) update(obj any) {
-	n, ok := obj.(*corev1.Node)
+	n, ok := obj.(*nodeRecord)
 	if !ok {
 		return
 	}
@@ -184,7 +200,7 @@ func (m *Manager) update(obj any) {
 		m.self = n
 		kick(m.selfKick)
 	}
-	p, err := m.ann.parsePeer(n.Spec.PodCIDR, n.Annotations, m.cfg.Network.Backend.VNI, m.staticRules())
+	p, err := m.ann.parsePeer(n.PodCIDR, n.Annotations, m.cfg.Network.Backend.VNI, m.staticRules())
 	switch {
 	case errors.Is(err, errNotPublished):
 		return
@@ -208,7 +224,7 @@ func (m *Manager) delete(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	n, ok := obj.(*corev1.Node)
+	n, ok := obj.(*nodeRecord)
 	if !ok {
 		return
 	}
