@@ -20,7 +20,7 @@ DEB_PACKAGES := iproute2 iptables nftables etcd-server etcd-client iputils-ping 
 	containernetworking-plugins podman runc busybox-static
 
 # Packages whose tests never need root; they also run under the race detector.
-UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./kube/... ./cmd/... ./internal/etcdconn/...
+UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./service/... ./kube/... ./cmd/... ./internal/etcdconn/...
 
 # The Kubernetes-mode tests and benchmark run real kube-apiserver, kube-proxy
 # and etcd 3.6+, built from the Go module proxy by e2e/kube/tools/build.sh
@@ -52,7 +52,7 @@ demo: deps build
 # and the end-to-end suite on a namespace cluster with a real etcd.
 test: deps build vet kube-tools
 	WEFT_REQUIRE_ETCD=1 $(GO) test -race -count=1 $(UNIT_PKGS)
-	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./internal/cluster/...
+	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./proxy/... ./internal/cluster/...
 	WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 ./cni/...
 	WEFT_REQUIRE_ETCD=1 WEFT_BIN=$(BIN) WEFT_KUBE_BIN=$$(bash e2e/kube/tools/build.sh $(KUBE_CACHE)) \
 		$(GO) test -count=1 -p 1 -timeout 30m ./e2e/...
@@ -94,6 +94,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePing$$' -fuzztime $(FUZZTIME) ./internal/cluster/
 	$(GO) test -run '^$$' -fuzz '^FuzzSubnetEnv$$' -fuzztime $(FUZZTIME) ./cni/
 	$(GO) test -run '^$$' -fuzz '^FuzzConf$$' -fuzztime $(FUZZTIME) ./cni/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseObjects$$' -fuzztime $(FUZZTIME) ./service/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseNetworkConfig$$' -fuzztime $(FUZZTIME) ./service/
 
 clean:
 	rm -rf $(BIN)

@@ -38,4 +38,11 @@
 //
 // It prints a table, writes results.json next to this file, and reports the
 // main figures as benchmark metrics.
+//
+// BenchmarkServices (services_test.go) measures issue 10's service targets on
+// a node of its own: 1,000 and 10,000 services of 10 endpoints applied from
+// nothing (etcd writes to the last service in the kernel), one endpoint
+// change at 10,000 services (etcd write to the kernel's transaction), the
+// connection setup rate through a VIP at 10 and at 10,000 services against
+// connecting directly, and weftd's memory. It prints its own table.
 package bench

@@ -247,7 +247,8 @@ func (n *node) startWeftd() (*cluster.Proc, error) {
 		"--etcd-endpoints", etcdURL,
 		"--iface", "eth0",
 		"--subnet-file", n.subnetEnv,
-		"--metrics-addr", metricsURL)
+		"--metrics-addr", metricsURL,
+		"--log-level", envOr("WEFT_BENCH_LOG_LEVEL", "info"))
 	if err != nil {
 		return nil, err
 	}
@@ -292,4 +293,11 @@ func (n *node) httpGet(ctx context.Context, url string) (string, error) {
 		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	return string(b), nil
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
 }

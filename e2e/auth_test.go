@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -86,9 +87,9 @@ func TestEtcdRoles(t *testing.T) {
 	}
 	root := e.tlsClient(ca, "", "", "root", rootPW)
 	wantPerms := map[string][]string{
-		"weft-node":          {"READ " + prefix + "/config", "READWRITE " + prefix + "/subnets/*"},
-		"weft-node-readonly": {"READ " + prefix + "/config", "READ " + prefix + "/subnets/*"},
-		"weft-operator":      {"READWRITE " + prefix + "/config", "READWRITE " + prefix + "/subnets/*"},
+		"weft-node":          {"READ " + prefix + "/config", "READ " + prefix + "/services/*", "READWRITE " + prefix + "/subnets/*"},
+		"weft-node-readonly": {"READ " + prefix + "/config", "READ " + prefix + "/services/*", "READ " + prefix + "/subnets/*"},
+		"weft-operator":      {"READWRITE " + prefix + "/config", "READWRITE " + prefix + "/services/*", "READWRITE " + prefix + "/subnets/*"},
 	}
 	checkRoles := func(when string) {
 		t.Helper()
@@ -149,7 +150,9 @@ func TestEtcdRoles(t *testing.T) {
 		}
 		before := kvAt(t, root, prefix+"/config")
 		weftctl := filepath.Join(e.bin, "weftctl")
-		set := []string{weftctl, "config", "set", netConfig}
+		// A config that differs from the stored one (an equal one is no
+		// write at all), forced past the compare-and-swap's question.
+		set := []string{weftctl, "config", "set", "--force", `{"Network":"172.16.0.0/12","SubnetMax":"172.31.254.0","Backend":{"Type":"vxlan"}}`}
 		out, err := e.master.Run(ctx, append(set, tlsArgs("weft-node", nodeFile)...)...)
 		if err == nil || !strings.Contains(out, "permission denied") {
 			t.Errorf("weftctl config set as weft-node: %v\n%s\nwant it refused with permission denied", err, out)
@@ -166,6 +169,20 @@ func TestEtcdRoles(t *testing.T) {
 		if after.ModRevision <= before.ModRevision || err != nil || cfg.Network != mustPrefix("172.16.0.0/12") {
 			t.Errorf("weftctl config set as weft-operator said %q; the config is %s (%v) at revision %d (was %d)",
 				out, after.Value, err, after.ModRevision, before.ModRevision)
+		}
+
+		// Services: nodes read them, operators write them.
+		svcFile := filepath.Join(t.TempDir(), "service.yml")
+		if err := os.WriteFile(svcFile, []byte(`{"kind":"Service","apiVersion":"v1","metadata":{"name":"my-nginx-service"},`+
+			`"spec":{"selector":{"app":"my-nginx"},"ports":[{"protocol":"TCP","port":8080,"targetPort":80}]}}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		create := []string{weftctl, "service", "create", "-f", svcFile}
+		if out, err := e.master.Run(ctx, append(create, tlsArgs("weft-node", nodeFile)...)...); err == nil || !strings.Contains(out, "permission denied") {
+			t.Errorf("weftctl service create as weft-node: %v\n%s\nwant it refused with permission denied", err, out)
+		}
+		if out, err := e.master.Run(ctx, append(create, tlsArgs("weft-operator", opFile)...)...); err != nil {
+			t.Errorf("weftctl service create as weft-operator: %v\n%s", err, out)
 		}
 	})
 

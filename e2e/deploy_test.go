@@ -123,6 +123,18 @@ type k8sObject struct {
 	} `json:"spec"`
 }
 
+type container struct {
+	Name string `json:"name"`
+	Env  []struct {
+		Name string `json:"name"`
+	} `json:"env"`
+	SecurityContext securityContext `json:"securityContext"`
+	VolumeMounts    []struct {
+		Name      string `json:"name"`
+		MountPath string `json:"mountPath"`
+	} `json:"volumeMounts"`
+}
+
 type securityContext struct {
 	Privileged               *bool `json:"privileged"`
 	AllowPrivilegeEscalation *bool `json:"allowPrivilegeEscalation"`
@@ -140,18 +152,9 @@ type podSpec struct {
 	HostNetwork     bool            `json:"hostNetwork"`
 	HostPID         bool            `json:"hostPID"`
 	SecurityContext securityContext `json:"securityContext"`
-	Containers      []struct {
-		Name string `json:"name"`
-		Env  []struct {
-			Name string `json:"name"`
-		} `json:"env"`
-		SecurityContext securityContext `json:"securityContext"`
-		VolumeMounts    []struct {
-			Name      string `json:"name"`
-			MountPath string `json:"mountPath"`
-		} `json:"volumeMounts"`
-	} `json:"containers"`
-	Volumes []struct {
+	InitContainers  []container     `json:"initContainers"`
+	Containers      []container     `json:"containers"`
+	Volumes         []struct {
 		Name     string `json:"name"`
 		HostPath *struct {
 			Path string `json:"path"`
@@ -216,19 +219,43 @@ func TestDaemonSetSecurity(t *testing.T) {
 		}
 	}
 
-	var hostPaths []string
-	secrets := map[string]string{} // volume -> secret
+	hostPathOf := map[string]string{} // volume -> host path
+	secrets := map[string]string{}    // volume -> secret
 	for _, v := range pod.Volumes {
 		if v.HostPath != nil {
-			hostPaths = append(hostPaths, v.HostPath.Path)
+			hostPathOf[v.Name] = v.HostPath.Path
 		}
 		if v.Secret != nil {
 			secrets[v.Name] = v.Secret.SecretName
 		}
 	}
-	slices.Sort(hostPaths)
-	if want := []string{"/run/flannel", "/run/xtables.lock"}; !slices.Equal(hostPaths, want) {
-		t.Errorf("host paths %q, want only %q (subnet.env, the iptables lock)", hostPaths, want)
+	hostPaths := func(c container) []string {
+		var out []string
+		for _, m := range c.VolumeMounts {
+			if p, ok := hostPathOf[m.Name]; ok {
+				out = append(out, p)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := hostPaths(c), []string{"/run/flannel", "/run/xtables.lock"}; !slices.Equal(got, want) {
+		t.Errorf("weftd's host paths %q, want only %q (subnet.env, the iptables lock)", got, want)
+	}
+	// The init container that installs weft-cni writes the CNI directories
+	// and nothing else, with no capability at all.
+	for _, ic := range pod.InitContainers {
+		if got, want := hostPaths(ic), []string{"/etc/cni/net.d", "/opt/cni/bin"}; !slices.Equal(got, want) {
+			t.Errorf("init container %s: host paths %q, want only %q", ic.Name, got, want)
+		}
+		isc := ic.SecurityContext
+		if isc.AllowPrivilegeEscalation == nil || *isc.AllowPrivilegeEscalation || len(isc.Capabilities.Add) > 0 ||
+			!slices.Equal(isc.Capabilities.Drop, []string{"ALL"}) {
+			t.Errorf("init container %s: %+v, want no privilege escalation and no capability", ic.Name, isc)
+		}
+	}
+	if len(hostPathOf) != 4 {
+		t.Errorf("host path volumes %q: want the four above", hostPathOf)
 	}
 
 	for _, e := range c.Env {

@@ -75,7 +75,11 @@ func TestEtcdOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Received != res.Sent || res.Sent < 200 {
+	// The stream spans the outage by construction (started before SIGSTOP,
+	// stopped after SIGCONT); it must also have pinged through it, at half
+	// its nominal 20/s at least: on a loaded machine ping's own timer
+	// slips, which says nothing about weftd.
+	if res.Received != res.Sent || res.Sent < 12*10 {
 		t.Errorf("pings during the outage: %d sent, %d received, lost %v", res.Sent, res.Received, res.Lost)
 	}
 	if got := a.dataplane(ctx); got != before {

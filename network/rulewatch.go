@@ -51,9 +51,14 @@ func WatchRuleChanges(ctx context.Context, kick func()) error {
 	return nil
 }
 
+// ServiceTable is the service proxy's nftables table (package proxy), whose
+// changes never concern the rules here.
+const ServiceTable = "weft-svc"
+
 // concernsRules reports whether a datagram of nf_tables notifications holds
-// anything but changes to the elements of weft's own ingress table and the
-// generation messages that close every transaction. Those elements follow
+// anything but changes to the elements of weft's own ingress table, changes
+// to the service proxy's table, and the generation messages that close
+// every transaction. Those elements follow
 // every peer change; a check of the iptables rules after each one would cost
 // four runs of iptables per peer change, and Ensure checks the elements on
 // its timer anyway.
@@ -63,7 +68,7 @@ func concernsRules(b []byte) bool {
 		msgNewSetElem  = 12 // NFT_MSG_NEWSETELEM
 		msgDelSetElem  = 14
 		msgNewGen      = 16
-		attrTable      = 1 // NFTA_SET_ELEM_LIST_TABLE
+		attrTable      = 1 // NFTA_*_TABLE: the table's name, first in every message kind
 		nfgenLen       = 4
 	)
 	for len(b) >= unix.NLMSG_HDRLEN {
@@ -73,12 +78,18 @@ func concernsRules(b []byte) bool {
 		}
 		typ := binary.NativeEndian.Uint16(b[4:6])
 		body := b[unix.NLMSG_HDRLEN:l]
+		table := ""
+		if len(body) >= nfgenLen {
+			table = attrString(body[nfgenLen:], attrTable)
+		}
 		switch {
 		case typ>>8 != subsysNFTables:
 			return true
 		case typ&0xff == msgNewGen:
+		case table == ServiceTable:
+			// The service proxy's table: it keeps it itself.
 		case typ&0xff == msgNewSetElem || typ&0xff == msgDelSetElem:
-			if len(body) < nfgenLen || attrString(body[nfgenLen:], attrTable) != ingressTable {
+			if table != ingressTable {
 				return true
 			}
 		default:

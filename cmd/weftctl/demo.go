@@ -160,6 +160,9 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.pingAll(ctx); err != nil {
 		return err
 	}
+	if err := d.services(ctx); err != nil {
+		return err
+	}
 	if d.o.once {
 		return nil
 	}

@@ -21,6 +21,9 @@ Usage:
   weftctl status [flags]                    the local weftd's lease, peers, reconcile, etcd and readiness
   weftctl docker-opts [flags]               Docker's --bip, --mtu and --ip-masq from subnet.env
   weftctl demo [flags]                      a whole overlay in network namespaces on this machine
+  weftctl service create|get|list|delete    services: -f FILE (a v1 Service), NAME; -n NAMESPACE
+  weftctl endpoints set|get NAME [ADDR:PORT ...]  a service's endpoints
+  weftctl apply -f FILE                     create or replace a Service, Endpoints or a v1 List of them
 
 Run "weftctl COMMAND --help" for a command's flags.
 `
@@ -62,6 +65,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runDockerOpts(rest, stdout, stderr)
 	case "demo":
 		return runDemo(ctx, rest, stdout, stderr)
+	case "service", "services", "svc":
+		return runService(ctx, rest, stdin, stdout, stderr)
+	case "endpoints", "ep":
+		return runEndpoints(ctx, rest, stdout, stderr)
+	case "apply":
+		return runApply(ctx, rest, stdin, stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "weftctl: unknown command %q\n\n%s", cmd, usage)
 	return errUsage

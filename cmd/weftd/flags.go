@@ -31,6 +31,7 @@ type options struct {
 
 	ipMasq     bool
 	subnetFile string
+	services   bool
 
 	forwardRules   bool           // --iptables-forward-rules
 	vxlanAllow     []string       // --vxlan-allow-cidr, as given
@@ -74,6 +75,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade container traffic that leaves the overlay")
 	fs.BoolVar(&o.forwardRules, "iptables-forward-rules", true, "add FORWARD rules that accept this node's containers' traffic (flannel's flag); false leaves FORWARD alone")
 	fs.StringArrayVar(&o.vxlanAllow, "vxlan-allow-cidr", nil, "also accept VXLAN packets from this IPv4 range besides the peers' addresses; repeatable")
+	fs.BoolVar(&o.services, "services", true, "program the services in etcd into the kernel (false leaves them to something else, such as kube-proxy)")
 	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "where to write the node's subnet for Docker or CNI")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8285", "address serving /metrics, /healthz, /readyz and /status; empty disables")
 	fs.DurationVar(&o.leaseTTL, "lease-ttl", 24*time.Hour, "TTL of the node's etcd lease, renewed by keep-alive")
@@ -115,6 +117,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 		return o, err
 	}
 	if err := o.kube.fromEnv(getenv); err != nil {
+		return o, err
+	}
+	if err := o.kube.servicesOff(&o.services, fs.Changed("services")); err != nil {
 		return o, err
 	}
 	if len(o.etcdEndpoints) == 0 {

@@ -62,6 +62,20 @@ func (k *kubeOptions) fromEnv(getenv func(string) string) error {
 	return nil
 }
 
+// servicesOff turns weft's own service VIPs off in Kubernetes mode, where
+// kube-proxy serves the Services (and weft's come from etcd, which this
+// mode does not use); asking for them there is an error.
+func (k *kubeOptions) servicesOff(services *bool, given bool) error {
+	if !k.enabled {
+		return nil
+	}
+	if given && *services {
+		return errors.New("--services: weft's service VIPs are read from etcd and are off with --kube-subnet-mgr, where kube-proxy serves the Services")
+	}
+	*services = false
+	return nil
+}
+
 // restConfig is the API server's address and credentials: the kubeconfig
 // and URL flags, or the pod's service account when neither is given.
 func (k *kubeOptions) restConfig() (*rest.Config, error) {
@@ -162,8 +176,8 @@ func wireKube(ctx context.Context, o options, log *slog.Logger) (*agent, error) 
 	log.Info("Kubernetes mode", "node", name, "network", cfg.Network, "vni", vni,
 		"uplink", up.Name, "public_ip", up.PublicIP, "vtep_mac", mac.String(), "annotation_prefix", k.prefix)
 
-	// TODO(services): weft's own service VIPs stay off in this mode by
-	// default: kube-proxy owns Services.
+	// weft's own service VIPs are off in this mode (servicesOff): no
+	// a.svc, and the loop is fed by the Manager alone.
 	node, err := network.NewNode(network.NodeConfig{
 		Config:         cfg,
 		PublicIP:       up.PublicIP,

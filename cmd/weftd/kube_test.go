@@ -22,6 +22,13 @@ func TestKubeFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if o.services {
+		t.Error("weft's service VIPs are on in Kubernetes mode; kube-proxy serves the Services")
+	}
+	if _, err := parseFlags([]string{"--kube-subnet-mgr", "--services"}, env(map[string]string{"NODE_NAME": "n1"}), io.Discard); err == nil ||
+		!strings.Contains(err.Error(), "--services") {
+		t.Errorf("--services with --kube-subnet-mgr: %v, want an error naming --services", err)
+	}
 	k = o.kube
 	if !k.enabled || k.kubeconfig != "/k" || k.apiURL != "https://10.0.0.1:6443" || k.prefix != "weft.example.com" || k.setNetAvail || k.nodeName != "n1" {
 		t.Errorf("Kubernetes-mode flags: %+v", k)

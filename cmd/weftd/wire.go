@@ -23,6 +23,7 @@ import (
 	"github.com/weft-net/weft/internal/etcdconn"
 	"github.com/weft-net/weft/ip"
 	"github.com/weft-net/weft/network"
+	"github.com/weft-net/weft/service"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -38,6 +39,7 @@ type agent struct {
 	// refused says why the config in etcd is refused, while weftd waits
 	// for a usable one before it touches anything; nil otherwise.
 	refused atomic.Pointer[string]
+	svc     *services // nil with --services=false
 	// starters run beside the loop; closers release what wiring made
 	// (Kubernetes mode, cmd/weftd/kube.go).
 	starters []func(context.Context)
@@ -112,6 +114,17 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 	log.Info("network config", "network", cfg.Network, "subnet_len", cfg.SubnetLen, "vni", vni,
 		"uplink", up.Name, "public_ip", up.PublicIP, "vtep_mac", mac.String())
 
+	var holder interface {
+		Hold(context.Context, subnet.HoldRequest) error
+	} = a.reg
+	var watcher interface {
+		WatchPeers(context.Context, subnet.PeerFilter, func(subnet.Snapshot)) error
+		Recycle(subnet.Snapshot)
+	} = a.reg
+	if o.services {
+		a.svc = newServices(service.NewStore(cli, o.etcdPrefix), cfg.Network, up.Networks, log, promReg)
+		holder, watcher = &leaseTee{inner: a.reg, s: a.svc}, &peerTee{Registry: a.reg, s: a.svc}
+	}
 	node, err := network.NewNode(network.NodeConfig{
 		Config:         cfg,
 		PublicIP:       up.PublicIP,
@@ -123,8 +136,8 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		ResyncInterval: o.resyncInterval,
 		RulesInterval:  o.iptablesResync,
 		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
-		Holder:         a.reg,
-		Watcher:        a.reg,
+		Holder:         holder,
+		Watcher:        watcher,
 		ConfigWatcher:  a.reg,
 		ConfigRevision: cfgRev,
 		EtcdSynced:     a.reg.LastSync,
@@ -248,6 +261,12 @@ func (a *agent) run(ctx context.Context) error {
 	go a.notifyWhenReady(ctx)
 	for _, f := range a.starters {
 		go f(ctx)
+	}
+	if a.svc != nil {
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); a.svc.run(sctx) }()
+		defer func() { cancel(); <-done }()
 	}
 	return a.node.Load().Run(ctx)
 }

@@ -2,13 +2,15 @@
 # setup-roles.sh: etcd roles and users for weft, with least privilege.
 #
 # Roles (NAME is --roles, default "weft"; PREFIX is --prefix):
-#   NAME-node           read PREFIX/config; read and write PREFIX/subnets/*
-#                       (what weftd needs to take, renew and repair its lease)
-#   NAME-node-readonly  read PREFIX/config and PREFIX/subnets/*
+#   NAME-node           read PREFIX/config and PREFIX/services/*; read and
+#                       write PREFIX/subnets/* (what weftd needs to take, renew
+#                       and repair its lease, and to program the services)
+#   NAME-node-readonly  read PREFIX/config, PREFIX/subnets/* and PREFIX/services/*
 #                       (weftd on a node whose reservation already carries its
 #                       exact value: it needs no write at all)
-#   NAME-operator       read and write PREFIX/config and PREFIX/subnets/*
-#                       (weftctl config set, reservations)
+#   NAME-operator       read and write PREFIX/config, PREFIX/subnets/* and
+#                       PREFIX/services/* (weftctl config set, reservations,
+#                       weftctl service, endpoints and apply)
 #
 # Users are created when missing, with the password read from a file (never
 # from the command line), and granted their role. An existing user keeps its
@@ -161,18 +163,22 @@ ensure_user() {
 
 config=$prefix/config
 subnets=$prefix/subnets/
+services=$prefix/services/
 
 ensure_role "$roles-node"
 ctl role grant-permission "$roles-node" read "$config" >/dev/null
 ctl role grant-permission "$roles-node" --prefix=true readwrite "$subnets" >/dev/null
+ctl role grant-permission "$roles-node" --prefix=true read "$services" >/dev/null
 
 ensure_role "$roles-node-readonly"
 ctl role grant-permission "$roles-node-readonly" read "$config" >/dev/null
 ctl role grant-permission "$roles-node-readonly" --prefix=true read "$subnets" >/dev/null
+ctl role grant-permission "$roles-node-readonly" --prefix=true read "$services" >/dev/null
 
 ensure_role "$roles-operator"
 ctl role grant-permission "$roles-operator" readwrite "$config" >/dev/null
 ctl role grant-permission "$roles-operator" --prefix=true readwrite "$subnets" >/dev/null
+ctl role grant-permission "$roles-operator" --prefix=true readwrite "$services" >/dev/null
 
 ensure_user "$node_user" "$node_pw" "$roles-node" --node-password-file
 ensure_user "$readonly_user" "$readonly_pw" "$roles-node-readonly" --readonly-password-file
