@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -312,43 +313,67 @@ func (k *kubeEnv) pingAll() {
 	}
 }
 
-// applyManifestRBAC creates the ClusterRole and ClusterRoleBinding of
-// deploy/kubernetes/weft-kube.yaml, which weftd's ServiceAccount user runs with.
+// applyManifestRBAC creates every object of deploy/kubernetes/weft-kube.yaml
+// in the API server, which validates them: the ClusterRole and its binding
+// are what weftd's ServiceAccount user runs with in these tests.
 func (k *kubeEnv) applyManifestRBAC() {
 	k.t.Helper()
-	const path = "../deploy/kubernetes/weft-kube.yaml"
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		k.t.Fatal(err)
+	objs := readKubeManifest(k.t)
+	var err error
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *corev1.ServiceAccount:
+			_, err = k.client.CoreV1().ServiceAccounts(o.Namespace).Create(k.ctx, o, metav1.CreateOptions{})
+		case *rbacv1.ClusterRole:
+			_, err = k.client.RbacV1().ClusterRoles().Create(k.ctx, o, metav1.CreateOptions{})
+		case *rbacv1.ClusterRoleBinding:
+			_, err = k.client.RbacV1().ClusterRoleBindings().Create(k.ctx, o, metav1.CreateOptions{})
+		case *corev1.ConfigMap:
+			_, err = k.client.CoreV1().ConfigMaps(o.Namespace).Create(k.ctx, o, metav1.CreateOptions{})
+		case *appsv1.DaemonSet:
+			_, err = k.client.AppsV1().DaemonSets(o.Namespace).Create(k.ctx, o, metav1.CreateOptions{})
+		}
+		if err != nil {
+			k.t.Fatalf("the API server refuses %T of %s: %v", o, kubeManifest, err)
+		}
 	}
-	found := 0
+}
+
+const kubeManifest = "../deploy/kubernetes/weft-kube.yaml"
+
+// readKubeManifest decodes every object of the Kubernetes-mode manifest
+// strictly into its Kubernetes type.
+func readKubeManifest(t *testing.T) []any {
+	t.Helper()
+	raw, err := os.ReadFile(kubeManifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []any
 	for _, doc := range regexp.MustCompile(`(?m)^---$`).Split(string(raw), -1) {
 		var meta metav1.TypeMeta
 		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			k.t.Fatalf("%s: %v", path, err)
+			t.Fatalf("%s: %v", kubeManifest, err)
 		}
+		var o any
 		switch meta.Kind {
+		case "ServiceAccount":
+			o = &corev1.ServiceAccount{}
 		case "ClusterRole":
-			var r rbacv1.ClusterRole
-			if err := yaml.UnmarshalStrict([]byte(doc), &r); err != nil {
-				k.t.Fatalf("%s: %v", path, err)
-			}
-			_, err = k.client.RbacV1().ClusterRoles().Create(k.ctx, &r, metav1.CreateOptions{})
+			o = &rbacv1.ClusterRole{}
 		case "ClusterRoleBinding":
-			var r rbacv1.ClusterRoleBinding
-			if err := yaml.UnmarshalStrict([]byte(doc), &r); err != nil {
-				k.t.Fatalf("%s: %v", path, err)
-			}
-			_, err = k.client.RbacV1().ClusterRoleBindings().Create(k.ctx, &r, metav1.CreateOptions{})
+			o = &rbacv1.ClusterRoleBinding{}
+		case "ConfigMap":
+			o = &corev1.ConfigMap{}
+		case "DaemonSet":
+			o = &appsv1.DaemonSet{}
 		default:
-			continue
+			t.Fatalf("%s: unexpected kind %q", kubeManifest, meta.Kind)
 		}
-		if err != nil {
-			k.t.Fatalf("applying the %s of %s: %v", meta.Kind, path, err)
+		if err := yaml.UnmarshalStrict([]byte(doc), o); err != nil {
+			t.Fatalf("%s: %s: %v", kubeManifest, meta.Kind, err)
 		}
-		found++
+		out = append(out, o)
 	}
-	if found != 2 {
-		k.t.Fatalf("%s: %d of ClusterRole and ClusterRoleBinding found, want both", path, found)
-	}
+	return out
 }
