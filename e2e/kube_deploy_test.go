@@ -69,6 +69,11 @@ func TestKubeManifest(t *testing.T) {
 	if !mounted {
 		t.Error("the ConfigMap is not mounted at /etc/kube-flannel")
 	}
+	for _, ic := range pod.InitContainers {
+		if sc := ic.SecurityContext; sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			t.Errorf("init container %s may escalate privileges", ic.Name)
+		}
+	}
 	sc := c.SecurityContext
 	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
 		sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "NET_RAW"}) ||
