@@ -59,13 +59,15 @@ func newAnnotations(prefix string) annotations {
 	}
 }
 
-// keep reports whether an annotation is one weft reads.
-func (a annotations) keep(name string) bool {
-	switch name {
-	case a.backendData, a.backendType, a.publicIP, a.managed, a.overwrite:
-		return true
+// keep returns weft's own copy of an annotation's name if weft reads it:
+// the informer then keeps one copy of each name, not one per Node.
+func (a annotations) keep(name string) (string, bool) {
+	for _, k := range [...]string{a.backendData, a.backendType, a.publicIP, a.managed, a.overwrite} {
+		if name == k {
+			return k, true
+		}
 	}
-	return false
+	return "", false
 }
 
 // backendData is the JSON of <prefix>/backend-data for the vxlan backend.

@@ -175,7 +175,7 @@ func (m *Manager) trim(obj any) (any, error) {
 	t.CreationTimestamp = n.CreationTimestamp
 	t.PodCIDR = n.Spec.PodCIDR
 	for k, v := range n.Annotations {
-		if m.ann.keep(k) {
+		if k, ok := m.ann.keep(k); ok {
 			if t.Annotations == nil {
 				t.Annotations = make(map[string]string, 5)
 			}
