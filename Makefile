@@ -17,7 +17,7 @@ BIN     := $(CURDIR)/bin
 # the role script; the CNI plugins weft-cni delegates to, and podman with runc
 # and a static busybox for the container image of its test.
 DEB_PACKAGES := iproute2 iptables nftables etcd-server etcd-client iputils-ping ncat prometheus procps ca-certificates \
-	containernetworking-plugins podman runc busybox-static
+	containernetworking-plugins podman runc busybox-static ethtool
 
 # Packages whose tests never need root; they also run under the race detector.
 UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./service/... ./kube/... ./cmd/... ./internal/etcdconn/...
@@ -52,7 +52,7 @@ demo: deps build
 # and the end-to-end suite on a namespace cluster with a real etcd.
 test: deps build vet kube-tools
 	WEFT_REQUIRE_ETCD=1 $(GO) test -race -count=1 $(UNIT_PKGS)
-	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./backend/... ./network/... ./proxy/... ./internal/cluster/...
+	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./rtnl/... ./backend/... ./network/... ./proxy/... ./internal/cluster/...
 	WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 ./cni/...
 	WEFT_REQUIRE_ETCD=1 WEFT_BIN=$(BIN) WEFT_KUBE_BIN=$$(bash e2e/kube/tools/build.sh $(KUBE_CACHE)) \
 		$(GO) test -count=1 -p 1 -timeout 30m ./e2e/...
@@ -86,9 +86,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./subnet/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLeaseAttrs$$' -fuzztime $(FUZZTIME) ./subnet/
 	$(GO) test -run '^$$' -fuzz '^FuzzPeerSnapshot$$' -fuzztime $(FUZZTIME) ./subnet/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./rtnl/
+	$(GO) test -run '^$$' -fuzz '^FuzzDisagrees$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
 	$(GO) test -run '^$$' -fuzz '^FuzzSet$$' -fuzztime $(FUZZTIME) ./backend/vxlan/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadSubnetEnv$$' -fuzztime $(FUZZTIME) ./network/
+	$(GO) test -run '^$$' -fuzz '^FuzzKernelVersion$$' -fuzztime $(FUZZTIME) ./network/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseFlags$$' -fuzztime $(FUZZTIME) ./cmd/weftd/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePeer$$' -fuzztime $(FUZZTIME) ./kube/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePing$$' -fuzztime $(FUZZTIME) ./internal/cluster/

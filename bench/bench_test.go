@@ -71,6 +71,9 @@ func BenchmarkWeft(b *testing.B) {
 	if err := runBig(ctx, e, r, peers); err != nil {
 		b.Fatal(err)
 	}
+	if err := runDual(ctx, e, r, peers); err != nil {
+		b.Fatal(err)
+	}
 
 	r.WallSeconds = time.Since(start).Seconds()
 	r.check()

@@ -134,11 +134,14 @@ func (n *node) weftMetrics(ctx context.Context) (map[string]float64, error) {
 // synthetic peer (there should be none at the default level), and the
 // "took" of the first "programmed peers" line.
 type logStats struct {
-	Lines        int    `json:"lines"`
-	Bytes        int    `json:"bytes"`
-	PerPeerLines int    `json:"per_peer_lines"`
-	Programmed   Dur    `json:"programmed_took"`
-	Timeline     []span `json:"timeline"`
+	Lines        int `json:"lines"`
+	Bytes        int `json:"bytes"`
+	PerPeerLines int `json:"per_peer_lines"`
+	Programmed   Dur `json:"programmed_took"`
+	// ProgrammedTotal adds the "took" of the first "programmed peers"
+	// line of each device (a dual-stack node has two).
+	ProgrammedTotal Dur    `json:"programmed_took_all_devices"`
+	Timeline        []span `json:"timeline"`
 }
 
 type span struct {
@@ -171,6 +174,7 @@ func readLog(path string, peers []synth, start time.Time) (logStats, error) {
 		names[p.public.String()] = true
 	}
 	var st logStats
+	devSeen := map[string]bool{}
 	for l := range strings.Lines(string(b)) {
 		if strings.HasPrefix(l, "=== ") {
 			continue // the cluster's header line
@@ -186,10 +190,18 @@ func readLog(path string, peers []synth, start time.Time) (logStats, error) {
 		if ts, msg := logTimeMsg(l); !ts.IsZero() && len(st.Timeline) < 8 {
 			st.Timeline = append(st.Timeline, span{Msg: msg, At: Dur(ts.Sub(start))})
 		}
-		if strings.Contains(l, `msg="programmed peers"`) && st.Programmed == 0 {
-			if m := tookRE.FindStringSubmatch(l); m != nil {
+		if strings.Contains(l, `msg="programmed peers"`) && strings.Contains(l, "component=vxlan") {
+			dev := ""
+			if i := strings.Index(l, " device="); i >= 0 {
+				dev, _, _ = strings.Cut(l[i+8:], " ")
+			}
+			if m := tookRE.FindStringSubmatch(l); m != nil && !devSeen[dev] {
+				devSeen[dev] = true
 				d, _ := time.ParseDuration(m[1])
-				st.Programmed = Dur(d)
+				if st.Programmed == 0 {
+					st.Programmed = Dur(d)
+				}
+				st.ProgrammedTotal += Dur(d)
 			}
 		}
 	}

@@ -156,6 +156,7 @@ type Results struct {
 	Neigh       NeighLimits `json:"neigh"`
 	Acquire100  Dur         `json:"acquire_100_ms"`
 	Pipeline    *Pipeline   `json:"pipeline,omitempty"`
+	Dual        *DualCold   `json:"dual_stack,omitempty"`
 	Targets     []Target    `json:"targets"`
 	WallSeconds float64     `json:"wall_seconds"`
 }
@@ -283,6 +284,10 @@ func (r *Results) table(w io.Writer) {
 	if p := r.Pipeline; p != nil {
 		fmt.Fprintln(w)
 		p.table(w)
+	}
+	if d := r.Dual; d != nil {
+		fmt.Fprintln(w)
+		d.table(w)
 	}
 
 	fmt.Fprintln(w)

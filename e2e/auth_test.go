@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/weft-net/weft/service"
 	"net/http"
 	"net/netip"
 	"os"
@@ -173,8 +174,7 @@ func TestEtcdRoles(t *testing.T) {
 
 		// Services: nodes read them, operators write them.
 		svcFile := filepath.Join(t.TempDir(), "service.yml")
-		if err := os.WriteFile(svcFile, []byte(`{"kind":"Service","apiVersion":"v1","metadata":{"name":"my-nginx-service"},`+
-			`"spec":{"selector":{"app":"my-nginx"},"ports":[{"protocol":"TCP","port":8080,"targetPort":80}]}}`), 0o644); err != nil {
+		if err := os.WriteFile(svcFile, []byte(service.ReferenceService), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		create := []string{weftctl, "service", "create", "-f", svcFile}
@@ -215,7 +215,16 @@ func TestEtcdRoles(t *testing.T) {
 	t.Run("read-only node whose reservation differs says so", func(t *testing.T) {
 		// The reservation names node6 but not its VTEP MAC: weftd would have
 		// to write, and may not.
-		key := e.putReservation(root, "172.16.98.0/24", "172.17.42.36", "0e:5d:9f:0a:0b:36")
+		// A subnet no node holds: a reservation written over a live node's
+		// key would be that node's to write back (own-key repair).
+		free := ""
+		for i := 200; i < 256 && free == ""; i++ {
+			s := fmt.Sprintf("172.16.%d.0/24", i)
+			if r, err := root.Get(ctx, fmt.Sprintf("%s/subnets/172.16.%d.0-24", prefix, i)); err == nil && len(r.Kvs) == 0 {
+				free = s
+			}
+		}
+		key := e.putReservation(root, free, "172.17.42.36", "0e:5d:9f:0a:0b:36")
 		before := kvAt(t, root, key)
 		n6 := e.addWeftd("node6", "172.17.42.36", nil, tlsArgs("weft-reader", readerFile)...)
 		n6.waitLog(t, "A node with a read-only etcd role needs a reservation holding exactly this value", 15*time.Second)

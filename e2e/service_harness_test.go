@@ -19,28 +19,6 @@ import (
 	"github.com/weft-net/weft/internal/netnsx"
 )
 
-// referenceServiceJSON is REFERENCE.md's service.yml, verbatim.
-const referenceServiceJSON = `{
-    "kind": "Service",
-    "apiVersion": "v1",
-    "metadata": {
-        "name": "my-nginx-service"
-    },
-    "spec": {
-        "selector": {
-            "app": "my-nginx"
-        },
-        "ports": [
-            {
-                "protocol": "TCP",
-                "port": 8080,
-                "targetPort": 80
-            }
-        ]
-    }
-}
-`
-
 // backend is a server inside a container: on TCP :80 it sends one line,
 // "<its address> <the client's address:port>", then echoes lines back; on
 // UDP :53 it answers every datagram with the same line.

@@ -3,6 +3,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"github.com/weft-net/weft/service"
 	"net"
 	"slices"
 	"strings"
@@ -57,7 +58,7 @@ func TestServices(t *testing.T) {
 
 	var vip string
 	t.Run("reference service from its JSON file", func(t *testing.T) {
-		f := e.writeFile("service.yml", referenceServiceJSON)
+		f := e.writeFile("service.yml", service.ReferenceService)
 		out := e.mustWeftctl(n1.Host, "service", "create", "-f", f)
 		lines := strings.Fields(out)
 		vip = lines[len(lines)-1]

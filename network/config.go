@@ -21,7 +21,8 @@ type configWatcher interface {
 func (n *Node) startEtcdSide(ctx context.Context, prev netip.Prefix, prevLease int64, leases mailbox[subnet.Lease], snaps mailbox[snapshotIn]) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() { n.holdLease(ctx, prev, prevLease, leases) })
+	prev6 := n.prev6
+	wg.Go(func() { n.holdLease(ctx, prev, prev6, prevLease, leases) })
 	wg.Go(func() { n.watchPeers(ctx, snaps) })
 	return func() {
 		cancel()

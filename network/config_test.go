@@ -89,7 +89,7 @@ func TestConfigChangesLive(t *testing.T) {
 		Leases:       subnet.LeaseAttrs{VtepMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}},
 		Holder:       rec,
 		Watcher:      rec,
-		NewDataplane: func(netip.Prefix) (Dataplane, error) { return &fakeDataplane{}, nil },
+		NewDataplane: func(subnet.Lease) (Dataplane, error) { return &fakeDataplane{}, nil },
 		NewRules:     func(RulesConfig) (RuleSet, error) { return fakeRules{}, nil },
 		Forwarding:   func() error { return nil },
 		EtcdSynced:   time.Now,

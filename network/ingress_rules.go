@@ -25,7 +25,7 @@ type ingressChain struct {
 // VXLAN check is one set lookup.
 var ingressPriority = nftables.ChainPriorityRef(-5)
 
-func (g *Ingress) chains(t *nftables.Table, set *nftables.Set) map[string]ingressChain {
+func (g *Ingress) chains(t *nftables.Table, set, set6 *nftables.Set) map[string]ingressChain {
 	c := g.cfg
 	port := make([]byte, 2)
 	binary.BigEndian.PutUint16(port, c.Port)
@@ -64,37 +64,51 @@ func (g *Ingress) chains(t *nftables.Table, set *nftables.Set) map[string]ingres
 	pre := base("prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityRaw)
 	in := base("input", nftables.ChainHookInput, ingressPriority)
 	fwd := base("forward", nftables.ChainHookForward, ingressPriority)
-	sub := c.Subnet.String()
 
-	inRules := []*nftables.Rule{
-		rule(in, fmt.Sprintf("ip saddr %s udp dport %d drop (from this node's containers)", sub, c.Port),
-			cat(saddrIn(c.Subnet, true), vxlanPort, drop(dropFromContainers))...),
+	var preRules, inRules, fwdRules []*nftables.Rule
+	for _, f := range c.families() {
+		ip, peers, peersID := "ip", set.Name, set.ID
+		if f.v6 {
+			ip, peers, peersID = "ip6", set6.Name, set6.ID
+		}
+		sub := f.subnet.String()
+		preRules = append(preRules,
+			rule(pre, fmt.Sprintf("iifname %s %s saddr != %s drop (inner source outside the overlay)", f.device, ip, f.network),
+				cat(iif(f.device), saddrIn(f.network, false), drop(dropInnerSource))...),
+			rule(pre, fmt.Sprintf("iifname %s %s saddr %s drop (inner source is this node's)", f.device, ip, sub),
+				cat(iif(f.device), saddrIn(f.subnet, true), drop(dropInnerSource))...))
+		inRules = append(inRules, rule(in, fmt.Sprintf("%s saddr %s udp dport %d drop (from this node's containers)", ip, sub, c.Port),
+			cat(saddrIn(f.subnet, true), vxlanPort, drop(dropFromContainers))...))
+		for _, a := range c.Allow {
+			if a.Addr().Is6() != f.v6 {
+				continue
+			}
+			inRules = append(inRules, rule(in, fmt.Sprintf("%s saddr %s udp dport %d return (--vxlan-allow-cidr)", ip, a.Masked(), c.Port),
+				cat(saddrIn(a.Masked(), true), vxlanPort, []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}})...))
+		}
+		inRules = append(inRules, rule(in, fmt.Sprintf("%s saddr != @%s udp dport %d drop (not a peer)", ip, peers, c.Port),
+			cat(saddr(f.v6), []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: peers, SetID: peersID, Invert: true}}, vxlanPort, drop(dropNotAPeer))...))
+		fwdRules = append(fwdRules, rule(fwd, fmt.Sprintf("%s saddr %s udp dport %d drop (from this node's containers)", ip, sub, c.Port),
+			cat(saddrIn(f.subnet, true), vxlanPort, drop(dropFromContainers))...))
 	}
-	for _, a := range c.Allow {
-		inRules = append(inRules, rule(in, fmt.Sprintf("ip saddr %s udp dport %d return (--vxlan-allow-cidr)", a.Masked(), c.Port),
-			cat(saddrIn(a.Masked(), true), vxlanPort, []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}})...))
-	}
-	inRules = append(inRules, rule(in, fmt.Sprintf("ip saddr != @%s udp dport %d drop (not a peer)", peersSet, c.Port),
-		cat(saddr(), []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: true}}, vxlanPort, drop(dropNotAPeer))...))
-
 	return map[string]ingressChain{
-		"prerouting": {chain: pre, rules: []*nftables.Rule{
-			rule(pre, fmt.Sprintf("iifname %s ip saddr != %s drop (inner source outside the overlay)", c.Device, c.Network),
-				cat(iif(c.Device), saddrIn(c.Network, false), drop(dropInnerSource))...),
-			rule(pre, fmt.Sprintf("iifname %s ip saddr %s drop (inner source is this node's)", c.Device, sub),
-				cat(iif(c.Device), saddrIn(c.Subnet, true), drop(dropInnerSource))...),
-		}},
-		"input": {chain: in, rules: inRules},
-		"forward": {chain: fwd, rules: []*nftables.Rule{
-			rule(fwd, fmt.Sprintf("ip saddr %s udp dport %d drop (from this node's containers)", sub, c.Port),
-				cat(saddrIn(c.Subnet, true), vxlanPort, drop(dropFromContainers))...),
-		}},
+		"prerouting": {chain: pre, rules: preRules},
+		"input":      {chain: in, rules: inRules},
+		"forward":    {chain: fwd, rules: fwdRules},
 	}
 }
 
-// saddr loads an IPv4 packet's source address into register 1 (and ends
-// the rule for any other family: the table is inet).
-func saddr() []expr.Any {
+// saddr loads the source address of a packet of the family (IPv6 if v6)
+// into register 1, and ends the rule for the other family: the table is
+// inet.
+func saddr(v6 bool) []expr.Any {
+	if v6 {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV6}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+		}
+	}
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
@@ -102,20 +116,21 @@ func saddr() []expr.Any {
 	}
 }
 
-// saddrIn matches an IPv4 source inside p (in true) or outside it.
+// saddrIn matches a source inside p (in true) or outside it, for packets of
+// p's family.
 func saddrIn(p netip.Prefix, in bool) []expr.Any {
-	mask := make([]byte, 4)
-	binary.BigEndian.PutUint32(mask, ^uint32(0)<<(32-p.Bits()))
-	if p.Bits() == 0 {
-		mask = []byte{0, 0, 0, 0}
+	n := p.Addr().BitLen() / 8
+	mask := make([]byte, n)
+	for i := range p.Bits() {
+		mask[i/8] |= 0x80 >> (i % 8)
 	}
-	net := p.Masked().Addr().As4()
+	net := p.Masked().Addr().AsSlice()
 	op := expr.CmpOpEq
 	if !in {
 		op = expr.CmpOpNeq
 	}
-	return append(saddr(),
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
-		&expr.Cmp{Op: op, Register: 1, Data: net[:]},
+	return append(saddr(p.Addr().Is6()),
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: mask, Xor: make([]byte, n)},
+		&expr.Cmp{Op: op, Register: 1, Data: net},
 	)
 }

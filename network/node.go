@@ -69,6 +69,7 @@ type NodeConfig struct {
 	Config     subnet.Config
 	PublicIP   netip.Addr
 	Underlay   []netip.Prefix // the uplink's networks; no peer may sit on them
+	UplinkName string         // the uplink, for DirectRouting's rules
 	Avoid      []netip.Prefix // addresses and routes of this host weft did not make
 	LeaseTTL   time.Duration
 	SubnetFile string
@@ -88,9 +89,10 @@ type NodeConfig struct {
 	// EtcdSynced says when the node's view of etcd was last current (for
 	// /readyz); subnet.Registry.LastSync.
 	EtcdSynced func() time.Time
-	// NewDataplane makes the backend for the node's subnet. It is called again
+	// NewDataplane makes the backend for the node's lease (its subnet, and a
+	// dual-stack node's IPv6 subnet: see DualStack). It is called again
 	// if the node ever has to move to another subnet.
-	NewDataplane func(own netip.Prefix) (Dataplane, error)
+	NewDataplane func(own subnet.Lease) (Dataplane, error)
 	// NewRules makes the iptables side.
 	NewRules func(RulesConfig) (RuleSet, error)
 	// SkipForward leaves the FORWARD chain to others (RulesConfig).
@@ -101,8 +103,9 @@ type NodeConfig struct {
 	VXLANPort  uint16
 	AllowVXLAN []netip.Prefix
 	// HostPrefixes lists the destinations of the host's routes and
-	// addresses weft did not make; a peer subnet overlapping one is
-	// skipped (peer.Self.Foreign). Read at start and at every resync.
+	// addresses weft did not make (what Avoid holds at start); a peer
+	// subnet overlapping one is skipped (peer.Self.Foreign). Read again on
+	// kernel route events and every sixth resync.
 	HostPrefixes func() ([]netip.Prefix, error)
 	// Forwarding turns on IP forwarding; EnableForwarding when nil.
 	Forwarding func() error
@@ -133,6 +136,11 @@ type Node struct {
 	mu      sync.Mutex // guards the fields below, read by Status from other goroutines
 	st      Status
 	foreign []netip.Prefix // the host's routes weft did not make, for the peer rules
+
+	// prev6 is the IPv6 subnet to ask for again (dual-stack): subnet.env's
+	// at start, the lease's own after. Only Run's goroutine uses it, while
+	// no Hold runs.
+	prev6 netip.Prefix
 }
 
 // NewNode checks cfg and returns a loop ready to Run.
@@ -151,21 +159,31 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	}
 	if cfg.Forwarding == nil {
 		cfg.Forwarding = EnableForwarding
+		if cfg.Config.EnableIPv6() {
+			cfg.Forwarding = func() error {
+				if cfg.Config.EnableIPv4() {
+					if err := EnableForwarding(); err != nil {
+						return err
+					}
+				}
+				return EnableForwarding6()
+			}
+		}
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	n := &Node{cfg: cfg, log: cfg.Log.With("component", "node"), m: cfg.Metrics, refilter: make(chan struct{}, 1)}
 	n.m.dropped = n.dropped
-	if cfg.HostPrefixes != nil {
-		if f, err := cfg.HostPrefixes(); err == nil {
-			n.foreign = f
-		} else {
-			n.log.Warn("listing the host's routes", "err", err)
-		}
-	}
+	// Avoid is the same listing of the host's routes, read at start: the
+	// peer rules begin with it rather than a second dump of every route.
+	n.foreign = cfg.Avoid
 	n.st.PublicIP = cfg.PublicIP
 	n.st.VtepMAC = cfg.Leases.VtepMAC.String()
+	if cfg.Leases.PublicIP6.IsValid() {
+		n.st.PublicIP6 = cfg.Leases.PublicIP6
+		n.st.VtepMAC6 = cfg.Leases.VtepMAC6.String()
+	}
 	n.st.ConfigRevision = cfg.ConfigRevision
 	return n, nil
 }
@@ -207,6 +225,7 @@ func (n *Node) Run(ctx context.Context) error {
 	leases := newMailbox[subnet.Lease]()
 	snaps := newMailbox[snapshotIn]()
 	prev, prevLease := n.previousSubnet()
+	n.prev6 = n.previousSubnet6()
 	stopEtcd := n.startEtcdSide(ctx, prev, prevLease, leases, snaps)
 	defer func() { stopEtcd() }()
 	configs := newMailbox[subnet.ConfigUpdate]()
@@ -268,6 +287,7 @@ func (n *Node) Run(ctx context.Context) error {
 	heartbeat := time.NewTicker(time.Second)
 	defer heartbeat.Stop()
 	var debounce <-chan time.Time
+	resyncs := 0
 
 	for {
 		select {
@@ -280,7 +300,7 @@ func (n *Node) Run(ctx context.Context) error {
 			n.beat()
 
 		case l := <-leases.ch:
-			if l.Subnet == lease.Subnet {
+			if l.Subnet == lease.Subnet && l.Subnet6 == lease.Subnet6 {
 				renewed := l.EtcdLeaseID != lease.EtcdLeaseID
 				lease = l
 				n.setLease(l)
@@ -315,6 +335,7 @@ func (n *Node) Run(ctx context.Context) error {
 				// listed again and judged by the new range.
 				stopEtcd()
 				n.cfg.Config = next
+				n.prev6 = lease.Subnet6
 				stopEtcd = n.startEtcdSide(ctx, lease.Subnet, lease.EtcdLeaseID, leases, snaps)
 			}
 
@@ -338,9 +359,18 @@ func (n *Node) Run(ctx context.Context) error {
 
 		case <-debounce:
 			debounce = nil
+			// A kick may be a route of someone else's: read the host's
+			// routes again for the lease rules.
+			n.refreshForeign()
 			synced = n.check(ctx, dp, desired, haveSnap) && haveSnap
 
 		case <-resync.C:
+			// The host's routes are read on kicks; every sixth resync too,
+			// as a safety net (a dump of every route is not free at
+			// thousands of peers).
+			if resyncs++; resyncs%6 == 0 {
+				n.refreshForeign()
+			}
 			synced = n.check(ctx, dp, desired, haveSnap) && haveSnap
 			if synced && !n.envWritten() {
 				n.writeEnv(dp, lease)
@@ -451,13 +481,16 @@ func (n *Node) previousSubnet() (netip.Prefix, int64) {
 
 // holdLease keeps the node's lease until ctx ends, retrying acquisition
 // failures (an exhausted range, etcd down at start) with backoff.
-func (n *Node) holdLease(ctx context.Context, prev netip.Prefix, prevLease int64, out mailbox[subnet.Lease]) {
+func (n *Node) holdLease(ctx context.Context, prev, prev6 netip.Prefix, prevLease int64, out mailbox[subnet.Lease]) {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		err := n.cfg.Holder.Hold(ctx, subnet.HoldRequest{
 			Config:        n.cfg.Config,
 			PublicIP:      n.cfg.PublicIP,
 			VtepMAC:       n.cfg.Leases.VtepMAC,
+			PublicIP6:     n.cfg.Leases.PublicIP6,
+			VtepMAC6:      n.cfg.Leases.VtepMAC6,
+			Previous6:     prev6,
 			TTL:           n.cfg.LeaseTTL,
 			Previous:      prev,
 			PreviousLease: prevLease,
@@ -505,7 +538,7 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, er
 	if err := n.cfg.Forwarding(); err != nil {
 		return nil, err
 	}
-	dp, err := n.cfg.NewDataplane(l.Subnet)
+	dp, err := n.cfg.NewDataplane(l)
 	if err != nil {
 		return nil, fmt.Errorf("making the VXLAN device: %w", err)
 	}
@@ -525,8 +558,12 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, er
 	n.log.Info("VXLAN device ready", "device", dp.Name(), "how", how, "mtu", dp.MTU())
 	var g IngressFilter
 	if n.cfg.NewIngress != nil {
-		g, err = n.cfg.NewIngress(IngressConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(),
-			Port: n.cfg.VXLANPort, Allow: n.cfg.AllowVXLAN})
+		ic := IngressConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(),
+			Port: n.cfg.VXLANPort, Allow: n.cfg.AllowVXLAN}
+		if ds, ok := dp.(interface{ Name6() string }); ok && l.Subnet6.IsValid() {
+			ic.Network6, ic.Subnet6, ic.Device6 = n.cfg.Config.IPv6.Network, l.Subnet6, ds.Name6()
+		}
+		g, err = n.cfg.NewIngress(ic)
 		if err != nil {
 			return nil, fmt.Errorf("setting up the VXLAN ingress filter: %w", err)
 		}
@@ -536,7 +573,10 @@ func (n *Node) setUpLocked(ctx context.Context, l subnet.Lease) (_ Dataplane, er
 		}
 	}
 	rc := RulesConfig{Network: n.cfg.Config.Network, Subnet: l.Subnet, Device: dp.Name(), IPMasq: n.cfg.IPMasq, SkipForward: n.cfg.SkipForward}
-	rules, err := n.cfg.NewRules(rc)
+	if n.cfg.Config.Backend.DirectRouting {
+		rc.Uplink, rc.Underlay = n.cfg.UplinkName, n.cfg.Underlay
+	}
+	rules, err := n.newRules(rc, dp, l)
 	if err == nil {
 		_, err = rules.Ensure()
 	}
@@ -558,6 +598,12 @@ func (n *Node) watchPeers(ctx context.Context, snaps mailbox[snapshotIn]) {
 		Config:   n.cfg.Config,
 		Underlay: n.cfg.Underlay,
 		VtepMAC:  n.cfg.Leases.VtepMAC,
+		VtepMAC6: n.cfg.Leases.VtepMAC6,
+		Self6: func() (netip.Prefix, netip.Addr) {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			return n.st.Subnet6, n.cfg.Leases.PublicIP6
+		},
 		Foreign: func() []netip.Prefix {
 			n.mu.Lock()
 			defer n.mu.Unlock()
@@ -633,7 +679,6 @@ func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, re
 
 // check re-creates the device if it was broken and repairs the entries.
 func (n *Node) check(ctx context.Context, dp Dataplane, peers []backend.Peer, haveSnap bool) bool {
-	n.refreshForeign()
 	start := time.Now()
 	// Reconcile ensures the device first: a deleted or altered flannel.1 is
 	// recreated and refilled, and counted as a link repair.
@@ -679,13 +724,8 @@ func (n *Node) ensureRules(r RuleSet) {
 }
 
 func (n *Node) writeEnv(dp Dataplane, l subnet.Lease) {
-	env := SubnetEnv{
-		Network:   n.cfg.Config.Network,
-		Subnet:    netip.PrefixFrom(l.Subnet.Addr().Next(), l.Subnet.Bits()),
-		MTU:       dp.MTU(),
-		IPMasq:    n.cfg.IPMasq,
-		EtcdLease: l.EtcdLeaseID,
-	}
+	env := leaseEnv(n.cfg.Config, l)
+	env.MTU, env.IPMasq, env.EtcdLease = dp.MTU(), n.cfg.IPMasq, l.EtcdLeaseID
 	if err := WriteSubnetEnv(n.cfg.SubnetFile, env); err != nil {
 		n.log.Error("writing the subnet file", "err", err)
 		return

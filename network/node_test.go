@@ -128,7 +128,7 @@ func startLoopRules(t *testing.T, dp *fakeDataplane, rules RuleSet, rulesEvery t
 		Leases:        subnet.LeaseAttrs{VtepMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}},
 		Holder:        &fakeHolder{lease: subnet.Lease{Subnet: netip.MustParsePrefix("172.16.28.0/24")}},
 		Watcher:       &fakeWatcher{snaps: l.snaps},
-		NewDataplane:  func(netip.Prefix) (Dataplane, error) { return dp, nil },
+		NewDataplane:  func(subnet.Lease) (Dataplane, error) { return dp, nil },
 		NewRules:      func(RulesConfig) (RuleSet, error) { return rules, nil },
 		RulesInterval: rulesEvery,
 		Forwarding:    func() error { return nil },
@@ -292,7 +292,7 @@ func TestNodeClosesEveryDataplane(t *testing.T) {
 		PublicIP: netip.MustParseAddr("172.17.42.31"),
 		Holder:   &fakeHolder{lease: subnet.Lease{Subnet: netip.MustParsePrefix("172.16.28.0/24")}},
 		Watcher:  &fakeWatcher{snaps: make(chan subnet.Snapshot)},
-		NewDataplane: func(netip.Prefix) (Dataplane, error) {
+		NewDataplane: func(subnet.Lease) (Dataplane, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			dp := &fakeDataplane{}

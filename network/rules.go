@@ -101,6 +101,15 @@ type RulesConfig struct {
 	// SkipForward leaves FORWARD alone (--iptables-forward-rules=false):
 	// no WEFT-FWD chain and no jump; one left by an earlier run is removed.
 	SkipForward bool
+	// Uplink, with DirectRouting, is the underlay interface that direct
+	// routes to peers go through, and Underlay its networks. Traffic
+	// between this node's containers and Network through the uplink is
+	// then overlay traffic too: it keeps its source (except to the
+	// underlay's own hosts, which are no peers' subnets), and peers'
+	// containers reach this node's through FORWARD. Empty without
+	// DirectRouting.
+	Uplink   string
+	Underlay []netip.Prefix
 }
 
 // normalize checks c and returns it with the prefixes masked.
@@ -301,10 +310,20 @@ func (r *Rules) chainsLocked() []chain {
 			match("-s", sub, "-d", sub).then(comment("weft: inside this node subnet", "-j", "RETURN")),
 			match("-s", sub, "-o", dev).then(comment("weft: overlay traffic keeps its source", "-j", "RETURN")),
 			match("!", "-s", sub, "-o", dev).then(comment("weft: foreign sources enter the overlay as this node", masq...)),
-			match("-s", sub, "-d", mcast).then(comment("weft: multicast stays as is", "-j", "RETURN")),
-			match("-s", sub).then(comment("weft: leaving the overlay", masq...)),
 		},
 	}
+	if c.Uplink != "" {
+		for _, u := range c.Underlay {
+			if u.Addr().Is4() == c.Subnet.Addr().Is4() {
+				nat.rules = append(nat.rules, match("-s", sub, "-d", u.Masked().String(), "-o", c.Uplink).then(comment("weft: to underlay hosts, not direct peers", masq...)))
+			}
+		}
+		nat.rules = append(nat.rules, match("-s", sub, "-d", c.Network.String(), "-o", c.Uplink).then(comment("weft: directly routed overlay traffic keeps its source", "-j", "RETURN")))
+	}
+	nat.rules = append(nat.rules, []rule{
+		match("-s", sub, "-d", mcast).then(comment("weft: multicast stays as is", "-j", "RETURN")),
+		match("-s", sub).then(comment("weft: leaving the overlay", masq...)),
+	}...)
 	fwd := chain{
 		table: filterTable, name: filterChain, hook: filterHook, want: !c.SkipForward, appendJump: true,
 		jump: comment(commentFwdJump, "-j", filterChain),
@@ -317,6 +336,10 @@ func (r *Rules) chainsLocked() []chain {
 			match("-o", dev).then(comment("weft: no routing into the overlay for others", "-j", "DROP")),
 			match("-i", dev).then(comment("weft: no routing out of the overlay for others", "-j", "DROP")),
 		},
+	}
+	if c.Uplink != "" {
+		fwd.rules = slices.Insert(fwd.rules, 2,
+			match("-s", c.Network.String(), "-d", sub, "-i", c.Uplink).then(comment("weft: direct peers to local containers", "-j", "ACCEPT")))
 	}
 	return []chain{nat, fwd}
 }

@@ -12,9 +12,13 @@ import (
 // data plane matches etcd, and when things last happened. It backs /readyz,
 // /status and `weftctl status`.
 type Status struct {
-	Subnet        netip.Prefix `json:"subnet"`
-	PublicIP      netip.Addr   `json:"publicIP"`
-	VtepMAC       string       `json:"vtepMAC"`
+	Subnet   netip.Prefix `json:"subnet"`
+	PublicIP netip.Addr   `json:"publicIP"`
+	VtepMAC  string       `json:"vtepMAC"`
+	// Subnet6, PublicIP6 and VtepMAC6 are the IPv6 half of a dual-stack node.
+	Subnet6       netip.Prefix `json:"subnet6,omitzero"`
+	PublicIP6     netip.Addr   `json:"publicIP6,omitzero"`
+	VtepMAC6      string       `json:"vtepMAC6,omitempty"`
 	HasLease      bool         `json:"hasLease"`
 	LeaseExpiry   time.Time    `json:"leaseExpiry,omitzero"`
 	SubnetFile    bool         `json:"subnetFileWritten"`
@@ -78,6 +82,7 @@ func (n *Node) beat() {
 func (n *Node) setLease(l subnet.Lease) {
 	n.mu.Lock()
 	n.st.Subnet = l.Subnet
+	n.st.Subnet6 = l.Subnet6
 	n.st.HasLease = true
 	if l.EtcdLeaseID == 0 { // a reservation never expires
 		n.st.LeaseExpiry = time.Time{}

@@ -20,8 +20,14 @@ type SubnetEnv struct {
 	// Subnet is the first host address of the node's lease with the lease's
 	// length, e.g. 172.16.28.1/24: the address the bridge takes (Docker --bip).
 	Subnet netip.Prefix
-	MTU    int
-	IPMasq bool
+	// Network6 and Subnet6 are flannel's FLANNEL_IPV6_NETWORK and
+	// FLANNEL_IPV6_SUBNET (fd42::/48, fd42:0:0:1c::1/64): set in a
+	// dual-stack or IPv6-only network. An IPv6-only network has no
+	// Network and Subnet.
+	Network6 netip.Prefix
+	Subnet6  netip.Prefix
+	MTU      int
+	IPMasq   bool
 	// EtcdLease is the etcd lease the node's key was attached to, 0 if
 	// none; weft's own line, which flannel's readers ignore. After a
 	// restart it proves which key was this node's (subnet.HoldRequest's
@@ -31,23 +37,44 @@ type SubnetEnv struct {
 
 // The keys of subnet.env, in the order they are written.
 const (
-	envNetwork = "FLANNEL_NETWORK"
-	envSubnet  = "FLANNEL_SUBNET"
-	envMTU     = "FLANNEL_MTU"
-	envIPMasq  = "FLANNEL_IPMASQ"
-	envLease   = "WEFT_ETCD_LEASE" // optional, hexadecimal as etcdctl prints it
+	envNetwork  = "FLANNEL_NETWORK"
+	envSubnet   = "FLANNEL_SUBNET"
+	envNetwork6 = "FLANNEL_IPV6_NETWORK"
+	envSubnet6  = "FLANNEL_IPV6_SUBNET"
+	envMTU      = "FLANNEL_MTU"
+	envIPMasq   = "FLANNEL_IPMASQ"
+	envLease    = "WEFT_ETCD_LEASE" // optional, hexadecimal as etcdctl prints it
 )
 
-// Lease is the node's subnet as leased: Subnet with the host bits cleared
-// (172.16.28.1/24 gives 172.16.28.0/24).
-func (e SubnetEnv) Lease() netip.Prefix { return e.Subnet.Masked() }
+// Lease is the node's first subnet as leased: Subnet with the host bits
+// cleared (172.16.28.1/24 gives 172.16.28.0/24), or in an IPv6-only
+// network Subnet6's.
+func (e SubnetEnv) Lease() netip.Prefix {
+	if !e.Subnet.IsValid() {
+		return e.Subnet6.Masked()
+	}
+	return e.Subnet.Masked()
+}
+
+// Lease6 is a dual-stack node's IPv6 subnet as leased; zero otherwise.
+func (e SubnetEnv) Lease6() netip.Prefix {
+	if !e.Subnet.IsValid() {
+		return netip.Prefix{}
+	}
+	return e.Subnet6.Masked()
+}
 
 func (e SubnetEnv) validate() error {
-	if !e.Network.IsValid() {
-		return fmt.Errorf("%s is not set", envNetwork)
+	if !e.Network6.IsValid() || e.Network.IsValid() {
+		if !e.Network.IsValid() {
+			return fmt.Errorf("%s is not set", envNetwork)
+		}
+		if !e.Subnet.IsValid() {
+			return fmt.Errorf("%s is not set", envSubnet)
+		}
 	}
-	if !e.Subnet.IsValid() {
-		return fmt.Errorf("%s is not set", envSubnet)
+	if e.Network6.IsValid() != e.Subnet6.IsValid() {
+		return fmt.Errorf("%s and %s go together", envNetwork6, envSubnet6)
 	}
 	if e.MTU < minMTU || e.MTU > maxMTU {
 		return fmt.Errorf("%s %d is outside %d..%d", envMTU, e.MTU, minMTU, maxMTU)
@@ -63,8 +90,14 @@ const (
 // encode renders e in the exact form flannel writes.
 func (e SubnetEnv) encode() []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "%s=%s\n", envNetwork, e.Network)
-	fmt.Fprintf(&b, "%s=%s\n", envSubnet, e.Subnet)
+	if e.Network.IsValid() {
+		fmt.Fprintf(&b, "%s=%s\n", envNetwork, e.Network)
+		fmt.Fprintf(&b, "%s=%s\n", envSubnet, e.Subnet)
+	}
+	if e.Network6.IsValid() {
+		fmt.Fprintf(&b, "%s=%s\n", envNetwork6, e.Network6)
+		fmt.Fprintf(&b, "%s=%s\n", envSubnet6, e.Subnet6)
+	}
 	fmt.Fprintf(&b, "%s=%d\n", envMTU, e.MTU)
 	fmt.Fprintf(&b, "%s=%t\n", envIPMasq, e.IPMasq)
 	if e.EtcdLease != 0 {
@@ -150,8 +183,9 @@ func (e *lineError) Error() string { return fmt.Sprintf("line %d: %v", e.line, e
 func (e *lineError) Unwrap() error { return e.err }
 
 // ParseSubnetEnv parses subnet.env content. It accepts blank lines, #
-// comments and keys it does not know (flannel adds FLANNEL_IPV6_* ones), and
-// requires the four keys weft writes, each once. Values are taken literally:
+// comments and keys it does not know, and requires the keys weft writes,
+// each once: FLANNEL_NETWORK and FLANNEL_SUBNET, or FLANNEL_IPV6_NETWORK and
+// FLANNEL_IPV6_SUBNET, or both pairs; FLANNEL_MTU and FLANNEL_IPMASQ. Values are taken literally:
 // no quotes, no shell expansion.
 func ParseSubnetEnv(b []byte) (SubnetEnv, error) {
 	var env SubnetEnv
@@ -169,7 +203,7 @@ func ParseSubnetEnv(b []byte) (SubnetEnv, error) {
 		}
 		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
 		switch key {
-		case envNetwork, envSubnet, envMTU, envIPMasq, envLease:
+		case envNetwork, envSubnet, envNetwork6, envSubnet6, envMTU, envIPMasq, envLease:
 		default:
 			continue
 		}
@@ -185,7 +219,17 @@ func ParseSubnetEnv(b []byte) (SubnetEnv, error) {
 		return SubnetEnv{}, fmt.Errorf("parsing subnet file: %w", err)
 	}
 	var missing []string
-	for _, k := range []string{envNetwork, envSubnet, envMTU, envIPMasq} {
+	required := []string{envNetwork, envSubnet, envMTU, envIPMasq}
+	if _, v6 := seen[envNetwork6]; v6 {
+		if _, v4 := seen[envNetwork]; !v4 {
+			required = []string{envMTU, envIPMasq} // IPv6-only
+		}
+		required = append(required, envSubnet6)
+	}
+	if _, v6 := seen[envSubnet6]; v6 {
+		required = append(required, envNetwork6)
+	}
+	for _, k := range required {
 		if _, ok := seen[k]; !ok {
 			missing = append(missing, k)
 		}
@@ -199,15 +243,24 @@ func ParseSubnetEnv(b []byte) (SubnetEnv, error) {
 // set parses one known key's value into e.
 func (e *SubnetEnv) set(key, val string) error {
 	switch key {
-	case envNetwork, envSubnet:
+	case envNetwork, envSubnet, envNetwork6, envSubnet6:
 		p, err := netip.ParsePrefix(val)
 		if err != nil {
 			return errors.New("not an address/length")
 		}
-		if key == envNetwork {
+		v6 := key == envNetwork6 || key == envSubnet6
+		if v6 && (!p.Addr().Is6() || p.Addr().Is4In6()) {
+			return errors.New("not an IPv6 address/length")
+		}
+		switch key {
+		case envNetwork:
 			e.Network = p
-		} else {
+		case envSubnet:
 			e.Subnet = p
+		case envNetwork6:
+			e.Network6 = p
+		default:
+			e.Subnet6 = p
 		}
 	case envMTU:
 		mtu, err := strconv.Atoi(val)

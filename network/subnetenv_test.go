@@ -95,6 +95,9 @@ func TestReadSubnetEnvErrorNamesFileLineKey(t *testing.T) {
 	}
 }
 
+var dualEnv = SubnetEnv{Network: referenceEnv.Network, Subnet: referenceEnv.Subnet, MTU: 1450, IPMasq: true,
+	Network6: netip.MustParsePrefix("fd00::/56"), Subnet6: netip.MustParsePrefix("fd00:0:0:1::1/64")}
+
 func TestParseSubnetEnv(t *testing.T) {
 	tests := []struct {
 		name, in string
@@ -102,7 +105,7 @@ func TestParseSubnetEnv(t *testing.T) {
 		err      string // substring; "" means success
 	}{
 		{name: "reference", in: referenceEnvText, want: referenceEnv},
-		{name: "tolerant", want: referenceEnv, in: "# written by flannel\n\n" +
+		{name: "tolerant", want: dualEnv, in: "# written by flannel\n\n" +
 			"  FLANNEL_NETWORK = 172.16.0.0/12  \r\nFLANNEL_IPV6_NETWORK=fd00::/56\n" +
 			"FLANNEL_SUBNET=172.16.28.1/24\nFLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64\n" +
 			"FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true"},
@@ -159,6 +162,13 @@ func TestSubnetEnvRoundTrip(t *testing.T) {
 			sub = netip.PrefixFrom(netip.AddrFrom16(a16), r.IntN(129))
 		}
 		in := SubnetEnv{Network: net, Subnet: sub, MTU: minMTU + r.IntN(maxMTU-minMTU+1), IPMasq: r.IntN(2) == 0}
+		if i%3 == 0 { // dual-stack, or every third of those IPv6-only
+			in.Network6 = netip.PrefixFrom(netip.AddrFrom16(a16), 48).Masked()
+			in.Subnet6 = netip.PrefixFrom(netip.AddrFrom16(a16), 64)
+			if i%9 == 0 {
+				in.Network, in.Subnet = netip.Prefix{}, netip.Prefix{}
+			}
+		}
 		path := filepath.Join(dir, "subnet.env")
 		if err := WriteSubnetEnv(path, in); err != nil {
 			t.Fatalf("writing %+v: %v", in, err)
@@ -166,6 +176,23 @@ func TestSubnetEnvRoundTrip(t *testing.T) {
 		out, err := ReadSubnetEnv(path)
 		if err != nil || out != in {
 			t.Fatalf("round trip of %+v gave %+v, %v", in, out, err)
+		}
+	}
+}
+
+// An IPv6-only subnet.env, as flannel writes it, has no FLANNEL_NETWORK.
+func TestSubnetEnvIPv6Only(t *testing.T) {
+	env, err := ParseSubnetEnv([]byte("FLANNEL_IPV6_NETWORK=fd42::/48\nFLANNEL_IPV6_SUBNET=fd42:0:0:1c::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"))
+	if err != nil || env.Lease() != netip.MustParsePrefix("fd42:0:0:1c::/64") || env.Lease6().IsValid() {
+		t.Fatalf("%+v, %v", env, err)
+	}
+	for _, bad := range []string{
+		"FLANNEL_IPV6_NETWORK=fd42::/48\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+		"FLANNEL_IPV6_NETWORK=10.0.0.0/8\nFLANNEL_IPV6_SUBNET=10.0.0.1/24\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+		"FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+	} {
+		if _, err := ParseSubnetEnv([]byte(bad)); err == nil {
+			t.Errorf("accepted %q", bad)
 		}
 	}
 }

@@ -17,6 +17,14 @@ func EnableForwarding() error {
 	return setSysctl("net.ipv4.ip_forward", "1")
 }
 
+// EnableForwarding6 turns on IPv6 forwarding, which a node of a dual-stack
+// or IPv6-only network needs to route between the overlay and its
+// containers. (With forwarding on, the kernel stops taking router
+// advertisements on interfaces whose accept_ra is 1, as for any router.)
+func EnableForwarding6() error {
+	return setSysctl("net.ipv6.conf.all.forwarding", "1")
+}
+
 // setSysctl sets the sysctl name (dotted, net.ipv4.ip_forward, or slashed,
 // net/ipv4/conf/flannel.1/rp_filter for keys with a dot in a component) to
 // value. It does not write when the value is already right.

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Uplink is the interface VXLAN packets leave by, and the addresses that come with it.
@@ -18,6 +19,10 @@ type Uplink struct {
 	MTU      int
 	PublicIP netip.Addr     // where peers send this node's VXLAN packets
 	Networks []netip.Prefix // the uplink's own networks: no peer subnet may sit on them
+	// PublicIP6 is where peers send this node's IPv6 VXLAN packets
+	// (--public-ipv6, else the uplink's first global IPv6 address); zero
+	// when the uplink has none.
+	PublicIP6 netip.Addr
 }
 
 // UplinkChoice is how the operator names the uplink, in flanneld's terms.
@@ -25,6 +30,8 @@ type UplinkChoice struct {
 	Ifaces   []string // names or addresses, tried in order (--iface)
 	Regexes  []string // matched against names and addresses (--iface-regex)
 	PublicIP string   // overrides the address peers use (--public-ip)
+	// PublicIP6 overrides the IPv6 address peers use (--public-ipv6).
+	PublicIP6 string
 }
 
 // SelectUplink finds the uplink: the first --iface that exists, else the first
@@ -64,8 +71,28 @@ func SelectUplink(c UplinkChoice) (Uplink, error) {
 			return Uplink{}, err
 		}
 	}
-	return describe(chosen, c.PublicIP)
+	return describe(chosen, c.PublicIP, c.PublicIP6)
 }
+
+// globalV6 is l's global IPv6 addresses (ULAs included), in the kernel's
+// order, without temporary and deprecated ones.
+func globalV6(l netlink.Link) []netlink.Addr {
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return nil
+	}
+	var out []netlink.Addr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if ok && ip.IsGlobalUnicast() && !ip.Is4In6() && a.Flags&(unix.IFA_F_TEMPORARY|unix.IFA_F_DEPRECATED|unix.IFA_F_TENTATIVE) == 0 {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// globalAddrs is l's global addresses of both families.
+func globalAddrs(l netlink.Link) []netlink.Addr { return append(globalV4(l), globalV6(l)...) }
 
 func globalV4(l netlink.Link) []netlink.Addr {
 	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
@@ -89,7 +116,7 @@ func findLink(links []netlink.Link, want string) netlink.Link {
 			return l
 		}
 		if isAddr {
-			for _, a := range globalV4(l) {
+			for _, a := range globalAddrs(l) {
 				if ip, _ := netip.AddrFromSlice(a.IP); ip.Unmap() == addr {
 					return l
 				}
@@ -104,7 +131,7 @@ func matchLink(links []netlink.Link, re *regexp.Regexp) netlink.Link {
 		if re.MatchString(l.Attrs().Name) {
 			return l
 		}
-		for _, a := range globalV4(l) {
+		for _, a := range globalAddrs(l) {
 			if re.MatchString(a.IP.String()) {
 				return l
 			}
@@ -114,10 +141,13 @@ func matchLink(links []netlink.Link, re *regexp.Regexp) netlink.Link {
 }
 
 func defaultLink(links []netlink.Link) (netlink.Link, error) {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-	if err == nil {
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlink.RouteList(nil, fam)
+		if err != nil {
+			continue
+		}
 		for _, r := range routes {
-			if (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.LinkIndex > 0 {
+			if (r.Dst == nil || r.Dst.String() == "0.0.0.0/0" || r.Dst.String() == "::/0") && r.LinkIndex > 0 {
 				return netlink.LinkByIndex(r.LinkIndex)
 			}
 		}
@@ -131,17 +161,17 @@ func defaultLink(links []netlink.Link) (netlink.Link, error) {
 		case "vxlan", "bridge", "dummy":
 			continue
 		}
-		if l.Attrs().Flags&net.FlagLoopback == 0 && len(globalV4(l)) > 0 {
+		if l.Attrs().Flags&net.FlagLoopback == 0 && len(globalAddrs(l)) > 0 {
 			withAddr = append(withAddr, l)
 		}
 	}
 	if len(withAddr) == 1 {
 		return withAddr[0], nil
 	}
-	return nil, errors.New("no default route and no single interface with an IPv4 address: name the uplink with --iface")
+	return nil, errors.New("no default route and no single interface with a global address: name the uplink with --iface")
 }
 
-func describe(l netlink.Link, publicIP string) (Uplink, error) {
+func describe(l netlink.Link, publicIP, publicIP6 string) (Uplink, error) {
 	u := Uplink{Name: l.Attrs().Name, Index: l.Attrs().Index, MTU: l.Attrs().MTU}
 	addrs := globalV4(l)
 	for _, a := range addrs {
@@ -158,8 +188,24 @@ func describe(l netlink.Link, publicIP string) (Uplink, error) {
 	} else if len(addrs) > 0 {
 		u.PublicIP, _ = netip.AddrFromSlice(addrs[0].IP)
 		u.PublicIP = u.PublicIP.Unmap()
-	} else {
-		return Uplink{}, fmt.Errorf("interface %s has no IPv4 address: give --public-ip", u.Name)
+	}
+	addrs6 := globalV6(l)
+	for _, a := range addrs6 {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		ones, _ := a.Mask.Size()
+		u.Networks = append(u.Networks, netip.PrefixFrom(ip, ones).Masked())
+	}
+	if publicIP6 != "" {
+		ip, err := netip.ParseAddr(publicIP6)
+		if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" {
+			return Uplink{}, fmt.Errorf("--public-ipv6 %q: not an IPv6 address", publicIP6)
+		}
+		u.PublicIP6 = ip
+	} else if len(addrs6) > 0 {
+		u.PublicIP6, _ = netip.AddrFromSlice(addrs6[0].IP)
+	}
+	if !u.PublicIP.IsValid() && !u.PublicIP6.IsValid() {
+		return Uplink{}, fmt.Errorf("interface %s has no global address: give --public-ip or --public-ipv6", u.Name)
 	}
 	return u, nil
 }
@@ -168,7 +214,11 @@ func describe(l netlink.Link, publicIP string) (Uplink, error) {
 // did not make, which no subnet of the node's may overlap. Links named in skip
 // (flannel.<VNI>) are weft's own. Default routes are left out: they overlap
 // everything and say nothing about where containers may live.
-func HostPrefixes(skip ...string) ([]netip.Prefix, error) {
+func HostPrefixes(skip ...string) ([]netip.Prefix, error) { return HostPrefixesExcept(nil, skip...) }
+
+// HostPrefixesExcept is HostPrefixes leaving out also the routes weft
+// recognises as weft's (DirectRouting's routes through the uplink).
+func HostPrefixesExcept(weft func(dst netip.Prefix, proto, metric int) bool, skip ...string) ([]netip.Prefix, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("listing interfaces: %w", err)
@@ -205,7 +255,11 @@ func HostPrefixes(skip ...string) ([]netip.Prefix, error) {
 		if !ok || ones == 0 {
 			continue
 		}
-		out = append(out, netip.PrefixFrom(p.Unmap(), ones).Masked())
+		dst := netip.PrefixFrom(p.Unmap(), ones).Masked()
+		if weft != nil && weft(dst, int(r.Protocol), r.Priority) {
+			continue
+		}
+		out = append(out, dst)
 	}
 	return out, nil
 }

@@ -26,6 +26,16 @@ import (
 )
 
 // Peer is one other node of the overlay, as its lease in etcd describes it.
+//
+// A dual-stack lease has two halves, one per address family, each with its
+// own subnet, underlay address and VXLAN device (flannel's BackendData and
+// BackendV6Data): the first three fields are the lease's first half (IPv4,
+// or IPv6 in an IPv6-only network), and V6 points to a dual-stack lease's
+// IPv6 half, a Peer of its own (nil for a single-family lease). The rules
+// below and backend/vxlan judge one half at a time (Half); one VXLAN device
+// per family programs its half of every peer. A pointer, not three more
+// fields: snapshots of thousands of peers are copied on every change, and a
+// v4-only node should not copy a twice as large Peer for nothing.
 type Peer struct {
 	// Subnet is the peer's container subnet, for example 172.16.78.0/24.
 	Subnet netip.Prefix
@@ -33,6 +43,46 @@ type Peer struct {
 	PublicIP netip.Addr
 	// VtepMAC is the MAC address of the peer's VXLAN device.
 	VtepMAC net.HardwareAddr
+
+	// V6 is a dual-stack peer's IPv6 half: its container /64 (for example
+	// fd42:0:0:1c::/64), its PublicIPv6 and the MAC of its flannel-v6
+	// device. Never shared with another Peer's, never changed once made.
+	V6 *Peer
+}
+
+// Half returns the half of p of one family (v6 or not) as a Peer of its
+// own, in the first three fields, and whether p has that half.
+func (p *Peer) Half(v6 bool) (Peer, bool) {
+	if v6 {
+		if p.V6 == nil {
+			return Peer{}, false
+		}
+		return Peer{Subnet: p.V6.Subnet, PublicIP: p.V6.PublicIP, VtepMAC: p.V6.VtepMAC}, p.V6.Subnet.IsValid()
+	}
+	return Peer{Subnet: p.Subnet, PublicIP: p.PublicIP, VtepMAC: p.VtepMAC}, p.Subnet.IsValid()
+}
+
+// Halves appends to dst the halves of one family of the peers that have
+// one, in order (peers sorted by subnet give halves sorted by subnet, as
+// far as the other family allows; backend/vxlan sorts what is not).
+func Halves(dst, peers []Peer, v6 bool) []Peer {
+	for i := range peers {
+		if h, ok := peers[i].Half(v6); ok {
+			dst = append(dst, h)
+		}
+	}
+	return dst
+}
+
+// SingleFamily reports whether every peer has its v4 half and none a v6
+// half: the peers are then their own v4 halves, and need no copy.
+func SingleFamily(peers []Peer) bool {
+	for i := range peers {
+		if peers[i].V6 != nil || !peers[i].Subnet.IsValid() {
+			return false
+		}
+	}
+	return true
 }
 
 // Network is what the cluster's config says every lease must fit. The zero
@@ -63,7 +113,18 @@ type Self struct {
 }
 
 var (
-	classE        = netip.MustParsePrefix("240.0.0.0/4")
+	classE = netip.MustParsePrefix("240.0.0.0/4")
+	// IPv6 ranges that no peer's underlay address can be in, besides the
+	// kinds checkPublicIP names: discard-only (RFC 6666), the deprecated
+	// site-local and IPv4-compatible ranges (::127.0.0.1 is loopback in
+	// disguise), and NAT64's well-known prefix (a peer's PublicIPv6 is its
+	// own, never a translator's view of an IPv4 address).
+	reserved6 = []netip.Prefix{
+		netip.MustParsePrefix("100::/64"),
+		netip.MustParsePrefix("fec0::/10"),
+		netip.MustParsePrefix("::/96"),
+		netip.MustParsePrefix("64:ff9b::/96"),
+	}
 	limitedBcast  = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 	errNoMAC      = errors.New("not a 6-byte Ethernet address")
 	errZeroMAC    = errors.New("all zeros")
@@ -233,6 +294,13 @@ func checkPublicIP(a netip.Addr) error {
 		return errors.New("reserved (240.0.0.0/4)")
 	case a.Zone() != "":
 		return errors.New("has a zone")
+	}
+	if a.Is6() {
+		for _, r := range reserved6 {
+			if r.Contains(a) {
+				return fmt.Errorf("reserved (%v)", r)
+			}
+		}
 	}
 	return nil
 }

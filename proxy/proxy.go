@@ -67,7 +67,8 @@ type Proxy struct {
 	services  map[string]*service.Service
 	endpoints map[string]*service.Endpoints
 	network   netip.Prefix
-	lv        *live
+	lv        *live               // built from lvSubnets when a plan first needs it
+	lvSubnets []netip.Prefix      // the live subnets of the last SetLive
 	desired   map[string]*svcPort // by port key
 	byRef     map[string][]string // service -> its port keys
 }
@@ -122,8 +123,14 @@ func (p *Proxy) Update(c service.Change) {
 // backend's answer would otherwise cross the bridge straight back, around
 // the DNAT.
 func (p *Proxy) SetLive(own netip.Prefix, peers []netip.Prefix) {
-	s := append(slices.Clone(peers), own)
-	slices.SortFunc(s, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	byAddr := func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) }
+	s := make([]netip.Prefix, 0, len(peers)+1)
+	s = append(s, peers...)
+	if !slices.IsSortedFunc(s, byAddr) { // peer snapshots come sorted
+		slices.SortFunc(s, byAddr)
+	}
+	i, _ := slices.BinarySearchFunc(s, own, byAddr)
+	s = slices.Insert(s, i, own)
 	p.mu.Lock()
 	if !p.haveLive || !slices.Equal(s, p.subnets) || own != p.own {
 		p.subnets, p.liveNew, p.haveLive = s, true, true
@@ -233,7 +240,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 		}
 		if liveNew {
-			p.lv = newLive(p.cfg.Overlay, p.cfg.Underlay, subnets)
+			// Built when a plan needs it: a node without services pays
+			// nothing for a peer change.
+			p.lv, p.lvSubnets = nil, subnets
 		}
 		if ownNew {
 			broken = true // the masquerade rule names the node's subnet
@@ -271,6 +280,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 			started, broken = true, false
 			continue
 		}
+		if liveNew && !haveCh && len(p.services) == 0 && len(k.prog) == 0 {
+			continue // no service to replan for a peer change
+		}
 		if liveNew || ch.Full {
 			// A new live set, or a fresh listing (after an etcd outage or
 			// compaction): anything may differ, deletions included.
@@ -299,6 +311,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// liveSet is the live subnets as plans read them, built on first use after
+// each SetLive.
+func (p *Proxy) liveSet() *live {
+	if p.lv == nil && p.lvSubnets != nil {
+		p.lv = newLive(p.cfg.Overlay, p.cfg.Underlay, p.lvSubnets)
+	}
+	return p.lv
 }
 
 // route makes sure the host can send to the service network (see ensureRoute).
@@ -423,7 +444,7 @@ func (p *Proxy) replanAll() {
 	p.desired = make(map[string]*svcPort, len(p.desired))
 	p.byRef = make(map[string][]string, len(p.services))
 	for ref, s := range p.services {
-		for _, sp := range plan(s, p.endpoints[ref], p.lv) {
+		for _, sp := range plan(s, p.endpoints[ref], p.liveSet()) {
 			p.desired[sp.key] = sp
 			p.byRef[ref] = append(p.byRef[ref], sp.key)
 		}
@@ -437,7 +458,7 @@ func (p *Proxy) replan(k *kernel, ref string) {
 		delete(p.desired, key)
 	}
 	delete(p.byRef, ref)
-	for _, sp := range plan(p.services[ref], p.endpoints[ref], p.lv) {
+	for _, sp := range plan(p.services[ref], p.endpoints[ref], p.liveSet()) {
 		p.desired[sp.key] = sp
 		p.byRef[ref] = append(p.byRef[ref], sp.key)
 	}

@@ -15,29 +15,8 @@ import (
 	"github.com/weft-net/weft/internal/etcdtest"
 )
 
-// referenceService is REFERENCE.md's service.yml, verbatim.
-const referenceService = `{
-    "kind": "Service",
-    "apiVersion": "v1",
-    "metadata": {
-        "name": "my-nginx-service"
-    },
-    "spec": {
-        "selector": {
-            "app": "my-nginx"
-        },
-        "ports": [
-            {
-                "protocol": "TCP",
-                "port": 8080,
-                "targetPort": 80
-            }
-        ]
-    }
-}`
-
 func TestParseReference(t *testing.T) {
-	s, err := ParseService([]byte(referenceService), "")
+	s, err := ParseService([]byte(ReferenceService), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +82,7 @@ func TestParseAffinityAndUnknownFields(t *testing.T) {
 }
 
 func FuzzParseObjects(f *testing.F) {
-	f.Add([]byte(referenceService))
+	f.Add([]byte(ReferenceService))
 	f.Add([]byte(`{"kind":"List","items":[{"kind":"Endpoints","metadata":{"name":"a"},"subsets":[{"addresses":[{"ip":"1.2.3.4"}],"ports":[{"port":1}]}]}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		objs, err := ParseObjects(b, "")
@@ -136,7 +115,7 @@ func newStore(t *testing.T) *Store {
 func TestCreateAllocatesAndRefuses(t *testing.T) {
 	st := newStore(t)
 	ctx := context.Background()
-	s, _ := ParseService([]byte(referenceService), "")
+	s, _ := ParseService([]byte(ReferenceService), "")
 	got, err := st.Create(ctx, s)
 	if err != nil {
 		t.Fatal(err)
@@ -270,7 +249,7 @@ func TestWatchSeesChanges(t *testing.T) {
 	if !first.Full || len(first.Services) != 0 || first.Network != DefaultNetwork {
 		t.Fatalf("first change %+v", first)
 	}
-	s, _ := ParseService([]byte(referenceService), "")
+	s, _ := ParseService([]byte(ReferenceService), "")
 	s, err := st.Create(ctx, s)
 	if err != nil {
 		t.Fatal(err)

@@ -22,13 +22,42 @@ const (
 
 // Config is the network configuration stored at <prefix>/config, with
 // flannel's defaults filled in.
+//
+// Network, SubnetLen, SubnetMin and SubnetMax describe the leases' first
+// subnet: IPv4, or, in an IPv6-only network (EnableIPv4 false), IPv6, copied
+// from the IPv6 fields. So everything that allocates, checks and watches
+// the first subnet works the same in both. IPv6 holds a dual-stack
+// network's second family (EnableIPv4 and EnableIPv6).
 type Config struct {
 	Network   netip.Prefix // the whole overlay, e.g. 172.16.0.0/12
 	SubnetLen int          // prefix length of each node's subnet
 	SubnetMin netip.Addr   // network address of the lowest subnet handed out
 	SubnetMax netip.Addr   // network address of the highest subnet handed out
 	Backend   BackendConfig
+
+	// IPv6 is the IPv6 network of a dual-stack config; zero otherwise.
+	// (flannel's EnableIPv4 and EnableIPv6 are not kept: they are what
+	// Network's family and IPv6 say, see EnableIPv4 and EnableIPv6.)
+	IPv6 Family
 }
+
+// EnableIPv4 reports whether the network has IPv4 (flannel's field).
+func (c Config) EnableIPv4() bool { return c.Network.Addr().Is4() }
+
+// EnableIPv6 reports whether the network has IPv6, dual-stack or alone.
+func (c Config) EnableIPv6() bool { return c.Dual() || c.Network.Addr().Is6() }
+
+// Family is one address family's share of a dual-stack config: flannel's
+// IPv6Network, IPv6SubnetLen, IPv6SubnetMin and IPv6SubnetMax.
+type Family struct {
+	Network   netip.Prefix
+	SubnetLen int
+	SubnetMin netip.Addr
+	SubnetMax netip.Addr
+}
+
+// Dual reports whether leases carry an IPv6 subnet besides the IPv4 one.
+func (c Config) Dual() bool { return c.IPv6.Network.IsValid() }
 
 // BackendConfig is the "Backend" object of the config.
 type BackendConfig struct {
@@ -36,26 +65,34 @@ type BackendConfig struct {
 	VNI  uint32 // 1..16777215
 	Port uint16 // UDP destination port
 	MTU  int    // 0 = derive from the underlay device
+	// DirectRouting routes peers on the same underlay network straight to
+	// their PublicIP instead of through VXLAN (flannel's field).
+	DirectRouting bool
 }
 
 // rawConfig is the wire form. Fields are raw so that each one can be parsed
 // on its own and an error can name it. encoding/json matches names
 // case-insensitively and ignores unknown fields, as flannel does.
 type rawConfig struct {
-	Network    json.RawMessage
-	SubnetLen  json.RawMessage
-	SubnetMin  json.RawMessage
-	SubnetMax  json.RawMessage
-	Backend    json.RawMessage
-	EnableIPv4 json.RawMessage
-	EnableIPv6 json.RawMessage
+	Network       json.RawMessage
+	SubnetLen     json.RawMessage
+	SubnetMin     json.RawMessage
+	SubnetMax     json.RawMessage
+	Backend       json.RawMessage
+	EnableIPv4    json.RawMessage
+	EnableIPv6    json.RawMessage
+	IPv6Network   json.RawMessage
+	IPv6SubnetLen json.RawMessage
+	IPv6SubnetMin json.RawMessage
+	IPv6SubnetMax json.RawMessage
 }
 
 type rawBackend struct {
-	Type json.RawMessage
-	VNI  json.RawMessage
-	Port json.RawMessage
-	MTU  json.RawMessage
+	Type          json.RawMessage
+	VNI           json.RawMessage
+	Port          json.RawMessage
+	MTU           json.RawMessage
+	DirectRouting json.RawMessage
 }
 
 func present(m json.RawMessage) bool { return len(m) > 0 && !bytes.Equal(m, []byte("null")) }
@@ -107,80 +144,43 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("config: not a JSON object: %w", err)
 	}
 	var c Config
+	var err error
+	enable4, enable6 := true, false
 	if present(raw.EnableIPv4) {
-		if v4, err := parseBool("EnableIPv4", raw.EnableIPv4); err != nil {
+		if enable4, err = parseBool("EnableIPv4", raw.EnableIPv4); err != nil {
 			return Config{}, err
-		} else if !v4 {
-			return Config{}, fieldErr("EnableIPv4", raw.EnableIPv4, "IPv6-only networks are not supported")
 		}
 	}
 	if present(raw.EnableIPv6) {
-		if v6, err := parseBool("EnableIPv6", raw.EnableIPv6); err != nil {
+		if enable6, err = parseBool("EnableIPv6", raw.EnableIPv6); err != nil {
 			return Config{}, err
-		} else if v6 {
-			return Config{}, fieldErr("EnableIPv6", raw.EnableIPv6, "not supported")
 		}
 	}
-
-	if !present(raw.Network) {
-		return Config{}, fieldErr("Network", nil, "missing (e.g. \"172.16.0.0/12\")")
-	}
-	s, err := parseString("Network", raw.Network)
-	if err != nil {
-		return Config{}, err
-	}
-	c.Network, err = netip.ParsePrefix(s)
 	switch {
-	case err != nil:
-		return Config{}, fieldErr("Network", raw.Network, "not a CIDR prefix")
-	case !c.Network.Addr().Is4():
-		return Config{}, fieldErr("Network", raw.Network, "must be IPv4")
-	case c.Network.Masked() != c.Network:
-		return Config{}, fieldErr("Network", raw.Network, fmt.Sprintf("host bits set (did you mean %v?)", c.Network.Masked()))
-	case c.Network.Bits() > 28:
-		return Config{}, fieldErr("Network", raw.Network, "too small: the prefix length must be at most 28")
-	case c.Network.Bits() < 8:
-		return Config{}, fieldErr("Network", raw.Network, "too large: the prefix length must be at least 8")
+	case !enable4 && !enable6:
+		return Config{}, fieldErr("EnableIPv4", raw.EnableIPv4, "with EnableIPv6 false too, the network has no address family")
+	case !enable4 && present(raw.Network):
+		return Config{}, fieldErr("Network", raw.Network, "set although EnableIPv4 is false (an IPv6-only network uses IPv6Network)")
+	case !enable6 && present(raw.IPv6Network):
+		return Config{}, fieldErr("IPv6Network", raw.IPv6Network, "set although EnableIPv6 is not true")
 	}
-	for _, sp := range specialNets {
-		if sp.p.Overlaps(c.Network) {
-			return Config{}, fieldErr("Network", raw.Network, fmt.Sprintf("overlaps %v (%s)", sp.p, sp.what))
-		}
-	}
-
-	nb := c.Network.Bits()
-	switch {
-	case present(raw.SubnetLen) && string(bytes.TrimSpace(raw.SubnetLen)) != "0": // flannel: 0 = default
-		n, err := parseInt("SubnetLen", raw.SubnetLen, int64(nb+2), 30, " (Network's prefix length + 2)")
+	if enable4 {
+		f, err := parseFamily(familyFields{"", raw.Network, raw.SubnetLen, raw.SubnetMin, raw.SubnetMax})
 		if err != nil {
 			return Config{}, err
 		}
-		c.SubnetLen = int(n)
-	case nb <= 22:
-		c.SubnetLen = 24
-	default:
-		c.SubnetLen = nb + 2
+		c.Network, c.SubnetLen, c.SubnetMin, c.SubnetMax = f.Network, f.SubnetLen, f.SubnetMin, f.SubnetMax
 	}
-
-	if c.SubnetMin, err = parseBound("SubnetMin", raw.SubnetMin, c); err != nil {
-		return Config{}, err
-	}
-	if !c.SubnetMin.IsValid() {
-		c.SubnetMin, _ = ip.Nth(c.Network, 1<<(32-c.SubnetLen)) // skip the first subnet, like flannel
-	}
-	if c.SubnetMax, err = parseBound("SubnetMax", raw.SubnetMax, c); err != nil {
-		return Config{}, err
-	}
-	if !c.SubnetMax.IsValid() {
-		last, _ := ip.Last(c.Network).Prefix(c.SubnetLen)
-		c.SubnetMax = last.Addr()
-	}
-	if c.SubnetMax.Less(c.SubnetMin) {
-		return Config{}, fmt.Errorf("config: SubnetMin %v is above SubnetMax %v", c.SubnetMin, c.SubnetMax)
-	}
-	if n := ip.Count(c.SubnetLen, c.SubnetMin, c.SubnetMax); n < 2 {
-		return Config{}, fmt.Errorf("config: SubnetLen %d with SubnetMin %v and SubnetMax %v leaves %d subnet, fewer than 2: an overlay needs two nodes",
-			c.SubnetLen, c.SubnetMin, c.SubnetMax, n)
+	if enable6 {
+		f, err := parseFamily(familyFields{"IPv6", raw.IPv6Network, raw.IPv6SubnetLen, raw.IPv6SubnetMin, raw.IPv6SubnetMax})
+		if err != nil {
+			return Config{}, err
+		}
+		if enable4 {
+			c.IPv6 = f
+		} else {
+			c.Network, c.SubnetLen, c.SubnetMin, c.SubnetMax = f.Network, f.SubnetLen, f.SubnetMin, f.SubnetMax
+		}
 	}
 
 	if c.Backend, err = parseBackend(raw.Backend); err != nil {
@@ -201,10 +201,13 @@ var specialNets = []struct {
 	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
 	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
 	{netip.MustParsePrefix("240.0.0.0/4"), "reserved, and the limited broadcast address"},
+	{netip.MustParsePrefix("::/8"), "reserved (unspecified, loopback, IPv4-mapped and -compatible)"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
 }
 
 // parseBound parses SubnetMin or SubnetMax; a missing field yields the zero Addr.
-func parseBound(field string, raw json.RawMessage, c Config) (netip.Addr, error) {
+func parseBound(field string, raw json.RawMessage, c Family) (netip.Addr, error) {
 	if !present(raw) {
 		return netip.Addr{}, nil
 	}
@@ -214,8 +217,12 @@ func parseBound(field string, raw json.RawMessage, c Config) (netip.Addr, error)
 	}
 	a, err := netip.ParseAddr(s)
 	switch {
-	case err != nil || !a.Is4():
-		return netip.Addr{}, fieldErr(field, raw, "not an IPv4 address")
+	case err != nil || a.Is4() != c.Network.Addr().Is4() || a.Zone() != "":
+		fam := "IPv4"
+		if c.Network.Addr().Is6() {
+			fam = "IPv6"
+		}
+		return netip.Addr{}, fieldErr(field, raw, "not an "+fam+" address")
 	case !c.Network.Contains(a):
 		return netip.Addr{}, fieldErr(field, raw, fmt.Sprintf("outside Network %v", c.Network))
 	}
@@ -269,6 +276,13 @@ func parseBackend(raw json.RawMessage) (BackendConfig, error) {
 		}
 		b.MTU = int(n)
 	}
+	if present(rb.DirectRouting) {
+		v, err := parseBool("Backend.DirectRouting", rb.DirectRouting)
+		if err != nil {
+			return b, err
+		}
+		b.DirectRouting = v
+	}
 	return b, nil
 }
 
@@ -276,29 +290,53 @@ func parseBackend(raw json.RawMessage) (BackendConfig, error) {
 // that ParseConfig(c.JSON()) == c.
 func (c Config) JSON() []byte {
 	type backend struct {
-		Type string
-		VNI  uint32
-		Port uint16
-		MTU  int `json:",omitempty"`
+		Type          string
+		VNI           uint32
+		Port          uint16
+		MTU           int  `json:",omitempty"`
+		DirectRouting bool `json:",omitempty"`
 	}
-	out := struct {
-		Network   string
-		SubnetLen int
-		SubnetMin string
-		SubnetMax string
-		Backend   backend
-	}{c.Network.String(), c.SubnetLen, c.SubnetMin.String(), c.SubnetMax.String(),
-		backend{c.Backend.Type, c.Backend.VNI, c.Backend.Port, c.Backend.MTU}}
-	b, err := json.Marshal(out)
+	type out struct {
+		EnableIPv4    *bool  `json:",omitempty"`
+		EnableIPv6    bool   `json:",omitempty"`
+		Network       string `json:",omitempty"`
+		SubnetLen     int    `json:",omitempty"`
+		SubnetMin     string `json:",omitempty"`
+		SubnetMax     string `json:",omitempty"`
+		IPv6Network   string `json:",omitempty"`
+		IPv6SubnetLen int    `json:",omitempty"`
+		IPv6SubnetMin string `json:",omitempty"`
+		IPv6SubnetMax string `json:",omitempty"`
+		Backend       backend
+	}
+	o := out{Backend: backend{c.Backend.Type, c.Backend.VNI, c.Backend.Port, c.Backend.MTU, c.Backend.DirectRouting}}
+	v4, v6 := c.first(), c.IPv6
+	if c.Network.Addr().Is6() {
+		f := false
+		o.EnableIPv4, v4, v6 = &f, Family{}, c.first()
+	}
+	if v4.Network.IsValid() {
+		o.Network, o.SubnetLen, o.SubnetMin, o.SubnetMax = v4.Network.String(), v4.SubnetLen, v4.SubnetMin.String(), v4.SubnetMax.String()
+	}
+	if v6.Network.IsValid() {
+		o.EnableIPv6 = true
+		o.IPv6Network, o.IPv6SubnetLen, o.IPv6SubnetMin, o.IPv6SubnetMax = v6.Network.String(), v6.SubnetLen, v6.SubnetMin.String(), v6.SubnetMax.String()
+	}
+	b, err := json.Marshal(o)
 	if err != nil {
-		panic(err) // only strings and integers: cannot fail
+		panic(err) // only strings, booleans and integers: cannot fail
 	}
 	return b
 }
 
-// alloc is the allocation range of the config.
-func (c Config) alloc() ip.Alloc {
-	return ip.Alloc{Bits: c.SubnetLen, First: c.SubnetMin, Last: c.SubnetMax}
+// alloc is the allocation range of the config's first subnet.
+func (c Config) alloc() ip.Alloc { return c.first().alloc() }
+
+// alloc6 is the allocation range of a dual-stack config's IPv6 subnet.
+func (c Config) alloc6() ip.Alloc { return c.IPv6.alloc() }
+
+func (f Family) alloc() ip.Alloc {
+	return ip.Alloc{Bits: f.SubnetLen, First: f.SubnetMin, Last: f.SubnetMax}
 }
 
 var errNotVXLAN = errors.New("BackendType is not vxlan")
@@ -325,13 +363,34 @@ func (c Config) checkLease(l Lease) error {
 		return fmt.Errorf("VNI %d: network uses VNI %d", a.VNI, c.Backend.VNI)
 	}
 	p := peer.Peer{Subnet: s, PublicIP: a.PublicIP, VtepMAC: a.VtepMAC}
-	return peer.CheckLease(&p, c.Rules())
+	if err := peer.CheckLease(&p, c.Rules()); err != nil {
+		return err
+	}
+	if !c.Dual() {
+		return nil
+	}
+	// A dual-stack network reads v4-only leases too (flanneld nodes without
+	// IPv6): they get no IPv6 route. A v6 half present passes the same
+	// rules in its own family.
+	if !l.Subnet6.IsValid() {
+		return nil
+	}
+	p6 := peer.Peer{Subnet: l.Subnet6, PublicIP: a.PublicIP6, VtepMAC: a.VtepMAC6}
+	if err := peer.CheckLease(&p6, c.Rules6()); err != nil {
+		return fmt.Errorf("IPv6 half: %w", err)
+	}
+	return nil
 }
 
 // Rules is the part of the config the lease rulebook (package peer) checks
-// leases against.
-func (c Config) Rules() peer.Network {
-	return peer.Network{Prefix: c.Network, SubnetLen: c.SubnetLen, SubnetMin: c.SubnetMin, SubnetMax: c.SubnetMax}
+// leases' first half against.
+func (c Config) Rules() peer.Network { return c.first().rules() }
+
+// Rules6 is what a dual-stack lease's IPv6 half is checked against.
+func (c Config) Rules6() peer.Network { return c.IPv6.rules() }
+
+func (f Family) rules() peer.Network {
+	return peer.Network{Prefix: f.Network, SubnetLen: f.SubnetLen, SubnetMin: f.SubnetMin, SubnetMax: f.SubnetMax}
 }
 
 func usablePublicIP(a netip.Addr) error {

@@ -30,12 +30,12 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.SubnetLen != 28 || c.SubnetMin != netip.MustParseAddr("10.0.0.16") || c.SubnetMax != netip.MustParseAddr("10.0.0.48") ||
-		c.Backend != (BackendConfig{"vxlan", 7, 4789, 1400}) {
+		c.Backend != (BackendConfig{"vxlan", 7, 4789, 1400, false}) {
 		t.Fatalf("got %+v", c)
 	}
 	// No Backend at all: vxlan defaults (flannel would pick udp).
 	c, err = ParseConfig([]byte(`{"Network":"10.0.0.0/16"}`))
-	if err != nil || c.Backend != (BackendConfig{"vxlan", 1, 8472, 0}) {
+	if err != nil || c.Backend != (BackendConfig{"vxlan", 1, 8472, 0, false}) {
 		t.Fatalf("got %+v %v", c, err)
 	}
 }
@@ -69,9 +69,17 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"Network":"172.16.0.0/12","Backend":{"VNI":-1}}`, `Backend.VNI -1`},
 		{`{"Network":"172.16.0.0/12","Backend":{"Port":70000}}`, `Backend.Port 70000`},
 		{`{"Network":"172.16.0.0/12","Backend":{"MTU":100}}`, `Backend.MTU 100: must be 0 (auto) or at least 576`},
-		{`{"Network":"172.16.0.0/12","EnableIPv6":true}`, `config: EnableIPv6 true: not supported`},
+		{`{"Network":"172.16.0.0/12","EnableIPv6":true}`, `config: IPv6Network: missing`},
+		{`{"Network":"172.16.0.0/12","IPv6Network":"fd42::/48"}`, `IPv6Network "fd42::/48": set although EnableIPv6 is not true`},
+		{`{"Network":"172.16.0.0/12","EnableIPv6":true,"IPv6Network":"172.16.0.0/12"}`, `IPv6Network "172.16.0.0/12": must be IPv6`},
+		{`{"Network":"172.16.0.0/12","EnableIPv6":true,"IPv6Network":"fe80::/48"}`, `overlaps fe80::/10 (link-local)`},
+		{`{"Network":"172.16.0.0/12","EnableIPv6":true,"IPv6Network":"fd42::1/48"}`, `host bits set (did you mean fd42::/48?)`},
+		{`{"Network":"172.16.0.0/12","EnableIPv6":true,"IPv6Network":"fd42::/48","IPv6SubnetLen":40}`, `IPv6SubnetLen 40: must be an integer between 50`},
+		{`{"Network":"172.16.0.0/12","EnableIPv6":true,"IPv6Network":"fd42::/48","IPv6SubnetMin":"fd42:0:0:1::1"}`, `IPv6SubnetMin "fd42:0:0:1::1": not on a /64 boundary`},
+		{`{"Network":"172.16.0.0/12","EnableIPv6":true,"IPv6Network":"fd42::/48","IPv6SubnetMax":"172.16.0.0"}`, `IPv6SubnetMax "172.16.0.0": not an IPv6 address`},
+		{`{"EnableIPv4":false,"EnableIPv6":true,"Network":"172.16.0.0/12","IPv6Network":"fd42::/48"}`, `Network "172.16.0.0/12": set although EnableIPv4 is false`},
 		{`{"Network":"172.16.0.0/12","EnableIPv6":"yes"}`, `EnableIPv6 "yes": must be true or false`},
-		{`{"Network":"172.16.0.0/12","EnableIPv4":false}`, `EnableIPv4 false: IPv6-only networks are not supported`},
+		{`{"EnableIPv4":false}`, `EnableIPv4 false: with EnableIPv6 false too, the network has no address family`},
 		{`{"Network":"0.0.0.0/0"}`, `Network "0.0.0.0/0": too large: the prefix length must be at least 8`},
 		{`{"Network":"10.0.0.0/7"}`, `Network "10.0.0.0/7": too large`},
 		{`{"Network":"128.0.0.0/1"}`, `too large`},
@@ -124,4 +132,55 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("round trip of %+v: %+v %v", c, c2, err)
 		}
 	})
+}
+
+func TestParseConfigDirectRouting(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"Network":"172.16.0.0/12","Backend":{"Type":"vxlan","DirectRouting":true}}`))
+	if err != nil || !c.Backend.DirectRouting {
+		t.Fatalf("%+v, %v", c, err)
+	}
+	if c2, err := ParseConfig(c.JSON()); err != nil || c2 != c {
+		t.Errorf("round trip: %+v, %v", c2, err)
+	}
+	if _, err := ParseConfig([]byte(`{"Network":"172.16.0.0/12","Backend":{"DirectRouting":"yes"}}`)); err == nil ||
+		!strings.Contains(err.Error(), `Backend.DirectRouting "yes": must be true or false`) {
+		t.Errorf("bad DirectRouting: %v", err)
+	}
+}
+
+// Dual-stack and IPv6-only configs, with flannel's IPv6 defaults.
+func TestParseConfigIPv6(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"Network":"172.16.0.0/12","EnableIPv6":true,"IPv6Network":"fd42::/48"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want6 := Family{Network: netip.MustParsePrefix("fd42::/48"), SubnetLen: 64,
+		SubnetMin: netip.MustParseAddr("fd42:0:0:1::"), SubnetMax: netip.MustParseAddr("fd42:0:0:ffff::")}
+	if !c.Dual() || c.IPv6 != want6 || c.Network != netip.MustParsePrefix("172.16.0.0/12") || !c.EnableIPv4() || !c.EnableIPv6() {
+		t.Errorf("dual-stack: %+v", c)
+	}
+	// A network smaller than /62 gets subnets two bits longer, as in flannel.
+	c, err = ParseConfig([]byte(`{"Network":"172.16.0.0/12","EnableIPv6":true,"IPv6Network":"fd42::/120"}`))
+	if err != nil || c.IPv6.SubnetLen != 122 {
+		t.Errorf("IPv6Network /120: SubnetLen %d, %v; want 122", c.IPv6.SubnetLen, err)
+	}
+	c, err = ParseConfig([]byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd42::/48","IPv6SubnetLen":56,"Backend":{"Type":"vxlan","VNI":4}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Dual() || c.EnableIPv4() || !c.EnableIPv6() || c.Network != netip.MustParsePrefix("fd42::/48") || c.SubnetLen != 56 ||
+		c.SubnetMin != netip.MustParseAddr("fd42:0:0:100::") || c.Backend.VNI != 4 {
+		t.Errorf("IPv6-only: %+v", c)
+	}
+	// Both round-trip through JSON.
+	for _, in := range []string{
+		`{"Network":"172.16.0.0/12","EnableIPv6":true,"IPv6Network":"fd42::/48"}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd42::/48"}`,
+	} {
+		c, _ := ParseConfig([]byte(in))
+		c2, err := ParseConfig(c.JSON())
+		if err != nil || c2 != c {
+			t.Errorf("%s: round trip through %s gives %+v, %v", in, c.JSON(), c2, err)
+		}
+	}
 }

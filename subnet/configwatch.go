@@ -151,6 +151,12 @@ func LiveChange(cur, next Config) (bool, string) {
 	if next.Backend != cur.Backend {
 		why = append(why, fmt.Sprintf("Backend %+v -> %+v", cur.Backend, next.Backend))
 	}
+	// The IPv6 half is applied by a restart, whatever changed in it: its
+	// range is as much part of every lease's validity as the first.
+	if next.IPv6 != cur.IPv6 {
+		why = append(why, fmt.Sprintf("IPv6Network %v/%d %v..%v -> %v/%d %v..%v", cur.IPv6.Network, cur.IPv6.SubnetLen,
+			cur.IPv6.SubnetMin, cur.IPv6.SubnetMax, next.IPv6.Network, next.IPv6.SubnetLen, next.IPv6.SubnetMin, next.IPv6.SubnetMax))
+	}
 	if len(why) == 0 {
 		if cur.SubnetMin.Less(next.SubnetMin) {
 			why = append(why, fmt.Sprintf("SubnetMin raised %v -> %v", cur.SubnetMin, next.SubnetMin))

@@ -30,7 +30,15 @@ type HoldRequest struct {
 	Config   Config
 	PublicIP netip.Addr       // this node's underlay address; identifies the node
 	VtepMAC  net.HardwareAddr // written into the lease
-	TTL      time.Duration    // etcd lease TTL; 0 means DefaultTTL
+	// PublicIP6 and VtepMAC6 are the node's IPv6 half in a dual-stack
+	// network (Config.Dual); in an IPv6-only network PublicIP and VtepMAC
+	// are IPv6 already.
+	PublicIP6 netip.Addr
+	VtepMAC6  net.HardwareAddr
+	// Previous6 is the IPv6 subnet from the last run in a dual-stack
+	// network; it is taken again if still free.
+	Previous6 netip.Prefix
+	TTL       time.Duration // etcd lease TTL; 0 means DefaultTTL
 	// Previous is the subnet from the last run (subnet.env); it is taken
 	// again if still free. May be zero.
 	Previous netip.Prefix
@@ -64,6 +72,9 @@ type holder struct {
 	// repairLogged is when a repair of our key was last logged at warning
 	// level: a writer overwriting it in a loop gets one line a minute.
 	repairLogged time.Time
+	// prev6 is the IPv6 subnet to take again (dual-stack): Previous6, then
+	// the lease's own after a loss.
+	prev6 netip.Prefix
 }
 
 // Hold acquires a subnet for this node and keeps it for as long as ctx lives:
@@ -85,6 +96,22 @@ func (r *Registry) Hold(ctx context.Context, req HoldRequest) error {
 	if req.Config.SubnetLen == 0 || !req.Config.SubnetMin.IsValid() {
 		return errors.New("holding a subnet: config has no subnet range (use ParseConfig)")
 	}
+	if req.PublicIP.Unmap().Is4() != req.Config.Network.Addr().Is4() {
+		return fmt.Errorf("holding a subnet: PublicIP %v is not of the family of Network %v", req.PublicIP, req.Config.Network)
+	}
+	if req.Config.Dual() {
+		if !req.PublicIP6.Is6() || req.PublicIP6.Is4In6() {
+			return fmt.Errorf("holding a subnet: the network is dual-stack and this node has no IPv6 address (--public-ipv6), got %v", req.PublicIP6)
+		}
+		if err := usablePublicIP(req.PublicIP6); err != nil {
+			return fmt.Errorf("holding a subnet: IPv6 %w", err)
+		}
+		if len(req.VtepMAC6) != 6 {
+			return fmt.Errorf("holding a subnet: VtepMAC6 %q: not a 6-byte MAC", req.VtepMAC6)
+		}
+	} else {
+		req.PublicIP6, req.VtepMAC6, req.Previous6 = netip.Addr{}, nil, netip.Prefix{}
+	}
 	if req.TTL <= 0 {
 		req.TTL = DefaultTTL
 	}
@@ -93,7 +120,8 @@ func (r *Registry) Hold(ctx context.Context, req HoldRequest) error {
 	}
 	h := &holder{r: r, req: req, attrs: LeaseAttrs{
 		PublicIP: req.PublicIP, BackendType: "vxlan", VNI: req.Config.Backend.VNI, VtepMAC: req.VtepMAC,
-	}}
+		PublicIP6: req.PublicIP6, VtepMAC6: req.VtepMAC6,
+	}, prev6: req.Previous6}
 	b, err := h.attrs.MarshalJSON()
 	if err != nil {
 		return fmt.Errorf("holding a subnet: encoding lease value: %w", err)
@@ -105,7 +133,11 @@ func (r *Registry) Hold(ctx context.Context, req HoldRequest) error {
 		r.mu.Lock()
 		r.held = l
 		r.mu.Unlock()
-		r.log.Info("holding subnet", "subnet", l.Subnet, "key", l.Key, "etcd_lease", fmt.Sprintf("%x", l.EtcdLeaseID))
+		args := []any{"subnet", l.Subnet, "key", l.Key, "etcd_lease", fmt.Sprintf("%x", l.EtcdLeaseID)}
+		if l.Subnet6.IsValid() {
+			args = append(args, "subnet6", l.Subnet6)
+		}
+		r.log.Info("holding subnet", args...)
 		if req.OnLease != nil {
 			req.OnLease(l)
 		}
@@ -115,6 +147,7 @@ func (r *Registry) Hold(ctx context.Context, req HoldRequest) error {
 		}
 		r.log.Warn("lost subnet lease, re-acquiring", "subnet", l.Subnet, "reason", reason)
 		h.revoke(l.EtcdLeaseID)
+		h.prev6 = l.Subnet6
 		l, err = h.acquire(ctx, l.Subnet, true)
 	}
 	if r.isReleased() {
@@ -175,6 +208,12 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	// heap for nothing.
 	exact := make(map[netip.Prefix]struct{}, len(kvs))
 	var odd []netip.Prefix // keys of another length: checked by overlap
+	dual := h.req.Config.Dual()
+	var exact6 map[netip.Prefix]struct{}
+	var odd6 []netip.Prefix
+	if dual {
+		exact6 = make(map[netip.Prefix]struct{}, len(kvs))
+	}
 	var mine []Lease
 	var prevLease Lease // the previous subnet's key, decoded, if there is one
 	// Only values that can matter are decoded: those naming our address, and
@@ -187,7 +226,7 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 		if !ok {
 			continue
 		}
-		sub, err := ParseKey(string(name))
+		sub, sub6, err := ParseDualKey(string(name))
 		if err != nil {
 			continue // unparseable key: cannot overlap-check it
 		}
@@ -195,6 +234,13 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 			exact[sub] = struct{}{}
 		} else {
 			odd = append(odd, sub)
+		}
+		if dual && sub6.IsValid() {
+			if sub6.Bits() == h.req.Config.IPv6.SubnetLen {
+				exact6[sub6] = struct{}{}
+			} else {
+				odd6 = append(odd6, sub6)
+			}
 		}
 		if sub != prev && !bytes.Contains(kv.Value, ours) {
 			continue
@@ -206,7 +252,7 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 		// Our own key is adopted even if Avoid covers it: addresses inside it
 		// (docker0's .1 after a reboot wiped subnet.env) are most likely ours,
 		// and it was not avoided when we took it.
-		if l.Err == nil && l.Attrs.PublicIP == h.req.PublicIP && inRange.Eligible(l.Subnet) {
+		if l.Err == nil && l.Attrs.PublicIP == h.req.PublicIP && inRange.Eligible(l.Subnet) && h.shapeFits(l) {
 			mine = append(mine, l)
 		}
 	}
@@ -240,15 +286,19 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 	// on any other etcd lease may be a live node's and is never taken:
 	// the node gets another subnet. Reservations are never taken over:
 	// they belong to the address they name.
-	if l := prevLease; l.Subnet == prev && prev.IsValid() && !sticky && l.EtcdLeaseID != 0 &&
+	if l := prevLease; l.Subnet == prev && prev.IsValid() && !sticky && l.EtcdLeaseID != 0 && l.Subnet6.IsValid() == dual &&
 		l.EtcdLeaseID == h.req.PreviousLease && inRange.Eligible(prev) {
 		h.r.log.Info("taking over the previous subnet's lease for this node's new address",
 			"subnet", prev, "old_public_ip", l.Attrs.PublicIP, "public_ip", h.req.PublicIP)
 		return adopt, l, nil
 	}
+	p6, err := h.pick6(exact6, odd6)
+	if err != nil {
+		return full, Lease{}, err
+	}
 	if prev.IsValid() && alloc.Eligible(prev) {
 		if !alloc.Taken(prev) {
-			return create, Lease{Subnet: prev}, nil
+			return create, Lease{Subnet: prev, Subnet6: p6}, nil
 		}
 		if sticky {
 			return conflict, prevLease, nil
@@ -263,7 +313,7 @@ func (h *holder) decide(kvs []*mvccpb.KeyValue, prev netip.Prefix, sticky bool) 
 		}
 		return full, Lease{}, err
 	}
-	return create, Lease{Subnet: p}, nil
+	return create, Lease{Subnet: p, Subnet6: p6}, nil
 }
 
 // cmpBool orders true before false.
@@ -367,7 +417,7 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 				}
 				granted = int64(g.ID)
 			}
-			key := r.SubnetKey(l.Subnet)
+			key := r.subnetsPrefix() + KeyNameOf(l)
 			if r.hookBeforeCreate != nil {
 				r.hookBeforeCreate(key)
 			}
@@ -381,7 +431,7 @@ func (h *holder) acquire(ctx context.Context, prev netip.Prefix, sticky bool) (L
 				continue // lost the race; retry from the fresh listing
 			}
 			used = true
-			return Lease{Subnet: l.Subnet, Attrs: h.attrs, EtcdLeaseID: granted, Key: key,
+			return Lease{Subnet: l.Subnet, Subnet6: l.Subnet6, Attrs: h.attrs, EtcdLeaseID: granted, Key: key,
 				CreateRevision: rev, ModRevision: rev}, nil
 		}
 	}

@@ -10,6 +10,90 @@ import (
 	"testing"
 )
 
+// flannel's dual-stack and IPv6-only keys.
+func TestParseDualKey(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"172.16.28.0-24&fd42:0:0:1c::-64": {"172.16.28.0/24", "fd42:0:0:1c::/64"},
+		"0.0.0.0-0&fd42:0:0:1c::-64":      {"fd42:0:0:1c::/64", ""},
+		"172.16.28.0-24":                  {"172.16.28.0/24", ""},
+	} {
+		p, p6, err := ParseDualKey(in)
+		if err != nil || p.String() != want[0] || (want[1] == "") == p6.IsValid() || (want[1] != "" && p6.String() != want[1]) {
+			t.Errorf("ParseDualKey(%q) = %v, %v, %v; want %v", in, p, p6, err, want)
+		}
+		if got := DualKeyName(p, p6); got != in {
+			t.Errorf("DualKeyName(%v, %v) = %q, want %q", p, p6, got, in)
+		}
+	}
+}
+
+// A dual-stack lease is written as flannel writes it and read back; an
+// IPv6-only one likewise; flannel's dual-stack value is read.
+func TestLeaseAttrsDualStack(t *testing.T) {
+	mac, _ := net.ParseMAC("b2:69:2c:67:63:b8")
+	mac6, _ := net.ParseMAC("b2:69:2c:67:63:b9")
+	dual := LeaseAttrs{PublicIP: netip.MustParseAddr("172.17.42.31"), BackendType: "vxlan", VNI: 1, VtepMAC: mac,
+		PublicIP6: netip.MustParseAddr("fd00:17::31"), VtepMAC6: mac6}
+	b, err := json.Marshal(dual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"PublicIP":"172.17.42.31","PublicIPv6":"fd00:17::31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"},"BackendV6Data":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b9"}}`
+	if string(b) != want {
+		t.Fatalf("marshal = %s\nwant      %s", b, want)
+	}
+	if got, err := ParseLeaseAttrs(b); err != nil || !sameAttrs(got, dual) {
+		t.Errorf("read back %+v, %v", got, err)
+	}
+	v6 := LeaseAttrs{PublicIP: netip.MustParseAddr("fd00:17::31"), BackendType: "vxlan", VNI: 1, VtepMAC: mac6}
+	b, _ = json.Marshal(v6)
+	want = `{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:17::31","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b9"}}`
+	if string(b) != want {
+		t.Fatalf("IPv6-only marshal = %s\nwant      %s", b, want)
+	}
+	if got, err := ParseLeaseAttrs(b); err != nil || !sameAttrs(got, v6) {
+		t.Errorf("IPv6-only read back %+v, %v", got, err)
+	}
+	// Both readers take flannel's form (the fast one included).
+	if _, ok := scanLeaseValue(b); !ok {
+		t.Errorf("the fast reader refused %s", b)
+	}
+	for _, bad := range []struct{ in, want string }{
+		{`{"PublicIP":"172.17.42.31","PublicIPv6":"172.17.42.31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"},"BackendV6Data":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b9"}}`, "PublicIPv6"},
+		{`{"PublicIP":"172.17.42.31","PublicIPv6":"fd00:17::31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"}}`, "BackendV6Data missing"},
+		{`{"PublicIP":"172.17.42.31","PublicIPv6":"fd00:17::31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"},"BackendV6Data":{"VNI":1,"VtepMAC":"x"}}`, "BackendV6Data.VtepMAC"},
+		{`{"PublicIP":"172.17.42.31","PublicIPv6":"fd00:17::31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"},"BackendV6Data":{"VNI":2,"VtepMAC":"b2:69:2c:67:63:b9"}}`, "BackendV6Data.VNI"},
+	} {
+		if _, err := ParseLeaseAttrs([]byte(bad.in)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("ParseLeaseAttrs(%s) = %v, want an error naming %s", bad.in, err, bad.want)
+		}
+	}
+}
+
+// A key and a value of different shapes are refused (or, for a v4 key with
+// a dual value, read as v4).
+func TestLeaseShape(t *testing.T) {
+	const dual = `{"PublicIP":"172.17.42.31","PublicIPv6":"fd00:17::31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"},"BackendV6Data":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b9"}}`
+	const v4 = `{"PublicIP":"172.17.42.31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"}}`
+	const pfx = "/coreos.com/network/subnets/"
+	l := parseKV(pfx, []byte(pfx+"172.16.28.0-24&fd42:0:0:1c::-64"), []byte(v4), 1, 1, 1)
+	if l.Err == nil || !strings.Contains(l.Err.Error(), "PublicIPv6 missing") {
+		t.Errorf("dual key, v4 value: %v", l.Err)
+	}
+	l = parseKV(pfx, []byte(pfx+"172.16.28.0-24"), []byte(dual), 1, 1, 1)
+	if l.Err != nil || l.Attrs.PublicIP6.IsValid() || l.Subnet6.IsValid() {
+		t.Errorf("v4 key, dual value: %+v", l)
+	}
+	l = parseKV(pfx, []byte(pfx+"172.16.28.0-24&fd42:0:0:1c::-64"), []byte(dual), 1, 1, 1)
+	if l.Err != nil || l.Subnet6.String() != "fd42:0:0:1c::/64" || l.Attrs.PublicIP6.String() != "fd00:17::31" {
+		t.Errorf("dual key, dual value: %+v", l)
+	}
+	l = parseKV(pfx, []byte(pfx+"0.0.0.0-0&fd42:0:0:1c::-64"), []byte(v4), 1, 1, 1)
+	if l.Err == nil {
+		t.Errorf("IPv6-only key, v4 value: accepted")
+	}
+}
+
 func TestParseKey(t *testing.T) {
 	good := map[string]string{"172.16.28.0-24": "172.16.28.0/24", "0.0.0.0-0": "0.0.0.0/0", "10.0.0.4-30": "10.0.0.4/30"}
 	for in, want := range good {
@@ -22,7 +106,9 @@ func TestParseKey(t *testing.T) {
 		}
 	}
 	for _, in := range []string{"", "-", "172.16.28.0", "172.16.28.0/24", "172.16.28.1-24", "172.16.28.0-33",
-		"172.16.28.0-024", "172.16.28.0-+24", "172.16.028.0-24", "fd00::-64", "172.16.28.0-24&fd00::-64",
+		"172.16.28.0-024", "172.16.28.0-+24", "172.16.028.0-24", "fd00::-64", "172.16.28.0-24&fd00::1-64",
+		"172.16.28.0-24&fd00:0::-64", "172.16.28.0-24&172.16.29.0-24", "172.16.28.0-24&fd00::-64&fd01::-64",
+		"0.0.0.0-0&fd00::-0", "1.0.0.0-0&fd00::-64", "172.16.28.0-24&::ffff:1.2.3.0-120", "172.16.28.0-24&fd00::-129",
 		"172.16.28.0-24 ", " 172.16.28.0-24", "172.16.28.0--24", "172.16.28.0-99999999999999999999"} {
 		if p, err := ParseKey(in); err == nil {
 			t.Errorf("ParseKey(%q) = %v, want error", in, p)
@@ -118,12 +204,15 @@ func FuzzParseKey(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		p, err := ParseKey(s)
+		p, p6, err := ParseDualKey(s)
 		if err != nil {
 			return
 		}
-		if !p.IsValid() || p.Masked() != p || !p.Addr().Is4() || KeyName(p) != s {
-			t.Fatalf("ParseKey(%q) = %v: not canonical", s, p)
+		if !p.IsValid() || p.Masked() != p || DualKeyName(p, p6) != s {
+			t.Fatalf("ParseDualKey(%q) = %v, %v: not canonical", s, p, p6)
+		}
+		if p6.IsValid() && (!p6.Addr().Is6() || p6.Masked() != p6 || !p.Addr().Is4()) {
+			t.Fatalf("ParseDualKey(%q) = %v, %v: not an IPv4 and an IPv6 subnet", s, p, p6)
 		}
 	})
 }
@@ -133,6 +222,8 @@ func FuzzParseLeaseAttrs(f *testing.F) {
 		`{"PublicIP":"172.17.42.31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"}}`,
 		`{"PublicIP":"172.17.42.32","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6a:1f:3e:00:11:22"},"BackendV6Data":null}`,
 		`{"PublicIP":"1.2.3.4","BackendType":"udp"}`, `{}`, `null`, `"x"`,
+		`{"PublicIP":"172.17.42.31","PublicIPv6":"fd00:17::31","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b8"},"BackendV6Data":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b9"}}`,
+		`{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:17::31","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"b2:69:2c:67:63:b9"}}`,
 		` { "PublicIP" : "10.0.0.1" , "BackendType":"vxlan", "BackendData": { "VtepMAC":"b2:69:2c:67:63:b8", "VNI": 4294967295 } } `,
 		`{"PublicIP":"10.0.0.1","PublicIP":null,"BackendType":"vxlan","BackendData":{"VNI":01,"VtepMAC":"b2:69:2c:67:63:b8"}}`,
 		`{"publicip":"10.0.0.1","BackendType":"vxlan","BackendData":null}`,
@@ -158,8 +249,8 @@ func FuzzParseLeaseAttrs(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !a.PublicIP.Is4() {
-			t.Fatalf("accepted PublicIP %v", a.PublicIP)
+		if !a.PublicIP.IsValid() && a.BackendType == "vxlan" || a.PublicIP6.IsValid() && (!a.PublicIP6.Is6() || !a.PublicIP.Is4()) {
+			t.Fatalf("accepted PublicIP %v, PublicIPv6 %v", a.PublicIP, a.PublicIP6)
 		}
 		if a.BackendType != "vxlan" {
 			return

@@ -14,23 +14,43 @@ type leaseValue struct {
 	VNI         uint32
 	VtepMAC     string
 	dataErr     error // BackendData is not the vxlan shape (decodeLeaseValue only)
+
+	PublicIP6     string
+	BackendV6Data bool
+	VNI6          uint32
+	VtepMAC6      string
+	dataErr6      error
 }
 
 // decodeLeaseValue reads a lease value with encoding/json: any JSON flannel
 // or an operator may write.
 func decodeLeaseValue(data []byte) (leaseValue, error) {
-	var w wireAttrs
+	var w struct {
+		wireAttrs
+		PublicIPv6 *string // null is absent
+	}
 	if err := json.Unmarshal(data, &w); err != nil {
 		return leaseValue{}, fmt.Errorf("lease value: not flannel's JSON: %w", err)
 	}
 	v := leaseValue{PublicIP: w.PublicIP, BackendType: w.BackendType,
-		BackendData: len(w.BackendData) > 0 && string(w.BackendData) != "null"}
+		BackendData:   len(w.BackendData) > 0 && string(w.BackendData) != "null",
+		BackendV6Data: len(w.BackendV6Data) > 0 && string(w.BackendV6Data) != "null"}
+	if w.PublicIPv6 != nil {
+		v.PublicIP6 = *w.PublicIPv6
+	}
 	if v.BackendType == "vxlan" && v.BackendData {
 		var x wireVXLAN
 		if err := json.Unmarshal(w.BackendData, &x); err != nil {
 			v.dataErr = fmt.Errorf("lease value: BackendData: %w", err)
 		}
 		v.VNI, v.VtepMAC = x.VNI, x.VtepMAC
+	}
+	if v.BackendType == "vxlan" && v.BackendV6Data {
+		var x wireVXLAN
+		if err := json.Unmarshal(w.BackendV6Data, &x); err != nil {
+			v.dataErr6 = fmt.Errorf("lease value: BackendV6Data: %w", err)
+		}
+		v.VNI6, v.VtepMAC6 = x.VNI, x.VtepMAC
 	}
 	return v, nil
 }
@@ -51,27 +71,15 @@ func scanLeaseValue(data []byte) (v leaseValue, ok bool) {
 			v.PublicIP, ok = s.str()
 		case "BackendType":
 			v.BackendType, ok = s.str()
-		case "PublicIPv6", "BackendV6Data": // flannel's dual-stack fields: ignored
+		case "PublicIPv6":
+			v.PublicIP6 = ""
 			if ok = s.null(); !ok {
-				_, ok = s.str()
+				v.PublicIP6, ok = s.str()
 			}
 		case "BackendData":
-			v.BackendData, v.VNI, v.VtepMAC = false, 0, ""
-			if s.null() {
-				return true
-			}
-			v.BackendData = true
-			ok = s.members(func(key []byte) bool {
-				switch string(key) {
-				case "VNI":
-					v.VNI, ok = s.uint32()
-				case "VtepMAC":
-					v.VtepMAC, ok = s.str()
-				default:
-					return false
-				}
-				return ok
-			})
+			v.BackendData, v.VNI, v.VtepMAC, ok = s.vxlanData()
+		case "BackendV6Data":
+			v.BackendV6Data, v.VNI6, v.VtepMAC6, ok = s.vxlanData()
 		default:
 			return false
 		}
@@ -83,6 +91,25 @@ func scanLeaseValue(data []byte) (v leaseValue, ok bool) {
 		return leaseValue{}, false
 	}
 	return v, true
+}
+
+// vxlanData reads null or {"VNI": n, "VtepMAC": "..."} (either member
+// optional, no other).
+func (s *scanner) vxlanData() (present bool, vni uint32, mac string, ok bool) {
+	if s.null() {
+		return false, 0, "", true
+	}
+	ok = s.members(func(key []byte) bool {
+		var ok bool
+		switch string(key) {
+		case "VNI":
+			vni, ok = s.uint32()
+		case "VtepMAC":
+			mac, ok = s.str()
+		}
+		return ok
+	})
+	return true, vni, mac, ok
 }
 
 // scanner walks the plain subset of JSON scanLeaseValue accepts.

@@ -30,6 +30,11 @@ type PeerFilter struct {
 	Underlay []netip.Prefix
 	// VtepMAC is this node's VTEP MAC, which no peer may claim.
 	VtepMAC []byte
+	// Self6 and VtepMAC6 are this node's IPv6 half in a dual-stack
+	// network: its IPv6 subnet and address, and the MAC of its
+	// flannel-v6 device. Self6 may be nil (no IPv6 half yet).
+	Self6    func() (netip.Prefix, netip.Addr)
+	VtepMAC6 []byte
 	// Foreign returns the destinations of this node's routes and addresses
 	// that weft did not make (see peer.Self); nil means none. It is called
 	// for every full re-check, so it may change.
@@ -53,7 +58,8 @@ type Snapshot struct {
 type Peer = peer.Peer
 
 func samePeer(p, q Peer) bool {
-	return p.PublicIP == q.PublicIP && bytes.Equal(p.VtepMAC, q.VtepMAC)
+	return p.PublicIP == q.PublicIP && bytes.Equal(p.VtepMAC, q.VtepMAC) &&
+		(p.V6 == nil) == (q.V6 == nil) && (p.V6 == nil || p.V6.Subnet == q.V6.Subnet && p.V6.PublicIP == q.V6.PublicIP && bytes.Equal(p.V6.VtepMAC, q.V6.VtepMAC))
 }
 
 // peerState is what WatchPeers knows between snapshots.
@@ -83,14 +89,22 @@ type peerState struct {
 	// out is sorted less the leases that fail the checks depending on who we
 	// are: the peers of the next snapshot, kept up to date by put and delete
 	// while outOK, so that one change costs O(log N) plus a copy.
-	out     []Peer
-	outOK   bool
-	dups    int // claims of an already claimed subnet that sorted left out
-	touched map[netip.Prefix]bool
+	out   []Peer
+	outOK bool
+	dups  int // claims of an already claimed subnet that sorted left out
+	// touched maps each subnet changed since the last snapshot to its key
+	// (a dual-stack key names two subnets, so the key is not the subnet's
+	// KeyName); a subnet touched under two keys makes it nil.
+	touched map[netip.Prefix]string
 	selfNet netip.Prefix // Self() at the last snapshot
 	selfIP  netip.Addr
 	self    peer.Self // the rules' view of this node, at the last full check
-	selfSet bool      // the first snapshot was made
+	// self6 is the rules' view of this node's IPv6 half (dual-stack), from
+	// Self6 at the last full check.
+	self6 peer.Self
+	// winners6 is v6Winners at the last full check.
+	winners6 map[claim6]*Lease
+	selfSet  bool // the first snapshot was made
 
 	// macs counts the valid leases by VtepMAC and blocks counts them by
 	// the subnet-sized block their PublicIP falls in (when inside Network):
@@ -99,11 +113,15 @@ type peerState struct {
 	// change needs the full check instead of the one-lease update.
 	macs   map[[6]byte]int
 	blocks map[netip.Prefix]int
+	// claims6 counts the valid leases' IPv6 halves (dual-stack) by VtepMAC
+	// and by subnet: what macs does for the first half, and the duplicate
+	// claims that sorted settles for the first subnet.
+	claims6 map[claim6]int
 }
 
 func newPeerState(r *Registry, f PeerFilter) *peerState {
 	return &peerState{r: r, f: f, valid: map[string]*Lease{}, logged: map[string]int64{}, held: map[string]heldLease{},
-		macs: map[[6]byte]int{}, blocks: map[netip.Prefix]int{}}
+		macs: map[[6]byte]int{}, blocks: map[netip.Prefix]int{}, claims6: map[claim6]int{}}
 }
 
 type heldLease struct {
@@ -221,6 +239,16 @@ func (ps *peerState) account(l *Lease, d int) (shared bool) {
 			delete(ps.blocks, b)
 		}
 	}
+	if l.Subnet6.IsValid() && ps.f.Config.Dual() {
+		for _, k := range []claim6{{mac: macKey(l.Attrs.VtepMAC6)}, {sub: l.Subnet6}} {
+			before := ps.claims6[k]
+			ps.claims6[k] = before + d
+			if ps.claims6[k] <= 0 {
+				delete(ps.claims6, k)
+			}
+			shared = shared || max(before, before+d) > 1
+		}
+	}
 	return shared || ps.blocks[l.Subnet] > 0
 }
 
@@ -267,11 +295,31 @@ func (ps *peerState) put(kv *mvccpb.KeyValue) {
 	ps.upsert(&l)
 }
 
+// touch records that l's subnet changed, under l's key.
+func (ps *peerState) touch(l *Lease) {
+	if ps.touched == nil {
+		return
+	}
+	if k, ok := ps.touched[l.Subnet]; ok && k != l.Key {
+		ps.clean, ps.touched = false, nil // two keys for one subnet: rebuild
+		return
+	}
+	ps.touched[l.Subnet] = l.Key
+}
+
+// peerOf is the peer a valid lease makes: with its IPv6 half in a
+// dual-stack network when it has one.
+func (ps *peerState) peerOf(l *Lease) Peer {
+	p := Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC}
+	if l.Subnet6.IsValid() && ps.f.Config.Dual() {
+		p.V6 = &Peer{Subnet: l.Subnet6, PublicIP: l.Attrs.PublicIP6, VtepMAC: l.Attrs.VtepMAC6}
+	}
+	return p
+}
+
 // upsert puts l into sorted at its subnet.
 func (ps *peerState) upsert(l *Lease) {
-	if ps.touched != nil {
-		ps.touched[l.Subnet] = true
-	}
+	ps.touch(l)
 	if !ps.clean {
 		return
 	}
@@ -306,7 +354,7 @@ func (ps *peerState) setOut(l Lease) {
 		}
 		return
 	}
-	p := Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC}
+	p := ps.peerOf(&l)
 	if found {
 		ps.out[j] = p
 	} else {
@@ -331,9 +379,7 @@ func (ps *peerState) remove(key string) {
 	if !ok {
 		return
 	}
-	if ps.touched != nil {
-		ps.touched[l.Subnet] = true
-	}
+	ps.touch(l)
 	if !ps.clean {
 		return
 	}
@@ -459,7 +505,12 @@ func (ps *peerState) snapshot() Snapshot {
 		if ps.f.Foreign != nil {
 			ps.self.Foreign = ps.f.Foreign()
 		}
+		ps.self6 = peer.Self{VtepMAC: ps.f.VtepMAC6, Underlay: ps.f.Underlay, Foreign: ps.self.Foreign}
+		if ps.f.Self6 != nil {
+			ps.self6.Subnet, ps.self6.PublicIP = ps.f.Self6()
+		}
 		winners := ps.macWinners()
+		ps.winners6 = ps.v6Winners()
 		ps.out = ps.out[:0]
 		for _, l := range ps.sorted {
 			if err := ps.checkDynamic(l, winners); err != nil {
@@ -468,7 +519,7 @@ func (ps *peerState) snapshot() Snapshot {
 				}
 				continue
 			}
-			ps.out = append(ps.out, Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: l.Attrs.VtepMAC})
+			ps.out = append(ps.out, ps.peerOf(l))
 		}
 		ps.outOK = true
 	}
@@ -497,7 +548,7 @@ func (ps *peerState) merge() {
 		if i < len(ps.sorted) && ps.sorted[i].Subnet == s {
 			i++ // its current lease, if any, follows
 		}
-		key := ps.r.subnetsPrefix() + KeyName(s)
+		key := ps.touched[s]
 		if l, ok := ps.valid[key]; ok {
 			next = append(next, l)
 		} else if h, ok := ps.held[key]; ok {
@@ -532,12 +583,64 @@ func (ps *peerState) checkDynamic(l *Lease, winners map[[6]byte]*Lease) error {
 	if w := winners[macKey(l.Attrs.VtepMAC)]; w != nil && w != l {
 		return fmt.Errorf("VtepMAC %v: already used by the earlier lease of %v", l.Attrs.VtepMAC, w.Subnet)
 	}
+	if l.Subnet6.IsValid() && ps.f.Config.Dual() {
+		p6 := Peer{Subnet: l.Subnet6, PublicIP: l.Attrs.PublicIP6, VtepMAC: l.Attrs.VtepMAC6}
+		if err := peer.CheckAgainst(&p6, ps.f.Config.Rules6(), &ps.self6); err != nil {
+			return fmt.Errorf("IPv6 half: %w", err)
+		}
+		if w := ps.winners6[claim6{mac: macKey(l.Attrs.VtepMAC6)}]; w != nil && w != l {
+			return fmt.Errorf("IPv6 half: VtepMAC %v: already used by the earlier lease of %v", l.Attrs.VtepMAC6, w.Subnet)
+		}
+		if w := ps.winners6[claim6{sub: l.Subnet6}]; w != nil && w != l {
+			return fmt.Errorf("IPv6 half: subnet %v: also claimed by the earlier lease of %v", l.Subnet6, w.Subnet)
+		}
+		if b, ok := ps.f.Config.Rules6().Block(l.Attrs.PublicIP6); ok && ps.claims6[claim6{sub: b}] > 0 {
+			return fmt.Errorf("IPv6 half: PublicIP %v: inside the leased subnet %v", l.Attrs.PublicIP6, b)
+		}
+	}
 	if b, ok := ps.f.Config.Rules().Block(l.Attrs.PublicIP); ok {
 		if i, found := slices.BinarySearchFunc(ps.sorted, b, leaseAt); found && ps.sorted[i].Subnet == b {
 			return fmt.Errorf("PublicIP %v: inside the leased subnet %v", l.Attrs.PublicIP, b)
 		}
 	}
 	return nil
+}
+
+// claim6 is one claim of a lease's IPv6 half: its VtepMAC or its subnet.
+type claim6 struct {
+	mac [6]byte
+	sub netip.Prefix
+}
+
+// v6Winners returns, for each IPv6 claim more than one valid lease makes,
+// the lease that keeps it (the earliest, as macWinners); nil when none is
+// shared.
+func (ps *peerState) v6Winners() map[claim6]*Lease {
+	var w map[claim6]*Lease
+	for _, n := range ps.claims6 {
+		if n > 1 {
+			w = map[claim6]*Lease{}
+			break
+		}
+	}
+	if w == nil {
+		return nil
+	}
+	for _, l := range ps.sorted {
+		if !l.Subnet6.IsValid() {
+			continue
+		}
+		for _, k := range []claim6{{mac: macKey(l.Attrs.VtepMAC6)}, {sub: l.Subnet6}} {
+			if ps.claims6[k] < 2 {
+				continue
+			}
+			if cur := w[k]; cur == nil || l.CreateRevision < cur.CreateRevision ||
+				l.CreateRevision == cur.CreateRevision && l.Key < cur.Key {
+				w[k] = l
+			}
+		}
+	}
+	return w
 }
 
 // macKey is m as a map key; the zero key for anything but 6 bytes (which
@@ -584,7 +687,7 @@ func (ps *peerState) macWinners() map[[6]byte]*Lease {
 func (ps *peerState) count(peers []Peer) {
 	if ps.touched == nil {
 		ps.countAll(peers)
-		ps.touched = map[netip.Prefix]bool{}
+		ps.touched = map[netip.Prefix]string{}
 	} else {
 		for s := range ps.touched {
 			i, is := slices.BinarySearchFunc(peers, s, peerAt)

@@ -51,7 +51,7 @@
 // # Batches
 //
 // Entries are not written one request at a time, each waiting for its
-// answer: the kernel package builds the netlink requests itself and sends
+// answer: package rtnl builds the netlink requests itself and sends
 // hundreds in one sendmsg on one persistent socket, with NLM_F_ACK only on
 // the last request of each write. The kernel processes the whole write before
 // sendmsg returns and reports every failure anyway, by sequence number, which
@@ -99,5 +99,8 @@
 // (`make bench` checks it).
 //
 // All kernel access goes through nlAPI, a small seam implemented by kernel
-// and, in tests, by a fake that prints its state as iproute2 commands.
+// (a netlink handle for the device and its address, an rtnl.Conn for the
+// entries) and, in tests, by a fake that prints its state as iproute2
+// commands. The protocol itself (requests, batches, dumps, parsers, the
+// event socket) is package rtnl's.
 package vxlan

@@ -9,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/rtnl"
 )
 
 // fakeNL is an in-memory kernel: links, addresses, main-table routes,
@@ -19,14 +21,16 @@ type fakeNL struct {
 	links     map[int]netlink.Link
 	nextIndex int
 	addrs     map[int][]netip.Prefix
-	routeTab  map[routeKey]kRoute
-	neighTab  map[neighKey]kNeigh
-	fdbTab    map[fdbKey][]kFDB // the remotes of a MAC (one for unicast)
+	routeTab  map[routeKey]rtnl.Route
+	neighTab  map[neighKey]rtnl.Neigh
+	fdbTab    map[fdbKey][]rtnl.FDB // the remotes of a MAC (one for unicast)
 
 	ops   []string
 	dumps int
 	// fail, when it returns an error for an op (as logged), fails that op.
 	fail func(op string) error
+	// txOff holds the devices whose tx checksum offload is off.
+	txOff map[string]bool
 	// interrupt makes that many dumps return errDumpInterrupted.
 	interrupt int
 }
@@ -47,7 +51,7 @@ type neighKey struct {
 
 type fdbKey struct {
 	index int
-	mac   mac
+	mac   rtnl.MAC
 }
 
 // newFakeNL returns a fake with an uplink "eth0" (index 2, MTU 1500).
@@ -56,9 +60,9 @@ func newFakeNL() *fakeNL {
 		links:     map[int]netlink.Link{},
 		nextIndex: 10,
 		addrs:     map[int][]netip.Prefix{},
-		routeTab:  map[routeKey]kRoute{},
-		neighTab:  map[neighKey]kNeigh{},
-		fdbTab:    map[fdbKey][]kFDB{},
+		routeTab:  map[routeKey]rtnl.Route{},
+		neighTab:  map[neighKey]rtnl.Neigh{},
+		fdbTab:    map[fdbKey][]rtnl.FDB{},
 	}
 	f.links[2] = &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: 2, Name: "eth0", MTU: 1500, Flags: net.FlagUp}}
 	return f
@@ -147,7 +151,7 @@ func (f *fakeNL) LinkDel(link netlink.Link) error {
 	delete(f.links, idx)
 	delete(f.addrs, idx)
 	for k, r := range f.routeTab {
-		if r.index == idx {
+		if r.Index == idx {
 			delete(f.routeTab, k)
 		}
 	}
@@ -186,6 +190,24 @@ func (f *fakeNL) LinkSetMTU(link netlink.Link, mtu int) error {
 
 func (f *fakeNL) LinkSetHardwareAddr(link netlink.Link, hw net.HardwareAddr) error {
 	return f.setLink(link, "address "+hw.String(), func(a *netlink.LinkAttrs) { a.HardwareAddr = hw })
+}
+
+func (f *fakeNL) TxChecksum(name string) (bool, error) {
+	if f.txOff == nil {
+		return true, nil
+	}
+	return !f.txOff[name], nil
+}
+
+func (f *fakeNL) SetTxChecksum(name string, on bool) error {
+	if err := f.do(fmt.Sprintf("ethtool -K %s tx %s", name, map[bool]string{true: "on", false: "off"}[on])); err != nil {
+		return err
+	}
+	if f.txOff == nil {
+		f.txOff = map[string]bool{}
+	}
+	f.txOff[name] = !on
+	return nil
 }
 
 func (f *fakeNL) AddrList(link netlink.Link, family int) ([]netlink.Addr, error) {
@@ -228,14 +250,14 @@ func (f *fakeNL) dump() error {
 	f.dumps++
 	if f.interrupt > 0 {
 		f.interrupt--
-		return errDumpInterrupted
+		return rtnl.ErrDumpInterrupted
 	}
 	return nil
 }
 
-// routes shows the whole main table, as the kernel's dump filtered by
+// DumpRoutes shows the whole main table, as the kernel's dump filtered by
 // table does.
-func (f *fakeNL) routes(index int, each func(*kRoute)) error {
+func (f *fakeNL) DumpRoutes(index int, each func(*rtnl.Route)) error {
 	if err := f.dump(); err != nil {
 		return err
 	}
@@ -245,7 +267,7 @@ func (f *fakeNL) routes(index int, each func(*kRoute)) error {
 	return nil
 }
 
-func (f *fakeNL) neighs(index int, each func(*kNeigh)) error {
+func (f *fakeNL) DumpNeighs(index int, each func(*rtnl.Neigh)) error {
 	if err := f.dump(); err != nil {
 		return err
 	}
@@ -257,7 +279,7 @@ func (f *fakeNL) neighs(index int, each func(*kNeigh)) error {
 	return nil
 }
 
-func (f *fakeNL) fdb(index int, each func(*kFDB)) error {
+func (f *fakeNL) DumpFDB(index int, each func(*rtnl.FDB)) error {
 	if err := f.dump(); err != nil {
 		return err
 	}
@@ -271,7 +293,7 @@ func (f *fakeNL) fdb(index int, each func(*kFDB)) error {
 	return nil
 }
 
-func (f *fakeNL) write(index int, ops []op, fail func(i int, err error)) {
+func (f *fakeNL) Write(index int, ops []rtnl.Op, fail func(i int, err error)) {
 	for i := range ops {
 		if err := f.apply(index, &ops[i]); err != nil {
 			fail(i, err)
@@ -281,30 +303,30 @@ func (f *fakeNL) write(index int, ops []op, fail func(i int, err error)) {
 
 // apply makes one change with the kernel's semantics: replacements create
 // or overwrite, removals of what is not there fail with ENOENT or ESRCH.
-func (f *fakeNL) apply(index int, o *op) error {
+func (f *fakeNL) apply(index int, o *rtnl.Op) error {
 	if _, ok := f.links[index]; !ok {
 		return unix.ENODEV
 	}
-	switch o.kind {
-	case routeDel:
+	switch o.Kind {
+	case rtnl.RouteDel:
 		dev := index
-		if o.oif != 0 {
-			dev = o.oif
+		if o.OIF != 0 {
+			dev = o.OIF
 		}
-		k := routeKey{o.dst, o.metric, o.tos}
-		if r, ok := f.routeTab[k]; !ok || (dev > 0 && r.index != dev) {
+		k := routeKey{o.Dst, o.Metric, o.TOS}
+		if r, ok := f.routeTab[k]; !ok || (dev > 0 && r.Index != dev) {
 			return unix.ESRCH
 		}
-	case neighDel:
-		if _, ok := f.neighTab[neighKey{index, o.ip}]; !ok {
+	case rtnl.NeighDel:
+		if _, ok := f.neighTab[neighKey{index, o.IP}]; !ok {
 			return unix.ENOENT
 		}
-	case fdbDel:
-		remotes := f.fdbTab[fdbKey{index, o.mac}]
+	case rtnl.FDBDel:
+		remotes := f.fdbTab[fdbKey{index, o.MAC}]
 		if len(remotes) == 0 {
 			return unix.ENOENT
 		}
-		if !slices.ContainsFunc(remotes, func(r kFDB) bool { return sameRemote(r, o) }) {
+		if !slices.ContainsFunc(remotes, func(r rtnl.FDB) bool { return sameRemote(r, o) }) {
 			// Like vxlan_fdb_delete: a known MAC with another
 			// remote is "deleted" successfully, untouched.
 			return nil
@@ -313,24 +335,28 @@ func (f *fakeNL) apply(index int, o *op) error {
 	if err := f.do(o.String()); err != nil {
 		return err
 	}
-	switch o.kind {
-	case fdbSet:
+	switch o.Kind {
+	case rtnl.FDBSet:
 		// A unicast MAC has one remote, which replace rewrites in place.
-		f.fdbTab[fdbKey{index, o.mac}] = []kFDB{{mac: o.mac, dst: o.ip, state: unix.NUD_PERMANENT, index: index}}
-	case neighSet:
-		f.neighTab[neighKey{index, o.ip}] = kNeigh{ip: o.ip, mac: o.mac, state: unix.NUD_PERMANENT, index: index}
-	case routeSet:
-		f.routeTab[routeKey{o.dst, o.metric, 0}] = kRoute{
-			dst: o.dst, gw: o.ip, metric: o.metric, proto: routeProtocol, scope: unix.RT_SCOPE_UNIVERSE,
-			typ: unix.RTN_UNICAST, onlink: true, table: unix.RT_TABLE_MAIN, index: index,
+		f.fdbTab[fdbKey{index, o.MAC}] = []rtnl.FDB{{MAC: o.MAC, Dst: o.IP, State: unix.NUD_PERMANENT, Index: index}}
+	case rtnl.NeighSet:
+		f.neighTab[neighKey{index, o.IP}] = rtnl.Neigh{IP: o.IP, MAC: o.MAC, State: unix.NUD_PERMANENT, Index: index}
+	case rtnl.RouteSet:
+		dev, onlink := index, true
+		if o.OIF > 0 { // a direct route
+			dev, onlink = o.OIF, false
 		}
-	case routeDel:
-		delete(f.routeTab, routeKey{o.dst, o.metric, o.tos})
-	case neighDel:
-		delete(f.neighTab, neighKey{index, o.ip})
-	case fdbDel:
-		k := fdbKey{index, o.mac}
-		remotes := slices.DeleteFunc(f.fdbTab[k], func(r kFDB) bool { return sameRemote(r, o) })
+		f.routeTab[routeKey{o.Dst, o.Metric, 0}] = rtnl.Route{
+			Dst: o.Dst, GW: o.IP, Metric: o.Metric, Proto: rtnl.RouteProtocol, Scope: unix.RT_SCOPE_UNIVERSE,
+			Type: unix.RTN_UNICAST, Onlink: onlink, Table: unix.RT_TABLE_MAIN, Index: dev,
+		}
+	case rtnl.RouteDel:
+		delete(f.routeTab, routeKey{o.Dst, o.Metric, o.TOS})
+	case rtnl.NeighDel:
+		delete(f.neighTab, neighKey{index, o.IP})
+	case rtnl.FDBDel:
+		k := fdbKey{index, o.MAC}
+		remotes := slices.DeleteFunc(f.fdbTab[k], func(r rtnl.FDB) bool { return sameRemote(r, o) })
 		if len(remotes) == 0 {
 			delete(f.fdbTab, k)
 		} else {
@@ -340,8 +366,8 @@ func (f *fakeNL) apply(index int, o *op) error {
 	return nil
 }
 
-func sameRemote(r kFDB, o *op) bool {
-	return r.dst == o.ip && r.port == o.port && r.hasVNI == o.hasVNI && r.vni == o.vni && r.remoteIf == o.remoteIf
+func sameRemote(r rtnl.FDB, o *rtnl.Op) bool {
+	return r.Dst == o.IP && r.Port == o.Port && r.HasVNI == o.HasVNI && r.VNI == o.VNI && r.RemoteIf == o.RemoteIf
 }
 
 // String prints the links and addresses, then entries.
@@ -375,22 +401,22 @@ func (f *fakeNL) entries() string {
 	var fdb, neighs, routes []string
 	for k, remotes := range f.fdbTab {
 		for _, r := range remotes {
-			fdb = append(fdb, fmt.Sprintf("bridge fdb add %v dev %s dst %v self%s", k.mac, f.name(k.index), r.dst, state(r.state, " permanent")))
+			fdb = append(fdb, fmt.Sprintf("bridge fdb add %v dev %s dst %v self%s", k.mac, f.name(k.index), r.Dst, state(r.State, " permanent")))
 		}
 	}
 	for k, n := range f.neighTab {
-		neighs = append(neighs, fmt.Sprintf("ip neigh add %v lladdr %v dev %s%s", k.ip, n.mac, f.name(k.index), state(n.state, " nud permanent")))
+		neighs = append(neighs, fmt.Sprintf("ip neigh add %v lladdr %v dev %s%s", k.ip, n.MAC, f.name(k.index), state(n.State, " nud permanent")))
 	}
 	for _, r := range f.routeTab {
-		s := fmt.Sprintf("ip route add %v via %v dev %s", r.dst, r.gw, f.name(r.index))
-		if r.onlink {
+		s := fmt.Sprintf("ip route add %v via %v dev %s", r.Dst, r.GW, f.name(r.Index))
+		if r.Onlink {
 			s += " onlink"
 		}
-		if r.metric != 0 {
-			s += fmt.Sprintf(" metric %d", r.metric)
+		if r.Metric != 0 {
+			s += fmt.Sprintf(" metric %d", r.Metric)
 		}
-		if r.proto != unix.RTPROT_BOOT {
-			s += fmt.Sprintf(" proto %d", r.proto)
+		if r.Proto != unix.RTPROT_BOOT {
+			s += fmt.Sprintf(" proto %d", r.Proto)
 		}
 		routes = append(routes, s)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/weft-net/weft/backend"
 	rulebook "github.com/weft-net/weft/peer"
+	"github.com/weft-net/weft/rtnl"
 )
 
 // FuzzSet feeds Set runs of hostile peer lists on the fake kernel: shared
@@ -135,46 +136,46 @@ func checkKernel(t *testing.T, fk *fakeNL, d *Device, ps []backend.Peer) {
 	self := rulebook.Self{Subnet: d.cfg.Subnet, PublicIP: d.cfg.Local, VtepMAC: d.cfg.MAC}
 	accepted := func(p *backend.Peer) bool { return rulebook.Check(p, rulebook.Network{}, &self) == nil }
 
-	neighs := map[netip.Addr]mac{}
-	byMAC := map[mac]netip.Addr{}
+	neighs := map[netip.Addr]rtnl.MAC{}
+	byMAC := map[rtnl.MAC]netip.Addr{}
 	for k, n := range fk.neighTab {
 		if k.index != idx {
 			continue
 		}
-		if o, dup := byMAC[n.mac]; dup {
-			t.Fatalf("two neighbours with MAC %v: %v and %v\n%s", n.mac, o, k.ip, fk.entries())
+		if o, dup := byMAC[n.MAC]; dup {
+			t.Fatalf("two neighbours with MAC %v: %v and %v\n%s", n.MAC, o, k.ip, fk.entries())
 		}
-		byMAC[n.mac], neighs[k.ip] = k.ip, n.mac
+		byMAC[n.MAC], neighs[k.ip] = k.ip, n.MAC
 	}
-	fdb := map[mac]netip.Addr{}
+	fdb := map[rtnl.MAC]netip.Addr{}
 	for k, rs := range fk.fdbTab {
 		if k.index == idx {
 			if len(rs) != 1 {
 				t.Fatalf("FDB entry %v has %d remotes", k.mac, len(rs))
 			}
-			fdb[k.mac] = rs[0].dst
+			fdb[k.mac] = rs[0].Dst
 		}
 	}
 	programmed := map[netip.Prefix]bool{}
 	for _, r := range fk.routeTab {
-		if r.index != idx {
+		if r.Index != idx {
 			continue
 		}
-		m, ok := neighs[r.dst.Addr()]
+		m, ok := neighs[r.Dst.Addr()]
 		dst, ok2 := fdb[m]
-		if !ok || !ok2 || r.gw != r.dst.Addr() {
-			t.Fatalf("route to %v without its neighbour and FDB entry:\n%s", r.dst, fk.entries())
+		if !ok || !ok2 || r.GW != r.Dst.Addr() {
+			t.Fatalf("route to %v without its neighbour and FDB entry:\n%s", r.Dst, fk.entries())
 		}
 		i := slices.IndexFunc(ps, func(p backend.Peer) bool {
-			return p.Subnet == r.dst && len(p.VtepMAC) == 6 && mac(p.VtepMAC) == m && p.PublicIP.Unmap() == dst
+			return p.Subnet == r.Dst && len(p.VtepMAC) == 6 && rtnl.MAC(p.VtepMAC) == m && p.PublicIP.Unmap() == dst
 		})
 		if i < 0 {
-			t.Fatalf("entries for %v (%v, %v) match no peer of the input:\n%s", r.dst, dst, m, fk.entries())
+			t.Fatalf("entries for %v (%v, %v) match no peer of the input:\n%s", r.Dst, dst, m, fk.entries())
 		}
 		if err := rulebook.Check(&ps[i], rulebook.Network{}, &self); err != nil {
 			t.Fatalf("programmed a peer the rulebook refuses: %v\n%s", err, fk.entries())
 		}
-		programmed[r.dst] = true
+		programmed[r.Dst] = true
 	}
 	if len(programmed) != len(neighs) || len(neighs) != len(fdb) {
 		t.Fatalf("%d routes, %d neighbours, %d FDB entries: some are not whole peers\n%s",

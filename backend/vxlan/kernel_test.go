@@ -557,3 +557,99 @@ func TestLargeSetPausesSubscription(t *testing.T) {
 		t.Errorf("no kick within 1s of an FDB entry deleted by hand after the pause")
 	}
 }
+
+// TestKernelIPv6 is the same code path for the other family: a device named
+// flannel-v6.1 with the uplink's MTU minus 70, the v6 half of a peer
+// programmed as a route, a permanent neighbour and an FDB entry to its
+// PublicIPv6, repaired when deleted, and pings across it.
+func TestKernelIPv6(t *testing.T) {
+	skipUnlessRoot(t)
+	if _, err := exec.LookPath("ping"); err != nil {
+		t.Skip("needs ping")
+	}
+	ns1, ns2 := newNetns(t), newNetns(t)
+	sh(t, "ip", "-n", ns1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", ns2)
+	n1 := setupNode6(t, ns1, "fd00:17::31", "fd42:0:0:1c::/64", mac1)
+	n2 := setupNode6(t, ns2, "fd00:17::32", "fd42:0:0:4e::/64", mac2)
+	ctx := context.Background()
+	var d1 *Device
+	for _, pair := range [][2]*node{{n1, n2}, {n2, n1}} {
+		d := pair[0].device(t, pair[0].mac)
+		if d.Name() != "flannel-v6.1" {
+			t.Fatalf("device name %q, want flannel-v6.1", d.Name())
+		}
+		if _, err := d.Ensure(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Set(ctx, []backend.Peer{pair[1].peer()}); err != nil {
+			t.Fatal(err)
+		}
+		if d1 == nil {
+			d1 = d
+		}
+	}
+	if d1.MTU() != 1500-70 {
+		t.Errorf("MTU %d, want 1430", d1.MTU())
+	}
+	const (
+		route = "fd42:0:0:4e::/64 via fd42:0:0:4e:: metric 79 onlink pref medium"
+		neigh = "fd42:0:0:4e:: lladdr b2:69:2c:67:63:02 PERMANENT"
+		fdb   = "b2:69:2c:67:63:02 dst fd00:17::32 self permanent"
+	)
+	check := func(when string) {
+		t.Helper()
+		if got := n1.show(t, "ip", "-6", "route", "show", "dev", "flannel-v6.1"); !strings.Contains(got, route) {
+			t.Errorf("%s: ip -6 route show dev flannel-v6.1:\n%s\nwant a line %q", when, got, route)
+		}
+		if got := n1.show(t, "ip", "-6", "neigh", "show", "dev", "flannel-v6.1", "nud", "permanent"); got != neigh {
+			t.Errorf("%s: ip -6 neigh:\n%s\nwant %q", when, got, neigh)
+		}
+		if got := n1.show(t, "bridge", "fdb", "show", "dev", "flannel-v6.1"); !strings.Contains(got, fdb) {
+			t.Errorf("%s: bridge fdb:\n%s\nwant a line %q", when, got, fdb)
+		}
+	}
+	check("after Set")
+	if got := n1.show(t, "ip", "-d", "link", "show", "flannel-v6.1"); !strings.Contains(got, "nolearning") || !strings.Contains(got, "local fd00:17::31") {
+		t.Errorf("ip -d link show flannel-v6.1:\n%s\nwant nolearning and local fd00:17::31", got)
+	}
+	out, err := exec.Command("ip", "netns", "exec", ns1, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "fd42:0:0:4e::").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ping node2's v6 VTEP address over the overlay: %v\n%s", err, out)
+	}
+	sh(t, "ip", "-n", n1.ns, "-6", "route", "del", "fd42:0:0:4e::/64", "dev", "flannel-v6.1")
+	sh(t, "ip", "-n", n1.ns, "-6", "neigh", "del", "fd42:0:0:4e::", "dev", "flannel-v6.1")
+	sh(t, "bridge", "-n", n1.ns, "fdb", "del", "b2:69:2c:67:63:02", "dev", "flannel-v6.1", "dst", "fd00:17::32")
+	rep, err := d1.Reconcile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Route != 1 || rep.Neigh != 1 || rep.FDB != 1 {
+		t.Errorf("repairs %+v, want one of each", rep)
+	}
+	check("after repair")
+}
+
+func setupNode6(t *testing.T, ns, local, subnet string, mac net.HardwareAddr) *node {
+	t.Helper()
+	sh(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.eth0.accept_dad=0")
+	sh(t, "ip", "-n", ns, "addr", "add", local+"/64", "dev", "eth0", "nodad")
+	sh(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+	nsh, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nsh.Close() })
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &node{
+		ns: ns, nsh: nsh, uplink: eth0.Attrs().Index,
+		local: netip.MustParseAddr(local), subnet: netip.MustParsePrefix(subnet), mac: mac,
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/rtnl"
 )
 
 // Repairs counts the kernel changes a Reconcile made, per kind. Link counts a
@@ -33,19 +35,31 @@ type stamps [3]uint64
 // It plans the removal of entries no peer wants, except the kernel's own
 // routes and neighbour entries that are not permanent (which the kernel
 // makes and expires itself).
-func (d *Device) compareLocked(ops *[numOpKinds][]op) (st stamps, err error) {
+func (d *Device) compareLocked(ops *[rtnl.NumOpKinds][]rtnl.Op) (st stamps, err error) {
 	next := func() uint64 { d.stamp++; return d.stamp }
 
-	err = retryDump("routes", func() error {
-		st[routeSet-fdbSet], ops[routeDel] = next(), ops[routeDel][:0]
-		stamp := st[routeSet-fdbSet]
-		return d.nl.routes(d.index, func(r *kRoute) {
-			if r.proto == unix.RTPROT_KERNEL {
+	err = rtnl.RetryDump("routes", func() error {
+		st[rtnl.RouteSet-rtnl.FDBSet], ops[rtnl.RouteDel] = next(), ops[rtnl.RouteDel][:0]
+		stamp := st[rtnl.RouteSet-rtnl.FDBSet]
+		return d.nl.DumpRoutes(d.index, func(r *rtnl.Route) {
+			if r.Proto == unix.RTPROT_KERNEL {
 				return // e.g. fe80::/64, the kernel's own
 			}
-			w := d.want[r.dst.Addr()]
-			wanted := w != nil && w.subnet == r.dst
-			if r.index != d.index {
+			w := d.want[r.Dst.Addr()]
+			wanted := w != nil && w.subnet == r.Dst
+			if r.Index == d.cfg.UplinkIndex && d.directRoute(r) {
+				// One of weft's direct routes (DirectRouting).
+				switch {
+				case wanted && w.direct && r.GW == w.public:
+					w.routeOK = stamp
+				case wanted:
+					// The replacement overwrites it (same key).
+				default:
+					ops[rtnl.RouteDel] = append(ops[rtnl.RouteDel], rtnl.Op{Kind: rtnl.RouteDel, Dst: r.Dst, Metric: r.Metric, OIF: r.Index})
+				}
+				return
+			}
+			if r.Index != d.index {
 				// Not on the device, so not weft's: it is never deleted
 				// (weft never removes a route it did not make). One that
 				// takes a peer's traffic is an operator's decision; the
@@ -54,12 +68,12 @@ func (d *Device) compareLocked(ops *[numOpKinds][]op) (st stamps, err error) {
 				return
 			}
 			switch {
-			case wanted && routeIsCanonical(r):
+			case wanted && !w.direct && routeIsCanonical(r):
 				w.routeOK = stamp
-			case wanted && r.metric == metricOf(r.dst) && r.tos == 0:
+			case wanted && r.Metric == metricOf(r.Dst) && r.TOS == 0:
 				// Our route's key: the replacement overwrites it.
 			default:
-				ops[routeDel] = append(ops[routeDel], op{kind: routeDel, dst: r.dst, metric: r.metric, tos: r.tos, nhid: r.nhid})
+				ops[rtnl.RouteDel] = append(ops[rtnl.RouteDel], rtnl.Op{Kind: rtnl.RouteDel, Dst: r.Dst, Metric: r.Metric, TOS: r.TOS, NHID: r.NHID})
 			}
 		})
 	})
@@ -67,21 +81,27 @@ func (d *Device) compareLocked(ops *[numOpKinds][]op) (st stamps, err error) {
 		return st, fmt.Errorf("reading routes of %s: %w", d.cfg.Name, err)
 	}
 
-	err = retryDump("neighbours", func() error {
-		st[neighSet-fdbSet], ops[neighDel] = next(), ops[neighDel][:0]
-		stamp := st[neighSet-fdbSet]
-		return d.nl.neighs(d.index, func(n *kNeigh) {
-			if !n.ip.IsValid() {
+	err = rtnl.RetryDump("neighbours", func() error {
+		st[rtnl.NeighSet-rtnl.FDBSet], ops[rtnl.NeighDel] = next(), ops[rtnl.NeighDel][:0]
+		stamp := st[rtnl.NeighSet-rtnl.FDBSet]
+		return d.nl.DumpNeighs(d.index, func(n *rtnl.Neigh) {
+			if !n.IP.IsValid() {
 				return
 			}
-			w := d.want[n.ip]
+			w := d.want[n.IP]
 			switch {
-			case w != nil && n.permanent() && n.mac == w.mac:
+			case w != nil && w.direct:
+				// A direct peer has no neighbour on the device: a
+				// leftover of its VXLAN days.
+				if n.Permanent() {
+					ops[rtnl.NeighDel] = append(ops[rtnl.NeighDel], rtnl.Op{Kind: rtnl.NeighDel, IP: n.IP})
+				}
+			case w != nil && n.Permanent() && n.MAC == w.mac:
 				w.neighOK = stamp
 			case w != nil:
 				// Replaced.
-			case n.permanent():
-				ops[neighDel] = append(ops[neighDel], op{kind: neighDel, ip: n.ip})
+			case n.Permanent():
+				ops[rtnl.NeighDel] = append(ops[rtnl.NeighDel], rtnl.Op{Kind: rtnl.NeighDel, IP: n.IP})
 			}
 		})
 	})
@@ -93,22 +113,25 @@ func (d *Device) compareLocked(ops *[numOpKinds][]op) (st stamps, err error) {
 	// more. Wrong remotes of a MAC that also has the right one are removed
 	// one by one; a MAC with only wrong ones is rewritten by the
 	// replacement (which keeps one remote and rewrites it).
-	var wrong []kFDB
-	err = retryDump("FDB entries", func() error {
-		st[0], ops[fdbDel], wrong = next(), ops[fdbDel][:0], wrong[:0]
+	var wrong []rtnl.FDB
+	err = rtnl.RetryDump("FDB entries", func() error {
+		st[0], ops[rtnl.FDBDel], wrong = next(), ops[rtnl.FDBDel][:0], wrong[:0]
 		stamp := st[0]
-		return d.nl.fdb(d.index, func(f *kFDB) {
-			if !f.mac.unicast() {
+		return d.nl.DumpFDB(d.index, func(f *rtnl.FDB) {
+			if !f.MAC.Unicast() {
 				return // the default destination or a multicast entry
 			}
-			w := d.macs[f.mac]
+			w := d.macs[f.MAC]
+			if w != nil && w.direct {
+				w = nil // a direct peer has no FDB entry: remove it
+			}
 			switch {
 			case w != nil && fdbIsCanonical(f, w):
 				w.fdbOK = stamp
 			case w != nil:
 				wrong = append(wrong, *f)
-			case f.permanent():
-				ops[fdbDel] = append(ops[fdbDel], fdbDelOp(f))
+			case f.Permanent():
+				ops[rtnl.FDBDel] = append(ops[rtnl.FDBDel], fdbDelOp(f))
 			}
 		})
 	})
@@ -116,46 +139,53 @@ func (d *Device) compareLocked(ops *[numOpKinds][]op) (st stamps, err error) {
 		return st, fmt.Errorf("reading FDB of %s: %w", d.cfg.Name, err)
 	}
 	for i := range wrong {
-		if d.macs[wrong[i].mac].fdbOK == st[0] {
-			ops[fdbDel] = append(ops[fdbDel], fdbDelOp(&wrong[i]))
+		if w := d.macs[wrong[i].MAC]; w != nil && w.fdbOK == st[0] {
+			ops[rtnl.FDBDel] = append(ops[rtnl.FDBDel], fdbDelOp(&wrong[i]))
 		}
 	}
 
 	// Removals come in the kernel's order; sorted, they read better (and
 	// test logs stay stable). Additions are left to applyLocked, which
 	// makes them from the stamps, in the order of d.last.
-	slices.SortFunc(ops[routeDel], func(a, b op) int { return cmp.Or(comparePrefix(a.dst, b.dst), cmp.Compare(a.metric, b.metric)) })
-	slices.SortFunc(ops[neighDel], func(a, b op) int { return a.ip.Compare(b.ip) })
-	slices.SortFunc(ops[fdbDel], func(a, b op) int { return cmp.Or(bytes.Compare(a.mac[:], b.mac[:]), a.ip.Compare(b.ip)) })
+	slices.SortFunc(ops[rtnl.RouteDel], func(a, b rtnl.Op) int { return cmp.Or(comparePrefix(a.Dst, b.Dst), cmp.Compare(a.Metric, b.Metric)) })
+	slices.SortFunc(ops[rtnl.NeighDel], func(a, b rtnl.Op) int { return a.IP.Compare(b.IP) })
+	slices.SortFunc(ops[rtnl.FDBDel], func(a, b rtnl.Op) int { return cmp.Or(bytes.Compare(a.MAC[:], b.MAC[:]), a.IP.Compare(b.IP)) })
 	return st, nil
 }
 
-// shadows reports whether r, a route to a wanted peer's subnet that is not
-// ours, would carry the peer's traffic instead of ours.
-func shadows(r *kRoute) bool {
-	return r.tos == 0 && r.metric < metricOf(r.dst)
+func routeIsCanonical(r *rtnl.Route) bool {
+	return r.GW == r.Dst.Addr() &&
+		r.Metric == metricOf(r.Dst) &&
+		r.Onlink &&
+		r.Proto == rtnl.RouteProtocol &&
+		r.Scope == unix.RT_SCOPE_UNIVERSE &&
+		r.Type == unix.RTN_UNICAST &&
+		r.TOS == 0 && r.NHID == 0 && !r.Other
 }
 
-func routeIsCanonical(r *kRoute) bool {
-	return r.gw == r.dst.Addr() &&
-		r.metric == metricOf(r.dst) &&
-		r.onlink &&
-		r.proto == routeProtocol &&
-		r.scope == unix.RT_SCOPE_UNIVERSE &&
-		r.typ == unix.RTN_UNICAST &&
-		r.tos == 0 && r.nhid == 0 && !r.other
+// directRoute reports whether r, a route through the uplink, is one weft
+// makes with DirectRouting: its protocol and the peer metric of its
+// destination, a gateway, into the overlay, nothing else set. Only with a
+// Network known (otherwise no route on the uplink is ever taken for
+// weft's); with DirectRouting off too, so that the direct routes of a run
+// with it on are replaced or removed, not left behind.
+func (d *Device) directRoute(r *rtnl.Route) bool {
+	return d.cfg.Network.IsValid() && d.cfg.Network.Contains(r.Dst.Addr()) && r.Dst.Bits() >= d.cfg.Network.Bits() &&
+		r.GW.IsValid() && r.Metric == metricOf(r.Dst) && !r.Onlink &&
+		r.Proto == rtnl.RouteProtocol && r.Scope == unix.RT_SCOPE_UNIVERSE && r.Type == unix.RTN_UNICAST &&
+		r.TOS == 0 && r.NHID == 0 && !r.Other
 }
 
 // fdbIsCanonical reports whether f is the remote we install for w: its
 // address, permanent, and the device's own port, VNI and uplink (which the
 // kernel leaves out of the dump).
-func fdbIsCanonical(f *kFDB, w *wantedPeer) bool {
-	return f.dst == w.public && f.permanent() && f.port == 0 && !f.hasVNI && f.remoteIf == 0 && !f.nhid
+func fdbIsCanonical(f *rtnl.FDB, w *wantedPeer) bool {
+	return f.Dst == w.public && f.Permanent() && f.Port == 0 && !f.HasVNI && f.RemoteIf == 0 && !f.NHID
 }
 
 // fdbDelOp removes exactly the remote f.
-func fdbDelOp(f *kFDB) op {
-	return op{kind: fdbDel, mac: f.mac, ip: f.dst, port: f.port, vni: f.vni, hasVNI: f.hasVNI, remoteIf: f.remoteIf}
+func fdbDelOp(f *rtnl.FDB) rtnl.Op {
+	return rtnl.Op{Kind: rtnl.FDBDel, MAC: f.MAC, IP: f.Dst, Port: f.Port, VNI: f.VNI, HasVNI: f.HasVNI, RemoteIf: f.RemoteIf}
 }
 
 func comparePrefix(a, b netip.Prefix) int {
@@ -174,24 +204,24 @@ const fillChunk = 512
 // applied. Removing something already gone is no failure. After any failure
 // the Device no longer trusts its picture of the kernel: the next Set
 // compares with a dump instead.
-func (d *Device) applyLocked(ops *[numOpKinds][]op, fill *stamps) (done Repairs, err error) {
+func (d *Device) applyLocked(ops *[rtnl.NumOpKinds][]rtnl.Op, fill *stamps) (done Repairs, err error) {
 	var errs []error
-	write := func(kops []op) int {
+	write := func(kops []rtnl.Op) int {
 		n := len(kops)
-		d.nl.write(d.index, kops, func(i int, err error) {
+		d.nl.Write(d.index, kops, func(i int, err error) {
 			n--
 			o := &kops[i]
-			if o.kind >= routeDel && isMissing(err) {
+			if o.Kind >= rtnl.RouteDel && isMissing(err) {
 				return
 			}
-			errs = append(errs, o.failure(err))
+			errs = append(errs, o.Failure(err))
 		})
 		return n
 	}
-	for k := range opKind(numOpKinds) {
+	for k := range rtnl.OpKind(rtnl.NumOpKinds) {
 		n := write(ops[k])
 		ops[k] = keepSmall(ops[k])
-		if fill != nil && k <= routeSet {
+		if fill != nil && k <= rtnl.RouteSet {
 			buf := d.fill[:0]
 			for i := range d.last {
 				if w := d.last[i].w; w != nil {
@@ -208,11 +238,11 @@ func (d *Device) applyLocked(ops *[numOpKinds][]op, fill *stamps) (done Repairs,
 			d.fill = buf[:0]
 		}
 		switch k {
-		case fdbSet, fdbDel:
+		case rtnl.FDBSet, rtnl.FDBDel:
 			done.FDB += n
-		case neighSet, neighDel:
+		case rtnl.NeighSet, rtnl.NeighDel:
 			done.Neigh += n
-		case routeSet, routeDel:
+		case rtnl.RouteSet, rtnl.RouteDel:
 			done.Route += n
 		}
 	}
@@ -222,16 +252,22 @@ func (d *Device) applyLocked(ops *[numOpKinds][]op, fill *stamps) (done Repairs,
 
 // missing returns the operation that sets w's entry of kind k (an addition)
 // if the comparison stamped stamp did not find it right.
-func (w *wantedPeer) missing(k opKind, stamp uint64) (op, bool) {
+func (w *wantedPeer) missing(k rtnl.OpKind, stamp uint64) (rtnl.Op, bool) {
+	if w.direct {
+		if k == rtnl.RouteSet && w.routeOK != stamp {
+			return rtnl.Op{Kind: rtnl.RouteSet, Dst: w.subnet, IP: w.public, Metric: metricOf(w.subnet), OIF: w.uplink}, true
+		}
+		return rtnl.Op{}, false
+	}
 	switch {
-	case k == fdbSet && w.fdbOK != stamp:
-		return op{kind: fdbSet, mac: w.mac, ip: w.public}, true
-	case k == neighSet && w.neighOK != stamp:
-		return op{kind: neighSet, ip: w.subnet.Addr(), mac: w.mac}, true
-	case k == routeSet && w.routeOK != stamp:
+	case k == rtnl.FDBSet && w.fdbOK != stamp:
+		return rtnl.Op{Kind: rtnl.FDBSet, MAC: w.mac, IP: w.public}, true
+	case k == rtnl.NeighSet && w.neighOK != stamp:
+		return rtnl.Op{Kind: rtnl.NeighSet, IP: w.subnet.Addr(), MAC: w.mac}, true
+	case k == rtnl.RouteSet && w.routeOK != stamp:
 		return routeOp(w.subnet), true
 	}
-	return op{}, false
+	return rtnl.Op{}, false
 }
 
 // keepSmall returns s emptied, or nil if it grew big: a buffer sized for

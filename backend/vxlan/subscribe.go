@@ -2,14 +2,14 @@ package vxlan
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/rtnl"
 )
 
 // Resubscription backoff after the subscription fails.
@@ -83,118 +83,37 @@ func (d *Device) pauseEvents() (resume func()) {
 	if s == nil || d.kernel == nil {
 		return func() {}
 	}
-	membership := func(opt int) error {
-		var err error
-		cerr := s.rc.Control(func(fd uintptr) {
-			for g := 1; g <= 32; g++ {
-				if subscribeGroups&(1<<(g-1)) == 0 {
-					continue
-				}
-				if err = unix.SetsockoptInt(int(fd), unix.SOL_NETLINK, opt, g); err != nil {
-					return
-				}
-			}
-		})
-		return errors.Join(cerr, err)
-	}
-	if err := membership(unix.NETLINK_DROP_MEMBERSHIP); err != nil {
+	if err := s.SetGroups(subscribeGroups, false); err != nil {
 		// Closed meanwhile, or refused: take it back, events keep coming.
-		_ = membership(unix.NETLINK_ADD_MEMBERSHIP)
+		_ = s.SetGroups(subscribeGroups, true)
 		return func() {}
 	}
 	return func() {
-		if err := membership(unix.NETLINK_ADD_MEMBERSHIP); err != nil && !errors.Is(err, os.ErrClosed) {
+		if err := s.SetGroups(subscribeGroups, true); err != nil && !errors.Is(err, os.ErrClosed) {
 			// The socket would stay deaf: end it, keepSubscribed renews it.
 			d.log.Warn("rejoining the netlink subscription's groups", "err", err)
-			s.f.Close()
+			s.Close()
 		}
 		kick()
 	}
 }
 
-// subscription is a netlink socket joined to subscribeGroups, read through
-// the runtime's poller so that closing it ends a blocked read.
-type subscription struct {
-	f   *os.File
-	rc  syscall.RawConn
-	buf []byte
-}
-
-func (d *Device) subscribe() (*subscription, error) {
-	fd, _, err := openRoute(d.ns, subscribeGroups, subscribeSockBuf, true)
-	if err != nil {
-		return nil, err
-	}
+func (d *Device) subscribe() (*rtnl.Subscription, error) {
+	var pid uint32
 	if d.kernel != nil {
-		if err := dropOwnEvents(fd, d.kernel.pid); err != nil {
-			unix.Close(fd)
-			return nil, err
-		}
+		pid = d.kernel.conn.Pid()
 	}
-	// Dropped events are reported as ENOBUFS (then handled with a kick),
-	// not hidden.
-	f := os.NewFile(uintptr(fd), "netlink-subscription")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &subscription{f: f, rc: rc, buf: make([]byte, 64<<10)}, nil
-}
-
-// dropOwnEvents attaches a socket filter that drops, in the kernel, the
-// notifications of changes made through the socket with port id pid: the
-// kernel stamps route and neighbour notifications with the port id of the
-// request that caused them. When thousands of peers are programmed, this
-// spares the subscription most of its events (and the writer the cost of
-// waking the reader for them). FDB notifications carry no port id; they
-// still arrive and are judged by disagrees.
-func dropOwnEvents(fd int, pid uint32) error {
-	// Classic BPF loads words in network order.
-	be := uint32(pid>>24) | uint32(pid>>8)&0xff00 | uint32(pid<<8)&0xff0000 | pid<<24
-	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
-		be = pid // big-endian host
-	}
-	prog := []unix.SockFilter{
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 12}, // nlmsg_pid
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 1, K: be},
-		{Code: unix.BPF_RET | unix.BPF_K, K: 0},          // ours: drop
-		{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff}, // keep
-	}
-	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog); err != nil {
-		return fmt.Errorf("attaching a socket filter: %w", err)
-	}
-	return nil
-}
-
-// read returns the next datagram of events.
-func (s *subscription) read() ([]byte, error) {
-	var n int
-	var rerr error
-	err := s.rc.Read(func(fd uintptr) bool {
-		// Read, not Recvfrom: the sender is always the kernel, and
-		// Recvfrom allocates its address for every datagram.
-		n, rerr = unix.Read(int(fd), s.buf)
-		return rerr != unix.EAGAIN && rerr != unix.EINTR
-	})
-	if err != nil {
-		return nil, err
-	}
-	if rerr != nil {
-		return nil, rerr
-	}
-	return s.buf[:n], nil
+	return rtnl.Subscribe(d.ns, subscribeGroups, pid)
 }
 
 // keepSubscribed follows s, and renews the subscription whenever it fails,
 // until ctx is done.
-func (d *Device) keepSubscribed(ctx context.Context, s *subscription, kick func()) {
+func (d *Device) keepSubscribed(ctx context.Context, s *rtnl.Subscription, kick func()) {
 	backoff := resubscribeMin
 	for {
 		since := time.Now()
 		err := d.follow(ctx, s, kick)
-		s.f.Close()
+		s.Close()
 		if ctx.Err() != nil {
 			return
 		}
@@ -226,11 +145,11 @@ func (d *Device) keepSubscribed(ctx context.Context, s *subscription, kick func(
 
 // follow reads events until ctx is done (then it returns nil) or the socket
 // fails.
-func (d *Device) follow(ctx context.Context, s *subscription, kick func()) error {
-	stop := context.AfterFunc(ctx, func() { s.f.Close() })
+func (d *Device) follow(ctx context.Context, s *rtnl.Subscription, kick func()) error {
+	stop := context.AfterFunc(ctx, func() { _ = s.Close() })
 	defer stop()
 	for {
-		b, err := s.read()
+		b, err := s.Read()
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -253,104 +172,88 @@ func (d *Device) disagrees(b []byte) bool {
 	d.wantMu.RLock()
 	defer d.wantMu.RUnlock()
 	found := false
-	_ = splitMsgs(b, func(m nlMsg) bool {
+	_ = rtnl.SplitMsgs(b, func(m rtnl.Msg) bool {
 		found = d.eventDisagrees(m, idx)
 		return !found
 	})
 	return found
 }
 
-func (d *Device) eventDisagrees(m nlMsg, idx int) bool {
-	switch m.typ {
+func (d *Device) eventDisagrees(m rtnl.Msg, idx int) bool {
+	switch m.Type {
 	case unix.RTM_NEWLINK, unix.RTM_DELLINK:
-		if len(m.body) < unix.SizeofIfInfomsg {
+		index, name, ok := rtnl.ParseLink(m.Body)
+		return ok && (d.mine(index) || name == d.cfg.Name)
+	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
+		index, ok := rtnl.AddrIndex(m.Body)
+		return ok && idx != 0 && index == idx
+	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
+		r, err := rtnl.ParseRoute(m.Body)
+		if err != nil || idx == 0 || r.Table != unix.RT_TABLE_MAIN || r.Proto == unix.RTPROT_KERNEL {
 			return false
 		}
-		if d.mine(int(int32(ne.Uint32(m.body[4:])))) {
+		w := d.want[r.Dst.Addr()]
+		wanted := w != nil && w.subnet == r.Dst
+		if (wanted && w.direct || d.directRoute(&r)) && rtnl.RouteUsesDevice(m.Body, d.cfg.UplinkIndex) {
+			right := wanted && w.direct && d.directRoute(&r) && r.GW == w.public
+			if m.Type == unix.RTM_DELROUTE {
+				return right
+			}
+			return !right
+		}
+		if wanted && w.direct && m.Type == unix.RTM_DELROUTE {
+			return false // the VXLAN route it replaced
+		}
+		if !rtnl.RouteUsesDevice(m.Body, idx) {
+			// A route elsewhere is not weft's and never repaired, but the
+			// loop must hear of it: an operator's route to a peer's
+			// subnet makes the lease rules skip that peer (and its going
+			// away brings the peer back). Such changes are rare.
 			return true
 		}
-		named := false
-		attrs(m.body[unix.SizeofIfInfomsg:], func(typ uint16, v []byte) {
-			if typ == unix.IFLA_IFNAME && string(trimNul(v)) == d.cfg.Name {
-				named = true
-			}
-		})
-		return named
-	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
-		return len(m.body) >= unix.SizeofIfAddrmsg && idx != 0 && int(ne.Uint32(m.body[4:])) == idx
-	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
-		r, err := parseRoute(m.body)
-		if err != nil || idx == 0 || r.table != unix.RT_TABLE_MAIN || r.proto == unix.RTPROT_KERNEL {
-			return false
+		if m.Type == unix.RTM_DELROUTE {
+			return wanted && r.Metric == metricOf(r.Dst)
 		}
-		w := d.want[r.dst.Addr()]
-		wanted := w != nil && w.subnet == r.dst
-		if !routeUsesDevice(m.body, idx) {
-			return m.typ == unix.RTM_NEWROUTE && wanted && shadows(&r)
-		}
-		if m.typ == unix.RTM_DELROUTE {
-			return wanted && r.metric == metricOf(r.dst)
+		if wanted && w.direct {
+			return true // a direct peer wants no route on the device
 		}
 		return !wanted || !routeIsCanonical(&r)
 	case unix.RTM_NEWNEIGH, unix.RTM_DELNEIGH:
-		if len(m.body) < ndMsgLen || idx == 0 || int(int32(ne.Uint32(m.body[4:]))) != idx {
+		fam, index, ok := rtnl.NeighHeader(m.Body)
+		if !ok || idx == 0 || index != idx {
 			return false
 		}
-		if m.body[0] == unix.AF_BRIDGE {
-			f, _ := parseFDB(m.body)
-			if !f.mac.unicast() {
+		if fam == unix.AF_BRIDGE {
+			f, _ := rtnl.ParseFDB(m.Body)
+			if !f.MAC.Unicast() {
 				return false
 			}
-			w := d.macs[f.mac]
-			if m.typ == unix.RTM_DELNEIGH {
-				return w != nil && f.dst == w.public
+			w := d.macs[f.MAC]
+			if w != nil && w.direct {
+				w = nil // a direct peer wants no FDB entry
+			}
+			if m.Type == unix.RTM_DELNEIGH {
+				return w != nil && f.Dst == w.public
 			}
 			if w == nil {
-				return f.permanent()
+				return f.Permanent()
 			}
 			return !fdbIsCanonical(&f, w)
 		}
-		n, _ := parseNeigh(m.body)
-		w := d.want[n.ip]
-		if m.typ == unix.RTM_DELNEIGH {
+		n, _ := rtnl.ParseNeigh(m.Body)
+		w := d.want[n.IP]
+		if w != nil && w.direct {
+			w = nil // a direct peer wants no neighbour
+		}
+		if m.Type == unix.RTM_DELNEIGH {
 			return w != nil
 		}
 		if w == nil {
-			return n.permanent()
+			return n.Permanent()
 		}
-		return !n.permanent() || n.mac != w.mac
+		return !n.Permanent() || n.MAC != w.mac
 	}
 	return false
-}
-
-// routeUsesDevice reports whether the route message b goes through device
-// idx, directly or as one of several next hops.
-func routeUsesDevice(b []byte, idx int) bool {
-	uses := false
-	attrs(b[rtMsgLen:], func(typ uint16, v []byte) {
-		switch typ {
-		case unix.RTA_OIF:
-			uses = uses || len(v) == 4 && int(ne.Uint32(v)) == idx
-		case unix.RTA_MULTIPATH:
-			// struct rtnexthop: len u16, flags u8, hops u8, ifindex i32.
-			for len(v) >= 8 {
-				l := int(ne.Uint16(v))
-				uses = uses || int(int32(ne.Uint32(v[4:]))) == idx
-				if l < 8 || l > len(v) {
-					break
-				}
-				v = v[min(align4(l), len(v)):]
-			}
-		}
-	})
-	return uses
-}
-
-func trimNul(b []byte) []byte {
-	for len(b) > 0 && b[len(b)-1] == 0 {
-		b = b[:len(b)-1]
-	}
-	return b
 }
 
 // mine reports whether an interface index is the device's or the uplink's.

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/rtnl"
 )
 
 // Defaults match flannel's, so weft and flannel nodes can share an overlay.
@@ -31,13 +32,16 @@ const (
 
 // Config describes the node's VXLAN device.
 type Config struct {
-	// Name of the device; "flannel.<VNI>" when empty.
+	// Name of the device; "flannel.<VNI>" when empty, "flannel-v6.<VNI>"
+	// for an IPv6 Local (flannel's names).
 	Name string
 	// VNI is the VXLAN network identifier; DefaultVNI when 0.
 	VNI uint32
 	// Port is the UDP destination port; DefaultPort when 0.
 	Port uint16
-	// Local is the node's public (underlay) address, the outer source.
+	// Local is the node's public (underlay) address, the outer source. Its
+	// family is the device's: one Device per family carries that family's
+	// half of every peer (peer.Peer.Half), over that family's underlay.
 	Local netip.Addr
 	// UplinkIndex is the index of the underlay interface that holds Local.
 	UplinkIndex int
@@ -50,6 +54,20 @@ type Config struct {
 	// Subnet is this node's own subnet; the device gets its first address
 	// (for example 172.16.28.0/32).
 	Subnet netip.Prefix
+	// DirectRouting (flannel's Backend.DirectRouting) routes a peer whose
+	// PublicIP lies in one of OnLink, the uplink's own networks, straight
+	// to it: "<subnet> via <PublicIP> dev <uplink>", with no neighbour and
+	// no FDB entry; other peers stay on VXLAN.
+	DirectRouting bool
+	OnLink        []netip.Prefix
+	// Network is the overlay. weft's own direct routes on the uplink into
+	// it (RTPROT_BOOT, the peer metric) that no peer wants are removed:
+	// those of peers that left while weftd was down, or of a run with
+	// DirectRouting on when it is now off. Zero: none is ever removed.
+	Network netip.Prefix
+	// TxChecksum, when not nil, is the device's transmit checksum offload,
+	// kept like its MTU (see network.ChecksumPolicy); nil leaves it alone.
+	TxChecksum *bool
 }
 
 // Option changes how New builds a Device.
@@ -88,7 +106,7 @@ type Device struct {
 	// subMu guards the live subscription and its kick, which a large Set
 	// pauses (see pauseEvents).
 	subMu sync.Mutex
-	sub   *subscription
+	sub   *rtnl.Subscription
 	kick  func()
 	// closing ends every subscription's goroutine, which subs counts, so
 	// that Close returns only once they are gone with their sockets.
@@ -101,7 +119,9 @@ type Device struct {
 	// index and mtu of the device, valid after Ensure.
 	index int
 	mtu   int
-	mac   net.HardwareAddr
+	// checksumFixed says fixChecksumLocked changed the offload.
+	checksumFixed bool
+	mac           net.HardwareAddr
 	// synced means the kernel holds exactly the entries of want, as far as
 	// this Device knows. It is false after New, after the device was
 	// (re)created and after any change failed; the next Set then compares
@@ -113,8 +133,8 @@ type Device struct {
 	last, next []entry
 	// Scratch space reused by Set and Reconcile.
 	changes []change
-	ops     [numOpKinds][]op
-	fill    []op
+	ops     [rtnl.NumOpKinds][]rtnl.Op
+	fill    []rtnl.Op
 
 	// wantMu guards the maps below against the subscription's filter, which
 	// reads them; they change only with mu held too, so mu's holder reads
@@ -125,7 +145,7 @@ type Device struct {
 	// before it knows the peers.
 	want map[netip.Addr]*wantedPeer
 	// macs is the wanted peers by VTEP MAC.
-	macs map[mac]*wantedPeer
+	macs map[rtnl.MAC]*wantedPeer
 }
 
 var _ backend.Backend = (*Device)(nil)
@@ -145,7 +165,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Device, error) {
 		cfg.Port = DefaultPort
 	}
 	if cfg.Name == "" {
-		cfg.Name = fmt.Sprintf("flannel.%d", cfg.VNI)
+		cfg.Name = DefaultName(cfg.VNI, cfg.Local.Unmap().Is6())
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -190,6 +210,8 @@ func (c Config) validate() error {
 	}
 	if !c.Subnet.IsValid() {
 		errs = append(errs, errors.New("no subnet"))
+	} else if c.Local.IsValid() && c.Subnet.Addr().Is4() != c.Local.Unmap().Is4() {
+		errs = append(errs, fmt.Errorf("subnet %v and local address %v are of different families", c.Subnet, c.Local))
 	}
 	if c.MTU < 0 {
 		errs = append(errs, fmt.Errorf("negative MTU %d", c.MTU))
@@ -310,6 +332,11 @@ func (d *Device) ensureLocked(ctx context.Context) (changed bool, err error) {
 	}
 
 	fixed, err := d.fixInPlaceLocked(link, mtu)
+	if cerr := d.fixChecksumLocked(); cerr != nil {
+		err = errors.Join(err, cerr)
+	} else if d.checksumFixed {
+		d.checksumFixed, fixed = false, true
+	}
 	d.mtu = link.Attrs().MTU
 	if err == nil {
 		d.mtu = mtu

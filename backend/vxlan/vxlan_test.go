@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/rtnl"
 )
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -388,14 +389,14 @@ func TestFirstSetAdopts(t *testing.T) {
 	idx := old.Index()
 	// Peer 4's neighbour was altered, peer 3's route hand-deleted, and a
 	// stray route with another metric points into the device.
-	f.neighTab[neighKey{idx, netip.MustParseAddr("172.16.4.0")}] = kNeigh{
-		ip: netip.MustParseAddr("172.16.4.0"), mac: mustMAC("0a:00:00:00:00:44"), state: unix.NUD_STALE, index: idx,
+	f.neighTab[neighKey{idx, netip.MustParseAddr("172.16.4.0")}] = rtnl.Neigh{
+		IP: netip.MustParseAddr("172.16.4.0"), MAC: mustMAC("0a:00:00:00:00:44"), State: unix.NUD_STALE, Index: idx,
 	}
 	p3 := netip.MustParsePrefix("172.16.3.0/24")
 	delete(f.routeTab, routeKey{p3, metricOf(p3), 0})
 	p2 := netip.MustParsePrefix("172.16.2.0/24")
 	stray := f.routeTab[routeKey{p2, metricOf(p2), 0}]
-	stray.metric = 100
+	stray.Metric = 100
 	f.routeTab[routeKey{p2, 100, 0}] = stray
 	f.takeOps()
 
@@ -440,7 +441,7 @@ func TestReconcileRepairs(t *testing.T) {
 	// Peer 4's MAC pointed elsewhere, and an FDB entry nobody wants.
 	for _, e := range []struct{ mac, dst string }{{"0a:00:00:00:00:04", "172.17.42.99"}, {"0a:00:00:00:00:77", "172.17.42.77"}} {
 		m := mustMAC(e.mac)
-		f.fdbTab[fdbKey{idx, m}] = []kFDB{{mac: m, dst: netip.MustParseAddr(e.dst), state: unix.NUD_PERMANENT, index: idx}}
+		f.fdbTab[fdbKey{idx, m}] = []rtnl.FDB{{MAC: m, Dst: netip.MustParseAddr(e.dst), State: unix.NUD_PERMANENT, Index: idx}}
 	}
 
 	// Routes to peer 3's subnet through the uplink, one that would take its
@@ -448,8 +449,8 @@ func TestReconcileRepairs(t *testing.T) {
 	// weft's, so neither is touched (the loop's lease rules skip a peer an
 	// operator routes elsewhere).
 	p3 := netip.MustParsePrefix("172.16.3.0/24")
-	f.routeTab[routeKey{p3, 0, 0}] = kRoute{dst: p3, proto: unix.RTPROT_BOOT, typ: unix.RTN_UNICAST, table: unix.RT_TABLE_MAIN, index: 2}
-	f.routeTab[routeKey{p3, 65537, 0}] = kRoute{dst: p3, metric: 65537, proto: unix.RTPROT_BOOT, typ: unix.RTN_UNICAST, table: unix.RT_TABLE_MAIN, index: 2}
+	f.routeTab[routeKey{p3, 0, 0}] = rtnl.Route{Dst: p3, Proto: unix.RTPROT_BOOT, Type: unix.RTN_UNICAST, Table: unix.RT_TABLE_MAIN, Index: 2}
+	f.routeTab[routeKey{p3, 65537, 0}] = rtnl.Route{Dst: p3, Metric: 65537, Proto: unix.RTPROT_BOOT, Type: unix.RTN_UNICAST, Table: unix.RT_TABLE_MAIN, Index: 2}
 
 	rep, err := d.Reconcile(ctx)
 	if err != nil {
@@ -558,9 +559,9 @@ func TestRetryDump(t *testing.T) {
 	if rep, err := d.Reconcile(ctx); err != nil || rep.Total() != 0 {
 		t.Errorf("3 interruptions: Reconcile = %+v, %v; want no repairs", rep, err)
 	}
-	f.interrupt = dumpAttempts
-	if _, err := d.Reconcile(ctx); !errors.Is(err, errDumpInterrupted) {
-		t.Errorf("%d interruptions: err = %v, want errDumpInterrupted", dumpAttempts, err)
+	f.interrupt = rtnl.DumpAttempts
+	if _, err := d.Reconcile(ctx); !errors.Is(err, rtnl.ErrDumpInterrupted) {
+		t.Errorf("%d interruptions: err = %v, want rtnl.ErrDumpInterrupted", rtnl.DumpAttempts, err)
 	}
 }
 
@@ -595,10 +596,41 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
-func mustMAC(s string) mac {
+func mustMAC(s string) rtnl.MAC {
 	hw, err := net.ParseMAC(s)
 	if err != nil {
 		panic(err)
 	}
-	return macOf(hw)
+	return rtnl.MACOf(hw)
+}
+
+// TxChecksum is kept like the MTU: set at Ensure, and set again by the next
+// Reconcile when someone turned it back.
+func TestTxChecksumKept(t *testing.T) {
+	f := newFakeNL()
+	cfg := testConfig()
+	off := false
+	cfg.TxChecksum = &off
+	d, err := New(cfg, testLogger(t), withNL(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := d.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if on, _ := f.TxChecksum("flannel.1"); on {
+		t.Fatalf("offload on after Ensure with TxChecksum off; ops %q", f.ops)
+	}
+	f.txOff["flannel.1"] = false // someone turned it on
+	rep, err := d.Reconcile(ctx)
+	if err != nil || rep.Link != 1 {
+		t.Errorf("Reconcile = %+v, %v; want one link repair", rep, err)
+	}
+	if on, _ := f.TxChecksum("flannel.1"); on {
+		t.Errorf("offload not turned off again")
+	}
+	if rep, _ := d.Reconcile(ctx); rep.Link != 0 {
+		t.Errorf("a second Reconcile repaired %+v", rep)
+	}
 }

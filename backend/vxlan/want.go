@@ -9,6 +9,7 @@ import (
 
 	"github.com/weft-net/weft/backend"
 	rulebook "github.com/weft-net/weft/peer"
+	"github.com/weft-net/weft/rtnl"
 )
 
 // vals is a peer in canonical form: what its three entries are made of. The
@@ -16,7 +17,10 @@ import (
 type vals struct {
 	subnet netip.Prefix // masked; its address is the peer's VTEP address
 	public netip.Addr   // unmapped
-	mac    mac
+	mac    rtnl.MAC
+	// direct: routed straight to public on the uplink (DirectRouting),
+	// without neighbour and FDB entry.
+	direct bool
 }
 
 func (v vals) ok() bool { return v.subnet.IsValid() }
@@ -24,6 +28,7 @@ func (v vals) ok() bool { return v.subnet.IsValid() }
 // wantedPeer is one wanted peer, in Device.want under its VTEP address.
 type wantedPeer struct {
 	vals
+	uplink int // the uplink's index, for a direct peer's route
 	// Stamps of the Reconcile that found each entry right in the kernel.
 	routeOK, neighOK, fdbOK uint64
 }
@@ -33,7 +38,7 @@ type wantedPeer struct {
 type entry struct {
 	subnet netip.Prefix
 	public netip.Addr
-	mac    mac
+	mac    rtnl.MAC
 	macOK  bool // the given VtepMAC had 6 bytes: mac holds it
 	// w is the wanted peer made of it; nil if it was skipped.
 	w *wantedPeer
@@ -45,11 +50,11 @@ type entry struct {
 }
 
 func newEntry(p *backend.Peer) entry {
-	return entry{subnet: p.Subnet, public: p.PublicIP, mac: macOf(p.VtepMAC), macOK: len(p.VtepMAC) == 6}
+	return entry{subnet: p.Subnet, public: p.PublicIP, mac: rtnl.MACOf(p.VtepMAC), macOK: len(p.VtepMAC) == 6}
 }
 
 func (e *entry) same(p *backend.Peer) bool {
-	return e.macOK && len(p.VtepMAC) == 6 && e.mac == mac(p.VtepMAC) && e.public == p.PublicIP
+	return e.macOK && len(p.VtepMAC) == 6 && e.mac == rtnl.MAC(p.VtepMAC) && e.public == p.PublicIP
 }
 
 // change is a peer whose entries must change: added (old is zero), removed
@@ -58,6 +63,17 @@ func (e *entry) same(p *backend.Peer) bool {
 type change struct {
 	old, new vals
 	in, at   int
+}
+
+// PeerMetric is the metric of weft's route to peer subnet p (see metricOf).
+func PeerMetric(p netip.Prefix) uint32 { return metricOf(p) }
+
+// IsDirectRoute reports whether a route to dst with protocol proto and
+// metric is one a Device makes with DirectRouting for a peer in network:
+// the host's other routes are judged without it.
+func IsDirectRoute(network, dst netip.Prefix, proto, metric int) bool {
+	return network.IsValid() && network.Contains(dst.Addr()) && dst.Bits() >= network.Bits() &&
+		proto == rtnl.RouteProtocol && metric == int(metricOf(dst))
 }
 
 // metricOf is the route metric of a peer subnet: one more than the low 16
@@ -93,11 +109,25 @@ func metricOf(p netip.Prefix) uint32 {
 // config and every lease in view; this is the backend's own guard, so that
 // no caller of Set can have it program an entry the rules refuse.
 func (d *Device) canonical(p *backend.Peer) (vals, error) {
-	self := rulebook.Self{Subnet: d.cfg.Subnet, PublicIP: d.cfg.Local, VtepMAC: d.cfg.MAC}
+	self := rulebook.Self{Subnet: d.cfg.Subnet, PublicIP: d.cfg.Local, VtepMAC: d.cfg.MAC, Underlay: d.cfg.OnLink}
 	if err := rulebook.Check(p, rulebook.Network{}, &self); err != nil {
 		return vals{}, err
 	}
-	return vals{subnet: p.Subnet, public: p.PublicIP.Unmap(), mac: mac(p.VtepMAC)}, nil
+	v := vals{subnet: p.Subnet, public: p.PublicIP.Unmap(), mac: rtnl.MAC(p.VtepMAC)}
+	v.direct = d.cfg.DirectRouting && d.onLink(v.public)
+	return v, nil
+}
+
+// onLink reports whether a is a plausible next hop on the uplink's link:
+// inside one of its networks, and neither that network's own address nor
+// (IPv4) its broadcast address, which the rulebook refused already.
+func (d *Device) onLink(a netip.Addr) bool {
+	for _, p := range d.cfg.OnLink {
+		if p.Contains(a) && p.Masked().Addr() != a {
+			return true
+		}
+	}
+	return false
 }
 
 // updateLocked makes peers the wanted set and returns what changed since the
@@ -115,7 +145,7 @@ func (d *Device) updateLocked(peers []backend.Peer) ([]change, error) {
 	defer d.wantMu.Unlock()
 	if d.want == nil {
 		d.want = make(map[netip.Addr]*wantedPeer, len(peers))
-		d.macs = make(map[mac]*wantedPeer, len(peers))
+		d.macs = make(map[rtnl.MAC]*wantedPeer, len(peers))
 	}
 	// mergeLocked rewrites d.last as it goes, so it must see sorted
 	// input from the start: a second pass after a partial one would take
@@ -153,7 +183,7 @@ func (d *Device) updateLocked(peers []backend.Peer) ([]change, error) {
 				errs = append(errs, e.err)
 				continue
 			}
-			e.w = &wantedPeer{vals: v}
+			e.w = &wantedPeer{vals: v, uplink: d.cfg.UplinkIndex}
 			d.want[v.subnet.Addr()] = e.w
 			d.macs[v.mac] = e.w
 			c.new = v
@@ -264,7 +294,7 @@ func skipped(p *backend.Peer, err error) error {
 }
 
 // planChanges turns changes into kernel operations, appended to ops by kind.
-func (d *Device) planChanges(changes []change, ops *[numOpKinds][]op) {
+func (d *Device) planChanges(changes []change, ops *[rtnl.NumOpKinds][]rtnl.Op) {
 	if len(changes) > 64 {
 		for k := range ops {
 			ops[k] = slices.Grow(ops[k], len(changes))
@@ -272,39 +302,75 @@ func (d *Device) planChanges(changes []change, ops *[numOpKinds][]op) {
 	}
 	for _, c := range changes {
 		o, n := c.old, c.new
+		// A peer on VXLAN has three entries, a direct one a route only.
+		// Every change adds (or replaces) before it removes: a peer moving
+		// to direct routing gets its direct route in place of the VXLAN
+		// one (one replace, same key) before its neighbour and FDB entry
+		// go; moving back, it gets them before the route is replaced.
+		oldVX, newVX := o.ok() && !o.direct, n.ok() && !n.direct
 		if n.ok() {
 			key := n.subnet.Addr()
-			if !o.ok() || o.mac != n.mac || o.public != n.public {
-				ops[fdbSet] = append(ops[fdbSet], op{kind: fdbSet, mac: n.mac, ip: n.public})
+			if newVX && (!oldVX || o.mac != n.mac || o.public != n.public) {
+				ops[rtnl.FDBSet] = append(ops[rtnl.FDBSet], rtnl.Op{Kind: rtnl.FDBSet, MAC: n.mac, IP: n.public})
 			}
-			if !o.ok() || o.mac != n.mac {
-				ops[neighSet] = append(ops[neighSet], op{kind: neighSet, ip: key, mac: n.mac})
+			if newVX && (!oldVX || o.mac != n.mac || o.subnet.Addr() != key) {
+				ops[rtnl.NeighSet] = append(ops[rtnl.NeighSet], rtnl.Op{Kind: rtnl.NeighSet, IP: key, MAC: n.mac})
 			}
-			if !o.ok() || o.subnet != n.subnet {
-				ops[routeSet] = append(ops[routeSet], routeOp(n.subnet))
+			if !o.ok() || o.subnet != n.subnet || o.direct != n.direct || n.direct && o.public != n.public {
+				ops[rtnl.RouteSet] = append(ops[rtnl.RouteSet], d.routeOp(n))
 			}
 		}
 		if !o.ok() {
 			continue
 		}
 		if !n.ok() || o.subnet != n.subnet {
-			ops[routeDel] = append(ops[routeDel], op{kind: routeDel, dst: o.subnet, metric: metricOf(o.subnet)})
+			del := rtnl.Op{Kind: rtnl.RouteDel, Dst: o.subnet, Metric: metricOf(o.subnet)}
+			if o.direct {
+				del.OIF = d.cfg.UplinkIndex
+			}
+			ops[rtnl.RouteDel] = append(ops[rtnl.RouteDel], del)
+		}
+		if !oldVX {
+			continue
 		}
 		// The old neighbour goes unless another peer now has that subnet
 		// address (a subnet of another length): its neighSet rewrote it.
-		if !n.ok() && d.want[o.subnet.Addr()] == nil {
-			ops[neighDel] = append(ops[neighDel], op{kind: neighDel, ip: o.subnet.Addr()})
+		if (!newVX || o.subnet.Addr() != n.subnet.Addr()) && !d.wantsNeigh(o.subnet.Addr()) {
+			ops[rtnl.NeighDel] = append(ops[rtnl.NeighDel], rtnl.Op{Kind: rtnl.NeighDel, IP: o.subnet.Addr()})
 		}
 		// The old MAC's FDB entry goes unless another peer now has that
-		// MAC: then that peer's replacement rewrites it.
-		if (!n.ok() || o.mac != n.mac) && d.macs[o.mac] == nil {
-			ops[fdbDel] = append(ops[fdbDel], op{kind: fdbDel, mac: o.mac, ip: o.public})
+		// MAC on VXLAN: then that peer's replacement rewrites it.
+		if (!newVX || o.mac != n.mac) && !d.wantsFDB(o.mac) {
+			ops[rtnl.FDBDel] = append(ops[rtnl.FDBDel], rtnl.Op{Kind: rtnl.FDBDel, MAC: o.mac, IP: o.public})
 		}
 	}
 }
 
+// wantsNeigh and wantsFDB report whether a wanted peer on VXLAN has the
+// neighbour at a or the FDB entry of m.
+func (d *Device) wantsNeigh(a netip.Addr) bool {
+	w := d.want[a]
+	return w != nil && !w.direct
+}
+
+func (d *Device) wantsFDB(m rtnl.MAC) bool {
+	w := d.macs[m]
+	return w != nil && !w.direct
+}
+
+// routeOp is the route to peer v: over VXLAN "dst via <its .0> dev
+// <device> onlink metric <metricOf(dst)>", or with DirectRouting "dst via
+// <PublicIP> dev <uplink> metric <metricOf(dst)>". Both have the same key
+// (destination, metric), so one replaces the other in one step.
+func (d *Device) routeOp(v vals) rtnl.Op {
+	if v.direct {
+		return rtnl.Op{Kind: rtnl.RouteSet, Dst: v.subnet, IP: v.public, Metric: metricOf(v.subnet), OIF: d.cfg.UplinkIndex}
+	}
+	return routeOp(v.subnet)
+}
+
 // routeOp is the route to a peer subnet: "dst via <its .0> dev <device>
 // onlink metric <metricOf(dst)>".
-func routeOp(dst netip.Prefix) op {
-	return op{kind: routeSet, dst: dst, ip: dst.Addr(), metric: metricOf(dst)}
+func routeOp(dst netip.Prefix) rtnl.Op {
+	return rtnl.Op{Kind: rtnl.RouteSet, Dst: dst, IP: dst.Addr(), Metric: metricOf(dst)}
 }

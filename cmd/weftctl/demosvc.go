@@ -20,27 +20,6 @@ import (
 	"github.com/weft-net/weft/service"
 )
 
-// referenceService is REFERENCE.md's service.yml (JSON despite its name).
-const referenceService = `{
-    "kind": "Service",
-    "apiVersion": "v1",
-    "metadata": {
-        "name": "my-nginx-service"
-    },
-    "spec": {
-        "selector": {
-            "app": "my-nginx"
-        },
-        "ports": [
-            {
-                "protocol": "TCP",
-                "port": 8080,
-                "targetPort": 80
-            }
-        ]
-    }
-}`
-
 // services shows the deployment's second half: the reference service, with
 // two endpoint containers on node2 answering HTTP (at .9 and .10, as the
 // reference's 172.16.78.9 and .10), and a container on node1 asking the VIP
@@ -76,7 +55,7 @@ func (d *demo) services(ctx context.Context) error {
 	}
 	defer cli.Close()
 	st := service.NewStore(cli, "/coreos.com/network")
-	svc, err := service.ParseService([]byte(referenceService), "")
+	svc, err := service.ParseService([]byte(service.ReferenceService), "")
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -33,6 +34,17 @@ func runDockerOpts(args []string, stdout, stderr io.Writer) error {
 	return os.WriteFile(*out, []byte(line), 0o644)
 }
 
+// dockerOpts adds, as flannel's mk-docker-opts.sh does, "--ipv6
+// --fixed-cidr-v6=<FLANNEL_IPV6_SUBNET>" when the node has an IPv6 subnet;
+// an IPv6-only node has no --bip.
 func dockerOpts(env network.SubnetEnv) string {
-	return fmt.Sprintf("--bip=%s --ip-masq=%t --mtu=%d", env.Subnet, !env.IPMasq, env.MTU)
+	var opts []string
+	if env.Subnet.IsValid() {
+		opts = append(opts, "--bip="+env.Subnet.String())
+	}
+	if env.Subnet6.IsValid() {
+		opts = append(opts, "--ipv6", "--fixed-cidr-v6="+env.Subnet6.String())
+	}
+	opts = append(opts, fmt.Sprintf("--ip-masq=%t", !env.IPMasq), fmt.Sprintf("--mtu=%d", env.MTU))
+	return strings.Join(opts, " ")
 }

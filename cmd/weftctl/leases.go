@@ -54,6 +54,9 @@ func printLeases(w io.Writer, leases []subnet.Lease) {
 			ttl = l.TTL.Round(time.Second).String()
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, l.Attrs.VtepMAC, ttl)
+		if l.Subnet6.IsValid() { // a dual-stack lease's IPv6 half, on a line of its own
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t\n", l.Subnet6, l.Attrs.PublicIP6, l.Attrs.VtepMAC6)
+		}
 	}
 	tw.Flush()
 }

@@ -28,6 +28,10 @@ type options struct {
 	ifaces     []string
 	ifaceRegex []string
 	publicIP   string
+	publicIP6  string // --public-ipv6
+
+	txChecksum    string // --tx-checksum-offload: auto, on, off
+	kernelRelease string // --kernel-release (hidden): uname -r, for tests of the checksum policy
 
 	ipMasq     bool
 	subnetFile string
@@ -72,6 +76,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringArrayVar(&o.ifaces, "iface", nil, "interface name or address for the underlay; repeat to give candidates in order")
 	fs.StringArrayVar(&o.ifaceRegex, "iface-regex", nil, "regular expression matching interface names or addresses; repeatable")
 	fs.StringVar(&o.publicIP, "public-ip", "", "address other nodes send VXLAN packets to (default: the interface's first address)")
+	fs.StringVar(&o.publicIP6, "public-ipv6", "", "IPv6 address other nodes send VXLAN packets to in a dual-stack or IPv6-only network (default: the interface's first global IPv6 address)")
+	fs.StringVar(&o.txChecksum, "tx-checksum-offload", "auto", "transmit checksum offload of the VXLAN devices: auto (off only on kernels before 5.7, which corrupt NATed VXLAN checksums), on or off")
+	fs.StringVar(&o.kernelRelease, "kernel-release", "", "the kernel release the checksum policy judges (default: uname -r); for tests")
+	_ = fs.MarkHidden("kernel-release")
 	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade container traffic that leaves the overlay")
 	fs.BoolVar(&o.forwardRules, "iptables-forward-rules", true, "add FORWARD rules that accept this node's containers' traffic (flannel's flag); false leaves FORWARD alone")
 	fs.StringArrayVar(&o.vxlanAllow, "vxlan-allow-cidr", nil, "also accept VXLAN packets from this IPv4 range besides the peers' addresses; repeatable")

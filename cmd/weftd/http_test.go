@@ -34,7 +34,7 @@ func idleNode(t *testing.T, etcdSynced *time.Time) *network.Node {
 		Holder:       idle{},
 		Watcher:      idle{},
 		EtcdSynced:   func() time.Time { return *etcdSynced },
-		NewDataplane: func(netip.Prefix) (network.Dataplane, error) { panic("not run") },
+		NewDataplane: func(subnet.Lease) (network.Dataplane, error) { panic("not run") },
 		NewRules:     func(network.RulesConfig) (network.RuleSet, error) { panic("not run") },
 	})
 	if err != nil {

@@ -5,20 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/weft-net/weft/backend/vxlan"
-	"github.com/weft-net/weft/ip"
 	"github.com/weft-net/weft/kube"
 	"github.com/weft-net/weft/network"
 	"github.com/weft-net/weft/subnet"
@@ -110,6 +103,9 @@ func wireKube(ctx context.Context, o options, log *slog.Logger) (*agent, error) 
 	if err != nil {
 		return nil, fmt.Errorf("--net-config-path %s: %w", k.netConfPath, err)
 	}
+	if cfg.EnableIPv6() {
+		return nil, fmt.Errorf("--net-config-path %s: Kubernetes mode takes IPv4 podCIDRs only so far; remove IPv6Network/EnableIPv6 or use etcd mode", k.netConfPath)
+	}
 	rc, err := k.restConfig()
 	if err != nil {
 		return nil, err
@@ -119,20 +115,9 @@ func wireKube(ctx context.Context, o options, log *slog.Logger) (*agent, error) 
 		return nil, err
 	}
 
-	promReg := prometheus.NewRegistry()
-	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
-	a := &agent{log: log, opts: o}
-	a.server = newHTTPServer(o.metricsAddr, a.routes(promReg), defaultHTTPLimits)
-	if o.metricsAddr != "" {
-		ln, err := net.Listen("tcp", o.metricsAddr)
-		if err != nil {
-			return nil, fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
-		}
-		go func() {
-			if err := a.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server stopped", "err", err)
-			}
-		}()
+	a, promReg, err := newAgent(o, log)
+	if err != nil {
+		return nil, err
 	}
 
 	name, err := k.resolveNodeName(ctx, client, log)
@@ -162,61 +147,14 @@ func wireKube(ctx context.Context, o options, log *slog.Logger) (*agent, error) 
 		log.Info("using the Node's public-ip-overwrite", "node", name, "public_ip", over)
 		publicIP = over.String()
 	}
-	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: publicIP})
+	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: publicIP, PublicIP6: o.publicIP6})
 	if err != nil {
 		return fail(err)
 	}
-	vni := cfg.Backend.VNI
-	mac := ip.VTEPMAC(up.PublicIP, vni)
-	devName := fmt.Sprintf("flannel.%d", vni)
-	avoid, err := network.HostPrefixes(devName)
-	if err != nil {
-		return fail(err)
-	}
-	log.Info("Kubernetes mode", "node", name, "network", cfg.Network, "vni", vni,
-		"uplink", up.Name, "public_ip", up.PublicIP, "vtep_mac", mac.String(), "annotation_prefix", k.prefix)
-
-	// weft's own service VIPs are off in this mode (servicesOff): no
-	// a.svc, and the loop is fed by the Manager alone.
-	node, err := network.NewNode(network.NodeConfig{
-		Config:         cfg,
-		PublicIP:       up.PublicIP,
-		Underlay:       up.Networks,
-		Avoid:          avoid,
-		LeaseTTL:       o.leaseTTL,
-		SubnetFile:     o.subnetFile,
-		IPMasq:         o.ipMasq,
-		ResyncInterval: o.resyncInterval,
-		RulesInterval:  o.iptablesResync,
-		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
-		Holder:         mgr,
-		Watcher:        mgr,
-		EtcdSynced:     mgr.LastSync,
-		NewDataplane: func(own netip.Prefix) (network.Dataplane, error) {
-			return newVXLAN(vxlan.Config{Name: devName, VNI: vni, Port: cfg.Backend.Port, Local: up.PublicIP,
-				UplinkIndex: up.Index, MTU: cfg.Backend.MTU, MAC: mac, Subnet: own}, log, promReg)
-		},
-		NewRules: func(rc network.RulesConfig) (network.RuleSet, error) {
-			r, err := network.NewRules(rc, log)
-			if err != nil {
-				return nil, err
-			}
-			return r, nil
-		},
-		SkipForward: !o.forwardRules,
-		NewIngress: func(ic network.IngressConfig) (network.IngressFilter, error) {
-			g, err := network.NewIngress(ic, log)
-			if err != nil {
-				return nil, err
-			}
-			return g, nil
-		},
-		VXLANPort:    cfg.Backend.Port,
-		AllowVXLAN:   o.vxlanAllowNets,
-		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixes(devName) },
-		Log:          log,
-		Metrics:      network.NewMetrics(promReg),
-	})
+	log.Info("Kubernetes mode", "node", name, "annotation_prefix", k.prefix)
+	// weft's own service VIPs are off in this mode (servicesOff): the
+	// loop is fed by the Manager alone, and the config is the file's.
+	node, err := a.newNode(cfg, up, nodeSource{holder: mgr, watcher: mgr, synced: mgr.LastSync}, promReg)
 	if err != nil {
 		return fail(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
-	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +35,11 @@ type services struct {
 	own   netip.Prefix
 	peers []netip.Prefix
 	known bool // a peer snapshot has arrived
+
+	// changed wakes the goroutine that hands the live subnets to the
+	// proxy: the peer watch only notes them, so a peer change reaches the
+	// data plane without waiting for the proxy's bookkeeping.
+	changed chan struct{}
 }
 
 func newServices(st *service.Store, overlay netip.Prefix, underlay []netip.Prefix, log *slog.Logger, reg prometheus.Registerer) *services {
@@ -45,7 +49,8 @@ func newServices(st *service.Store, overlay netip.Prefix, underlay []netip.Prefi
 		// heap double past the live set. GOMEMLIMIT overrides.
 		debug.SetMemoryLimit(memoryLimit)
 	}
-	return &services{p: proxy.New(proxy.Config{Overlay: overlay, Underlay: underlay, Log: log, Metrics: reg}), store: st, log: log}
+	return &services{p: proxy.New(proxy.Config{Overlay: overlay, Underlay: underlay, Log: log, Metrics: reg}), store: st, log: log,
+		changed: make(chan struct{}, 1)}
 }
 
 // run runs the watch and the proxy until ctx ends.
@@ -61,18 +66,34 @@ func (s *services) run(ctx context.Context) {
 			s.log.Error("service proxy stopped", "err", err)
 		}
 	})
+	wg.Go(func() {
+		var buf []netip.Prefix
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.changed:
+			}
+			s.mu.Lock()
+			if !s.known || !s.own.IsValid() {
+				s.mu.Unlock()
+				continue
+			}
+			own := s.own
+			buf = append(buf[:0], s.peers...)
+			s.mu.Unlock()
+			s.p.SetLive(own, buf) // SetLive keeps a copy of its own
+		}
+	})
 	wg.Wait()
 }
 
+// tell wakes the goroutine that passes the live subnets to the proxy.
 func (s *services) tell() {
-	s.mu.Lock()
-	if !s.known || !s.own.IsValid() {
-		s.mu.Unlock()
-		return
+	select {
+	case s.changed <- struct{}{}:
+	default:
 	}
-	own, peers := s.own, slices.Clone(s.peers)
-	s.mu.Unlock()
-	s.p.SetLive(own, peers)
 }
 
 // leaseTee wraps the lease holder to learn the node's own subnet.
@@ -105,14 +126,16 @@ type peerTee struct {
 
 func (t *peerTee) WatchPeers(ctx context.Context, f subnet.PeerFilter, out func(subnet.Snapshot)) error {
 	return t.Registry.WatchPeers(ctx, f, func(snap subnet.Snapshot) {
-		peers := make([]netip.Prefix, len(snap.Peers))
-		for i, p := range snap.Peers {
-			peers[i] = p.Subnet
-		}
+		// The subnets are noted before the snapshot goes on: the loop
+		// recycles its memory once the next one arrives.
 		t.s.mu.Lock()
-		t.s.peers, t.s.known = peers, true
+		t.s.peers = t.s.peers[:0]
+		for i := range snap.Peers {
+			t.s.peers = append(t.s.peers, snap.Peers[i].Subnet)
+		}
+		t.s.known = true
 		t.s.mu.Unlock()
-		t.s.tell()
 		out(snap)
+		t.s.tell()
 	})
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -19,9 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/weft-net/weft/backend/vxlan"
 	"github.com/weft-net/weft/internal/etcdconn"
-	"github.com/weft-net/weft/ip"
 	"github.com/weft-net/weft/network"
 	"github.com/weft-net/weft/service"
 	"github.com/weft-net/weft/subnet"
@@ -46,17 +43,36 @@ type agent struct {
 	closers  []func()
 }
 
-func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
-	if o.kube.enabled {
-		return wireKube(ctx, o, log)
-	}
+// newAgent makes the agent and its metrics registry and starts the HTTP
+// server (/healthz, /readyz, /metrics, /status), which answers while the
+// rest is wired.
+func newAgent(o options, log *slog.Logger) (*agent, *prometheus.Registry, error) {
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(),
 	)
+	a := &agent{log: log, opts: o}
+	a.server = newHTTPServer(o.metricsAddr, a.routes(promReg), defaultHTTPLimits)
+	if o.metricsAddr != "" {
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
+		}
+		go func() {
+			if err := a.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+	}
+	return a, promReg, nil
+}
 
+func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
+	if o.kube.enabled {
+		return wireKube(ctx, o, log)
+	}
 	ecfg, err := etcdconn.Config(etcdconn.Options{
 		Endpoints: o.etcdEndpoints,
 		CAFile:    o.etcdCAFile,
@@ -71,24 +87,15 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		return nil, err
 	}
 	ecfg.DialOptions = append(ecfg.DialOptions, lowMemoryDialOptions()...)
-	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP})
+	up, err := network.SelectUplink(network.UplinkChoice{Ifaces: o.ifaces, Regexes: o.ifaceRegex, PublicIP: o.publicIP, PublicIP6: o.publicIP6})
 	if err != nil {
 		return nil, err
 	}
 
 	// Serve /healthz and /readyz while waiting for etcd.
-	a := &agent{log: log, opts: o}
-	a.server = newHTTPServer(o.metricsAddr, a.routes(promReg), defaultHTTPLimits)
-	if o.metricsAddr != "" {
-		ln, err := net.Listen("tcp", o.metricsAddr)
-		if err != nil {
-			return nil, fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
-		}
-		go func() {
-			if err := a.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server stopped", "err", err)
-			}
-		}()
+	a, promReg, err := newAgent(o, log)
+	if err != nil {
+		return nil, err
 	}
 
 	cli, err := connectEtcd(ctx, ecfg, log)
@@ -103,77 +110,12 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		cli.Close()
 		return nil, err
 	}
-	vni := cfg.Backend.VNI
-	mac := ip.VTEPMAC(up.PublicIP, vni)
-	devName := fmt.Sprintf("flannel.%d", vni)
-	avoid, err := network.HostPrefixes(devName)
-	if err != nil {
-		cli.Close()
-		return nil, err
-	}
-	log.Info("network config", "network", cfg.Network, "subnet_len", cfg.SubnetLen, "vni", vni,
-		"uplink", up.Name, "public_ip", up.PublicIP, "vtep_mac", mac.String())
-
-	var holder interface {
-		Hold(context.Context, subnet.HoldRequest) error
-	} = a.reg
-	var watcher interface {
-		WatchPeers(context.Context, subnet.PeerFilter, func(subnet.Snapshot)) error
-		Recycle(subnet.Snapshot)
-	} = a.reg
+	src := nodeSource{holder: a.reg, watcher: a.reg, config: a.reg, configRev: cfgRev, synced: a.reg.LastSync}
 	if o.services {
 		a.svc = newServices(service.NewStore(cli, o.etcdPrefix), cfg.Network, up.Networks, log, promReg)
-		holder, watcher = &leaseTee{inner: a.reg, s: a.svc}, &peerTee{Registry: a.reg, s: a.svc}
+		src.holder, src.watcher = &leaseTee{inner: a.reg, s: a.svc}, &peerTee{Registry: a.reg, s: a.svc}
 	}
-	node, err := network.NewNode(network.NodeConfig{
-		Config:         cfg,
-		PublicIP:       up.PublicIP,
-		Underlay:       up.Networks,
-		Avoid:          avoid,
-		LeaseTTL:       o.leaseTTL,
-		SubnetFile:     o.subnetFile,
-		IPMasq:         o.ipMasq,
-		ResyncInterval: o.resyncInterval,
-		RulesInterval:  o.iptablesResync,
-		Leases:         subnet.LeaseAttrs{PublicIP: up.PublicIP, BackendType: "vxlan", VNI: vni, VtepMAC: mac},
-		Holder:         holder,
-		Watcher:        watcher,
-		ConfigWatcher:  a.reg,
-		ConfigRevision: cfgRev,
-		EtcdSynced:     a.reg.LastSync,
-		NewDataplane: func(own netip.Prefix) (network.Dataplane, error) {
-			return newVXLAN(vxlan.Config{
-				Name:        devName,
-				VNI:         vni,
-				Port:        cfg.Backend.Port,
-				Local:       up.PublicIP,
-				UplinkIndex: up.Index,
-				MTU:         cfg.Backend.MTU,
-				MAC:         mac,
-				Subnet:      own,
-			}, log, promReg)
-		},
-		NewRules: func(rc network.RulesConfig) (network.RuleSet, error) {
-			r, err := network.NewRules(rc, log)
-			if err != nil {
-				return nil, err
-			}
-			return r, nil
-		},
-		SkipForward: !o.forwardRules,
-		NewIngress: func(ic network.IngressConfig) (network.IngressFilter, error) {
-			g, err := network.NewIngress(ic, log)
-			if err != nil {
-				return nil, err
-			}
-			return g, nil
-		},
-		VXLANPort:    cfg.Backend.Port,
-		AllowVXLAN:   o.vxlanAllowNets,
-		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixes(devName) },
-		Log:          log,
-		Metrics:      network.NewMetrics(promReg),
-	})
+	node, err := a.newNode(cfg, up, src, promReg)
 	if err != nil {
 		cli.Close()
 		return nil, err

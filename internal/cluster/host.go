@@ -89,7 +89,7 @@ func (h *Host) setupDocker0(ctx context.Context, subnet netip.Prefix, mtu int) e
 	// Add before delete, so the bridge is never without an address it should have.
 	have := links["docker0"]
 	if !have.has(subnet) {
-		if err := c.steps(ctx, h.NS, "addr add "+subnet.String()+" dev docker0"); err != nil {
+		if err := c.steps(ctx, h.NS, "addr add "+subnet.String()+" dev docker0"+noDAD(subnet.Addr())); err != nil {
 			return err
 		}
 	}
@@ -202,7 +202,7 @@ func (h *Host) AddContainer(ctx context.Context, name string, addr netip.Addr) (
 	}
 	if err == nil {
 		err = c.steps(ctx, ct.NS,
-			"addr add "+netip.PrefixFrom(addr, gw.Bits()).String()+" dev eth0",
+			"addr add "+netip.PrefixFrom(addr, gw.Bits()).String()+" dev eth0"+noDAD(addr),
 			"link set eth0 up",
 			"route add default via "+gw.Addr().String()+" dev eth0")
 	}
@@ -229,4 +229,15 @@ func (ct *Container) Remove() error {
 	defer c.mu.Unlock()
 	c.namespaces = slices.DeleteFunc(c.namespaces, func(ns string) bool { return ns == ct.NS })
 	return nil
+}
+
+// noDAD is " nodad" for an IPv6 address: without it the address stays
+// tentative for a second or two, and a ping sent meanwhile leaves from the
+// link-local address, which a router answers with "beyond scope of source
+// address".
+func noDAD(a netip.Addr) string {
+	if a.Is6() && !a.Is4In6() {
+		return " nodad"
+	}
+	return ""
 }

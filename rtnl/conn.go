@@ -1,4 +1,4 @@
-package vxlan
+package rtnl
 
 import (
 	"cmp"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -21,14 +20,13 @@ const batchBytes = 32 << 10
 // dump, which it produces synchronously: a stuck read is a bug, not load.
 const replyTimeout = 10 * time.Second
 
-// kernel is the real nlAPI. Links and addresses, which change rarely, go
-// through a *netlink.Handle. Entries go through sock, a socket of our own:
-// batches of hand-built requests, many per sendmsg and only the last of each
-// write asking for an acknowledgement (failures are reported anyway), and
-// dumps filtered to the device by the kernel itself (strict checking on, so
-// the kernel honours the filter instead of ignoring it).
-type kernel struct {
-	*netlink.Handle
+// Conn is a NETLINK_ROUTE socket for a device's entries: batches of
+// hand-built requests, many per sendmsg and only the last of each write
+// asking for an acknowledgement (failures are reported anyway), and dumps
+// filtered to the device by the kernel itself (strict checking on, so the
+// kernel honours the filter instead of ignoring it). It is not safe for
+// concurrent use.
+type Conn struct {
 	fd   int
 	pid  uint32 // fd's port id
 	seq  uint32
@@ -36,27 +34,26 @@ type kernel struct {
 	rbuf []byte
 }
 
-var _ nlAPI = (*kernel)(nil)
-
-func newKernel(ns netns.NsHandle) (*kernel, error) {
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+// Open opens a Conn in the network namespace ns (the caller's one when ns
+// is not open).
+func Open(ns netns.NsHandle) (*Conn, error) {
+	fd, pid, err := OpenRoute(ns, 0, writeSockBuf, false)
 	if err != nil {
-		return nil, fmt.Errorf("opening netlink handle: %w", err)
-	}
-	fd, pid, err := openRoute(ns, 0, writeSockBuf, false)
-	if err != nil {
-		h.Close()
 		return nil, err
 	}
-	k := &kernel{Handle: h, fd: fd, pid: pid, rbuf: make([]byte, 64<<10)}
+	k := &Conn{fd: fd, pid: pid, rbuf: make([]byte, 64<<10)}
 	if err := k.setup(); err != nil {
-		k.close()
+		k.Close()
 		return nil, err
 	}
 	return k, nil
 }
 
-func (k *kernel) setup() error {
+// Pid is the socket's port id, which the kernel stamps on the
+// notifications of the changes it makes (see DropOwnEvents).
+func (k *Conn) Pid() uint32 { return k.pid }
+
+func (k *Conn) setup() error {
 	for _, o := range []struct {
 		level, opt, v int
 		what          string
@@ -79,16 +76,16 @@ func (k *kernel) setup() error {
 	return nil
 }
 
-func (k *kernel) close() {
-	k.Handle.Close()
+// Close closes the socket.
+func (k *Conn) Close() {
 	unix.Close(k.fd)
 }
 
-// write sends ops in order, in batches, and calls fail for each op the
+// Write sends ops in order, in batches, and calls fail for each op the
 // kernel refused. If a batch's replies are lost (the socket overflowed), every
 // op of that batch is reported with the socket's error: the caller must then
 // assume nothing about them.
-func (k *kernel) write(index int, ops []op, fail func(i int, err error)) {
+func (k *Conn) Write(index int, ops []Op, fail func(i int, err error)) {
 	for start := 0; start < len(ops); {
 		b := k.wbuf[:0]
 		first := k.seq + 1
@@ -96,7 +93,7 @@ func (k *kernel) write(index int, ops []op, fail func(i int, err error)) {
 		for end < len(ops) && len(b) < batchBytes {
 			k.seq++
 			last = len(b)
-			b = appendOp(b, &ops[end], index, k.seq)
+			b = AppendOp(b, &ops[end], index, k.seq)
 			end++
 		}
 		// Only the last request asks for an acknowledgement: its answer
@@ -121,7 +118,7 @@ func (k *kernel) write(index int, ops []op, fail func(i int, err error)) {
 	}
 }
 
-func (k *kernel) send(b []byte) error {
+func (k *Conn) send(b []byte) error {
 	for {
 		err := unix.Sendto(k.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
 		if err != unix.EINTR {
@@ -135,7 +132,7 @@ func (k *kernel) send(b []byte) error {
 
 // recv reads one datagram of replies. (read(2), not recvfrom: the sender is
 // the kernel, and recvfrom allocates its address every time.)
-func (k *kernel) recv() ([]byte, error) {
+func (k *Conn) recv() ([]byte, error) {
 	for {
 		n, err := unix.Read(k.fd, k.rbuf)
 		switch {
@@ -152,20 +149,20 @@ func (k *kernel) recv() ([]byte, error) {
 
 // acks reads the answers to requests first..last and calls refused for each
 // error, until the acknowledgement (or error) of last.
-func (k *kernel) acks(first, last uint32, refused func(seq uint32, err error)) error {
+func (k *Conn) acks(first, last uint32, refused func(seq uint32, err error)) error {
 	for done := false; !done; {
 		b, err := k.recv()
 		if err != nil {
 			return err
 		}
-		perr := splitMsgs(b, func(m nlMsg) bool {
-			if m.typ != unix.NLMSG_ERROR || m.seq-first > last-first {
+		perr := SplitMsgs(b, func(m Msg) bool {
+			if m.Type != unix.NLMSG_ERROR || m.Seq-first > last-first {
 				return true // a leftover of an earlier, abandoned exchange
 			}
 			if err := nlError(m); err != nil {
-				refused(m.seq, err)
+				refused(m.Seq, err)
 			}
-			if m.seq == last {
+			if m.Seq == last {
 				done = true
 				return false
 			}
@@ -178,13 +175,13 @@ func (k *kernel) acks(first, last uint32, refused func(seq uint32, err error)) e
 	return nil
 }
 
-// errDumpInterrupted is the kernel's NLM_F_DUMP_INTR: the table changed
+// ErrDumpInterrupted is the kernel's NLM_F_DUMP_INTR: the table changed
 // while it was being read, and the dump may be inconsistent.
-var errDumpInterrupted = netlink.ErrDumpInterrupted
+var ErrDumpInterrupted = errors.New("dump interrupted: the table changed while it was read")
 
 // dump sends the dump request req (without its header) of type typ and
 // calls each for every message of the answer.
-func (k *kernel) dump(typ uint16, req []byte, each func(m nlMsg)) error {
+func (k *Conn) dump(typ uint16, req []byte, each func(m Msg)) error {
 	k.seq++
 	seq := k.seq
 	b := appendHdr(k.wbuf[:0], typ, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, seq)
@@ -201,17 +198,17 @@ func (k *kernel) dump(typ uint16, req []byte, each func(m nlMsg)) error {
 			return err
 		}
 		var derr error
-		perr := splitMsgs(b, func(m nlMsg) bool {
-			if m.seq != seq {
+		perr := SplitMsgs(b, func(m Msg) bool {
+			if m.Seq != seq {
 				return true
 			}
-			if m.flags&unix.NLM_F_DUMP_INTR != 0 {
+			if m.Flags&unix.NLM_F_DUMP_INTR != 0 {
 				intr = true
 			}
-			switch m.typ {
+			switch m.Type {
 			case unix.NLMSG_DONE:
-				if len(m.body) >= 4 {
-					if code := int32(ne.Uint32(m.body)); code < 0 {
+				if len(m.Body) >= 4 {
+					if code := int32(ne.Uint32(m.Body)); code < 0 {
 						derr = unix.Errno(-code)
 					}
 				}
@@ -233,25 +230,25 @@ func (k *kernel) dump(typ uint16, req []byte, each func(m nlMsg)) error {
 		}
 	}
 	if intr {
-		return errDumpInterrupted
+		return ErrDumpInterrupted
 	}
 	return nil
 }
 
-// routes dumps the main table's routes, IPv4 and IPv6: those through the
+// DumpRoutes dumps the main table's routes, IPv4 and IPv6: those through the
 // device, and the few others a node has (to find one that would shadow a
 // peer's route).
-func (k *kernel) routes(index int, each func(*kRoute)) error {
-	var r kRoute // one for all: each must not keep it
+func (k *Conn) DumpRoutes(index int, each func(*Route)) error {
+	var r Route // one for all: each must not keep it
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		req := []byte{fam, 0, 0, 0, unix.RT_TABLE_MAIN, 0, 0, 0, 0, 0, 0, 0} // struct rtmsg
 		var perr error
-		err := k.dump(unix.RTM_GETROUTE, req, func(m nlMsg) {
-			if m.typ != unix.RTM_NEWROUTE {
+		err := k.dump(unix.RTM_GETROUTE, req, func(m Msg) {
+			if m.Type != unix.RTM_NEWROUTE {
 				return
 			}
 			var err error
-			if r, err = parseRoute(m.body); err != nil {
+			if r, err = ParseRoute(m.Body); err != nil {
 				perr = err
 				return
 			}
@@ -264,43 +261,43 @@ func (k *kernel) routes(index int, each func(*kRoute)) error {
 	return nil
 }
 
-// neighs dumps the device's IPv4 and IPv6 neighbours.
-func (k *kernel) neighs(index int, each func(*kNeigh)) error {
+// DumpNeighs dumps the device's IPv4 and IPv6 neighbours.
+func (k *Conn) DumpNeighs(index int, each func(*Neigh)) error {
 	req := appendNdMsg(nil, unix.AF_UNSPEC, 0, 0, 0) // strict: the device goes in NDA_IFINDEX
 	req = appendU32(req, unix.NDA_IFINDEX, uint32(index))
 	var perr error
-	var n kNeigh
-	err := k.dump(unix.RTM_GETNEIGH, req, func(m nlMsg) {
-		if m.typ != unix.RTM_NEWNEIGH {
+	var n Neigh
+	err := k.dump(unix.RTM_GETNEIGH, req, func(m Msg) {
+		if m.Type != unix.RTM_NEWNEIGH {
 			return
 		}
 		var err error
-		if n, err = parseNeigh(m.body); err != nil {
+		if n, err = ParseNeigh(m.Body); err != nil {
 			perr = err
 			return
 		}
-		if n.index == index {
+		if n.Index == index {
 			each(&n)
 		}
 	})
 	return cmp.Or(err, perr)
 }
 
-// fdb dumps the device's FDB (every remote of every MAC).
-func (k *kernel) fdb(index int, each func(*kFDB)) error {
+// DumpFDB dumps the device's FDB (every remote of every MAC).
+func (k *Conn) DumpFDB(index int, each func(*FDB)) error {
 	req := appendNdMsg(nil, unix.AF_BRIDGE, index, 0, 0)
 	var perr error
-	var f kFDB
-	err := k.dump(unix.RTM_GETNEIGH, req, func(m nlMsg) {
-		if m.typ != unix.RTM_NEWNEIGH {
+	var f FDB
+	err := k.dump(unix.RTM_GETNEIGH, req, func(m Msg) {
+		if m.Type != unix.RTM_NEWNEIGH {
 			return
 		}
 		var err error
-		if f, err = parseFDB(m.body); err != nil {
+		if f, err = ParseFDB(m.Body); err != nil {
 			perr = err
 			return
 		}
-		if f.index == index {
+		if f.Index == index {
 			each(&f)
 		}
 	})

@@ -1,4 +1,4 @@
-package vxlan
+package rtnl
 
 import (
 	"encoding/binary"
@@ -30,9 +30,9 @@ func inNamespace(ns netns.NsHandle, fn func() error) error {
 	return netnsx.Do(ns, fn)
 }
 
-// openRoute opens a NETLINK_ROUTE socket in ns, bound to the multicast groups
+// OpenRoute opens a NETLINK_ROUTE socket in ns, bound to the multicast groups
 // in the bit mask groups (0 for none), with a receive buffer of rcvbuf bytes.
-func openRoute(ns netns.NsHandle, groups uint32, rcvbuf int, nonblock bool) (fd int, pid uint32, err error) {
+func OpenRoute(ns netns.NsHandle, groups uint32, rcvbuf int, nonblock bool) (fd int, pid uint32, err error) {
 	flags := unix.SOCK_RAW | unix.SOCK_CLOEXEC
 	if nonblock {
 		flags |= unix.SOCK_NONBLOCK
@@ -82,66 +82,66 @@ const (
 
 var ne = binary.NativeEndian
 
-func align4(n int) int { return (n + 3) &^ 3 }
+func Align4(n int) int { return (n + 3) &^ 3 }
 
-// nlMsg is one message of a receive buffer.
-type nlMsg struct {
-	typ   uint16
-	flags uint16
-	seq   uint32
-	body  []byte // after the header
+// Msg is one message of a receive buffer.
+type Msg struct {
+	Type  uint16
+	Flags uint16
+	Seq   uint32
+	Body  []byte // after the header
 }
 
-// splitMsgs calls f for each complete message in b, until f returns false.
-func splitMsgs(b []byte, f func(m nlMsg) bool) error {
+// SplitMsgs calls f for each complete message in b, until f returns false.
+func SplitMsgs(b []byte, f func(m Msg) bool) error {
 	for len(b) >= nlHdrLen {
 		l := int(ne.Uint32(b))
 		if l < nlHdrLen || l > len(b) {
 			return fmt.Errorf("malformed netlink message of length %d in %d bytes", l, len(b))
 		}
-		m := nlMsg{typ: ne.Uint16(b[4:]), flags: ne.Uint16(b[6:]), seq: ne.Uint32(b[8:]), body: b[nlHdrLen:l]}
+		m := Msg{Type: ne.Uint16(b[4:]), Flags: ne.Uint16(b[6:]), Seq: ne.Uint32(b[8:]), Body: b[nlHdrLen:l]}
 		if !f(m) {
 			return nil
 		}
-		b = b[min(align4(l), len(b)):]
+		b = b[min(Align4(l), len(b)):]
 	}
 	return nil
 }
 
-// attrs calls f for each attribute in b.
-func attrs(b []byte, f func(typ uint16, v []byte)) {
+// Attrs calls f for each attribute in b.
+func Attrs(b []byte, f func(typ uint16, v []byte)) {
 	for len(b) >= rtaHdrLen {
 		l := int(ne.Uint16(b))
 		if l < rtaHdrLen || l > len(b) {
 			return
 		}
 		f(ne.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[rtaHdrLen:l])
-		b = b[min(align4(l), len(b)):]
+		b = b[min(Align4(l), len(b)):]
 	}
 }
 
 // nlError turns the body of an NLMSG_ERROR message into the request's
 // sequence number and its error (nil for an acknowledgement), with the
 // kernel's extended message when it sent one.
-func nlError(m nlMsg) error {
-	if len(m.body) < 4 {
+func nlError(m Msg) error {
+	if len(m.Body) < 4 {
 		return errors.New("truncated netlink error message")
 	}
-	code := int32(ne.Uint32(m.body))
+	code := int32(ne.Uint32(m.Body))
 	if code == 0 {
 		return nil
 	}
 	err := error(syscall.Errno(-code))
-	if m.flags&unix.NLM_F_ACK_TLVS == 0 {
+	if m.Flags&unix.NLM_F_ACK_TLVS == 0 {
 		return err
 	}
-	tlvs := m.body[min(errMsgLen, len(m.body)):]
-	if m.flags&unix.NLM_F_CAPPED == 0 && len(m.body) >= errMsgLen {
+	tlvs := m.Body[min(errMsgLen, len(m.Body)):]
+	if m.Flags&unix.NLM_F_CAPPED == 0 && len(m.Body) >= errMsgLen {
 		// The whole request was echoed before the TLVs.
-		reqLen := int(ne.Uint32(m.body[4:]))
-		tlvs = m.body[min(4+align4(reqLen), len(m.body)):]
+		reqLen := int(ne.Uint32(m.Body[4:]))
+		tlvs = m.Body[min(4+Align4(reqLen), len(m.Body)):]
 	}
-	attrs(tlvs, func(typ uint16, v []byte) {
+	Attrs(tlvs, func(typ uint16, v []byte) {
 		if typ == unix.NLMSGERR_ATTR_MSG && len(v) > 1 {
 			msg := string(v)
 			if i := len(msg) - 1; msg[i] == 0 {
