@@ -1,9 +1,14 @@
 package main
 
 import (
+	"context"
 	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestKubeFlags(t *testing.T) {
@@ -70,5 +75,26 @@ func TestKubeRestConfig(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	if _, err := (&kubeOptions{}).restConfig(); err == nil || !strings.Contains(err.Error(), "in-cluster") {
 		t.Errorf("neither flag outside a cluster: %v, want an error about the in-cluster config", err)
+	}
+}
+
+// An IPv6 net-conf.json is refused in Kubernetes mode (the podCIDRs read
+// are IPv4) before weftd contacts the API server or touches the host.
+func TestKubeRefusesIPv6Config(t *testing.T) {
+	for _, conf := range []string{
+		`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48","Backend":{"Type":"vxlan"}}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd42::/48","Backend":{"Type":"vxlan"}}`,
+	} {
+		path := filepath.Join(t.TempDir(), "net-conf.json")
+		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		o := options{kube: kubeOptions{enabled: true, netConfPath: path, apiURL: "https://127.0.0.1:1", nodeName: "n1"}}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := wireKube(ctx, o, slog.New(slog.DiscardHandler))
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "IPv4 podCIDRs only") {
+			t.Errorf("%s: error %v, want one naming the file and saying IPv4 only", conf, err)
+		}
 	}
 }
