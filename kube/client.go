@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -14,18 +13,19 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// NodeAPI is what the Manager needs of the API server: client-go's typed
-// NodeInterface has these methods, and NewClient is a lighter one.
+// NodeAPI is what the Manager needs of the API server, in weft's own Node
+// types (wire.go); Client implements it.
 type NodeAPI interface {
-	List(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error)
+	List(ctx context.Context, opts metav1.ListOptions) (*NodeList, error)
 	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
-	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Node, error)
+	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*Node, error)
 }
 
 // Client talks to the API server about Nodes and Pods only. It is client-go's
-// REST client with a scheme of the core/v1 types alone: the generated
-// clientset registers every API group of Kubernetes at start, megabytes of
-// heap and binary weftd would carry for types it never sees.
+// REST client with a scheme of weft's own Node and Pod types (wire.go): the
+// generated clientset, or even k8s.io/api/core/v1 alone, would put megabytes
+// of types weftd never uses into its binary, and so into every node's
+// memory, in etcd mode too.
 type Client struct {
 	rc *rest.RESTClient
 	pc runtime.ParameterCodec
@@ -36,12 +36,10 @@ var _ NodeAPI = (*Client)(nil)
 // NewClient makes a Client from a rest.Config (kubeconfig or in-cluster).
 func NewClient(c *rest.Config) (*Client, error) {
 	scheme := runtime.NewScheme()
-	if err := corev1.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
+	addToScheme(scheme)
 	c = rest.CopyConfig(c)
 	c.APIPath = "/api"
-	c.GroupVersion = &corev1.SchemeGroupVersion
+	c.GroupVersion = &coreV1
 	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
@@ -61,8 +59,8 @@ func timeout(o metav1.ListOptions) time.Duration {
 }
 
 // List lists the Nodes.
-func (c *Client) List(ctx context.Context, o metav1.ListOptions) (*corev1.NodeList, error) {
-	out := &corev1.NodeList{}
+func (c *Client) List(ctx context.Context, o metav1.ListOptions) (*NodeList, error) {
+	out := &NodeList{}
 	err := c.rc.Get().Resource("nodes").VersionedParams(&o, c.pc).Timeout(timeout(o)).Do(ctx).Into(out)
 	return out, err
 }
@@ -74,15 +72,15 @@ func (c *Client) Watch(ctx context.Context, o metav1.ListOptions) (watch.Interfa
 }
 
 // Patch patches a Node or one of its subresources.
-func (c *Client) Patch(ctx context.Context, name string, pt types.PatchType, data []byte, o metav1.PatchOptions, sub ...string) (*corev1.Node, error) {
-	out := &corev1.Node{}
+func (c *Client) Patch(ctx context.Context, name string, pt types.PatchType, data []byte, o metav1.PatchOptions, sub ...string) (*Node, error) {
+	out := &Node{}
 	err := c.rc.Patch(pt).Resource("nodes").Name(name).SubResource(sub...).VersionedParams(&o, c.pc).Body(data).Do(ctx).Into(out)
 	return out, err
 }
 
 // PodNode returns the name of the node the pod runs on.
 func (c *Client) PodNode(ctx context.Context, namespace, name string) (string, error) {
-	p := &corev1.Pod{}
+	p := &pod{}
 	if err := c.rc.Get().Namespace(namespace).Resource("pods").Name(name).Do(ctx).Into(p); err != nil {
 		return "", err
 	}

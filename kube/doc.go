@@ -18,6 +18,8 @@
 // only what weft reads of a Node (its name, creation time, podCIDR and the
 // few annotations under the prefix), not managedFields, status or labels:
 // at 4,000 Nodes the whole objects would be most of weftd's memory.
+// Nodes are decoded into weft's own types (wire.go), not k8s.io/api's,
+// which would be megabytes of weftd's binary, resident in etcd mode too.
 //
 // A Node's annotations are written by whoever may patch Nodes, so they are
 // checked like etcd leases: garbage, a zero MAC or a bogus public IP is

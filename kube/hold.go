@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -122,15 +121,16 @@ func (m *Manager) patchAnnotations(ctx context.Context, ann map[string]string) e
 // as flanneld does once its data plane is up (--set-node-network-unavailable).
 func (m *Manager) SetNetworkAvailable(ctx context.Context) error {
 	now := metav1.Now()
-	cond := corev1.NodeCondition{
-		Type:               corev1.NodeNetworkUnavailable,
-		Status:             corev1.ConditionFalse,
-		Reason:             "WeftIsUp",
-		Message:            "weftd is running on this node",
-		LastTransitionTime: now,
-		LastHeartbeatTime:  now,
+	// A core/v1 NodeCondition, by its JSON names.
+	cond := map[string]any{
+		"type":               "NetworkUnavailable",
+		"status":             "False",
+		"reason":             "WeftIsUp",
+		"message":            "weftd is running on this node",
+		"lastTransitionTime": now,
+		"lastHeartbeatTime":  now,
 	}
-	body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []any{cond}}})
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
@@ -98,7 +97,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	_, m.ctrl = cache.NewInformerWithOptions(cache.InformerOptions{
 		ListerWatcher: cache.ToListWatcherWithWatchListSemantics(lw, cfg.Nodes),
-		ObjectType:    &corev1.Node{},
+		ObjectType:    &Node{},
 		Transform:     m.trim,
 		Handler: cache.ResourceEventHandlerDetailedFuncs{
 			AddFunc:    func(obj any, _ bool) { m.update(obj) },
@@ -146,8 +145,8 @@ func (m *Manager) LastSync() time.Time {
 	return m.lastGood
 }
 
-// nodeRecord is what the informer keeps of a Node: a tenth of the memory of
-// even an empty corev1.Node, whose status alone has dozens of fields.
+// nodeRecord is what the informer keeps of a Node: its metadata without
+// labels, managedFields and the annotations weft does not read.
 type nodeRecord struct {
 	metav1.TypeMeta
 	metav1.ObjectMeta
@@ -165,7 +164,7 @@ func (n *nodeRecord) DeepCopyObject() runtime.Object {
 // trim keeps of a Node only what weft reads: name, resourceVersion,
 // creation time, podCIDR and the annotations under the prefix.
 func (m *Manager) trim(obj any) (any, error) {
-	n, ok := obj.(*corev1.Node)
+	n, ok := obj.(*Node)
 	if !ok {
 		return obj, nil
 	}

@@ -10,7 +10,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/weft-net/weft/subnet"
 )
@@ -18,11 +21,62 @@ import (
 // These tests drive the Manager with client-go's fake clientset, for the
 // logic alone; e2e/kube_*_test.go run it against a real kube-apiserver.
 
-// fakeNodes is the fake clientset's Nodes, which cannot stream a listing
-// as watch events (the real API server can, and Client uses it).
-type fakeNodes struct{ NodeAPI }
+// fakeNodes is the fake clientset's Nodes, in weft's own types: each Node
+// goes through its protobuf encoding and Node.Unmarshal, as from the API
+// server. The fake clientset cannot stream a listing as watch events (the
+// real API server can, and Client uses it).
+type fakeNodes struct {
+	typed typedcorev1.NodeInterface
+}
+
+var _ NodeAPI = fakeNodes{}
 
 func (fakeNodes) IsWatchListSemanticsUnSupported() bool { return true }
+
+func (f fakeNodes) List(ctx context.Context, o metav1.ListOptions) (*NodeList, error) {
+	l, err := f.typed.List(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	out := &NodeList{}
+	return out, viaProtobuf(l, out)
+}
+
+func (f fakeNodes) Watch(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	w, err := f.typed.Watch(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	return watch.Filter(w, func(e watch.Event) (watch.Event, bool) {
+		if n, ok := e.Object.(*corev1.Node); ok {
+			out := &Node{}
+			if err := viaProtobuf(n, out); err != nil {
+				panic(err)
+			}
+			e.Object = out
+		}
+		return e, true
+	}), nil
+}
+
+func (f fakeNodes) Patch(ctx context.Context, name string, pt types.PatchType, data []byte, o metav1.PatchOptions, sub ...string) (*Node, error) {
+	n, err := f.typed.Patch(ctx, name, pt, data, o, sub...)
+	if err != nil {
+		return nil, err
+	}
+	out := &Node{}
+	return out, viaProtobuf(n, out)
+}
+
+// viaProtobuf encodes in with core/v1's generated code and decodes it with
+// weft's.
+func viaProtobuf(in interface{ Marshal() ([]byte, error) }, out interface{ Unmarshal([]byte) error }) error {
+	b, err := in.Marshal()
+	if err != nil {
+		return err
+	}
+	return out.Unmarshal(b)
+}
 
 func testConfig(t *testing.T) subnet.Config {
 	t.Helper()
@@ -158,7 +212,11 @@ func TestTrim(t *testing.T) {
 	n.Labels = map[string]string{"kubernetes.io/hostname": "n"}
 	n.Status.Images = []corev1.ContainerImage{{Names: []string{"x"}}}
 	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.7.2"}}
-	out, err := m.trim(n)
+	decoded := &Node{}
+	if err := viaProtobuf(n, decoded); err != nil {
+		t.Fatal(err)
+	}
+	out, err := m.trim(decoded)
 	if err != nil {
 		t.Fatal(err)
 	}
