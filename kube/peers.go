@@ -75,38 +75,68 @@ func (ps *peerSet) note(old, new *entry) {
 	ps.pending = append(ps.pending, change{old, new})
 }
 
-// incremental applies the pending changes to out; false means a full
-// snapshot is needed. Called after the changes are in sorted and macs.
-func (ps *peerSet) incremental(key outKey, self *peer.Self) ([]rejection, bool) {
+// counts are the peer events of one snapshot: peers added, removed and
+// changed (same subnet, another public IP or MAC) since the last one.
+type counts struct{ added, removed, changed int }
+
+// incremental applies the pending changes to out and counts what they did
+// to it; false means a full snapshot is needed, and out is then untouched.
+// Called after the changes are in sorted and macs.
+func (ps *peerSet) incremental(key outKey, self *peer.Self) ([]rejection, counts, bool) {
+	var n counts
 	if !ps.outOK || key != ps.outKey {
-		return nil, false
+		return nil, n, false
+	}
+	for _, c := range ps.pending {
+		if !ps.alone(c, key) {
+			return nil, n, false
+		}
 	}
 	var rej []rejection
 	for _, c := range ps.pending {
-		if !ps.alone(c, key) {
-			return nil, false
-		}
+		var was *peer.Peer // the change's old peer, taken out of out
 		if c.old != nil && c.old.name != key.own {
 			if j, found := slices.BinarySearchFunc(ps.out, c.old.peer.Subnet, peerAt); found && ps.out[j].Subnet == c.old.peer.Subnet {
+				old := ps.out[j]
+				was = &old
 				ps.out = slices.Delete(ps.out, j, j+1)
 			}
 		}
+		var is *peer.Peer // the change's new peer, put into out
 		if c.new != nil && c.new.name != key.own {
 			p := c.new.peer
 			if err := peer.Check(&p, key.n, self); err != nil {
 				rej = append(rej, rejection{c.new.name, err})
-				continue
-			}
-			j, found := slices.BinarySearchFunc(ps.out, p.Subnet, peerAt)
-			if found {
-				ps.out[j] = p
 			} else {
-				ps.out = slices.Insert(ps.out, j, p)
+				j, found := slices.BinarySearchFunc(ps.out, p.Subnet, peerAt)
+				if found {
+					ps.out[j] = p
+				} else {
+					ps.out = slices.Insert(ps.out, j, p)
+				}
+				is = &p
+			}
+		}
+		switch {
+		case was != nil && is != nil && was.Subnet == is.Subnet:
+			if !samePeer(*was, *is) {
+				n.changed++
+			}
+		default:
+			if was != nil {
+				n.removed++
+			}
+			if is != nil {
+				n.added++
 			}
 		}
 	}
 	ps.pending = ps.pending[:0]
-	return rej, true
+	return rej, n, true
+}
+
+func samePeer(a, b peer.Peer) bool {
+	return a.PublicIP == b.PublicIP && string(a.VtepMAC) == string(b.VtepMAC)
 }
 
 // alone reports whether change c can alter no other record's verdict, so
@@ -169,9 +199,10 @@ func (ps *peerSet) publicIn(s netip.Prefix) bool {
 	return false
 }
 
-// full records the result of a full snapshot as the base of the next ones.
+// full makes peers, the result of a full snapshot, the base of the next
+// ones (peers is kept, not copied).
 func (ps *peerSet) full(key outKey, peers []peer.Peer) {
-	ps.out = append(ps.out[:0], peers...)
+	ps.out = peers
 	ps.outOK, ps.outKey, ps.pending = true, key, ps.pending[:0]
 }
 

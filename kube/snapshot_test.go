@@ -30,12 +30,9 @@ func BenchmarkSnapshot4000(b *testing.B) {
 		Self: func() (netip.Prefix, netip.Addr) {
 			return netip.MustParsePrefix("172.16.0.0/24"), netip.MustParseAddr("10.250.0.1")
 		}}
-	var last []peer.Peer
 	b.ReportAllocs()
 	for b.Loop() {
 		s, _ := m.snapshot(f)
-		m.count(last, s.Peers)
-		last = append(last[:0], s.Peers...)
 		m.Recycle(s)
 	}
 }
@@ -80,6 +77,54 @@ func TestIncrementalMatchesFull(t *testing.T) {
 		if g, w := peersText(got), peersText(want); g != w {
 			t.Fatalf("change %d: change by change\n%s\nfrom scratch\n%s", i, g, w)
 		}
+	}
+}
+
+// TestPeerEventCounts: weft_peer_events_total counts, for each snapshot,
+// the peers added, removed and changed since the one before, whether the
+// snapshot is made change by change or from scratch.
+func TestPeerEventCounts(t *testing.T) {
+	cfg, _ := subnet.ParseConfig([]byte(`{"Network":"172.16.0.0/12","Backend":{"Type":"vxlan"}}`))
+	m, err := New(Config{Nodes: fakeNodes{}, NodeName: "self", Network: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.own = netip.MustParsePrefix("172.16.0.0/24")
+	f := subnet.PeerFilter{Config: cfg, Underlay: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")},
+		Self: func() (netip.Prefix, netip.Addr) { return m.own, netip.MustParseAddr("10.250.0.1") }}
+	value := func(kind string) int { return int(testutilValue(m.m.peerEvents.WithLabelValues(kind))) }
+	var prev []peer.Peer
+	full := 0
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range 3000 {
+		name := fmt.Sprintf("n%d", rng.IntN(40))
+		if rng.IntN(5) == 0 {
+			m.delete(record(node(name, "", nil)))
+		} else {
+			cidr := fmt.Sprintf("172.16.%d.0/24", 1+rng.IntN(30))
+			ip := fmt.Sprintf("10.250.0.%d", 2+rng.IntN(50))
+			mac := fmt.Sprintf("0e:00:00:00:00:%02x", rng.IntN(45))
+			if rng.IntN(3) == 0 { // a new address or MAC on the same subnet
+				cidr = fmt.Sprintf("172.16.%d.0/24", 1+rng.IntN(3))
+			}
+			n := node(name, cidr, flannelAnn(ip, mac))
+			n.CreationTimestamp.Time = time.Unix(int64(rng.IntN(1000)), 0)
+			m.update(record(n))
+		}
+		if !m.peers.outOK {
+			full++
+		}
+		a, r, c := value("added"), value("removed"), value("changed")
+		s, _ := m.snapshot(f)
+		want := m.count(prev, s.Peers)
+		if got := (counts{value("added") - a, value("removed") - r, value("changed") - c}); got != want {
+			t.Fatalf("change %d: counted %+v, want %+v", i, got, want)
+		}
+		prev = append(prev[:0], s.Peers...)
+		m.Recycle(s)
+	}
+	if full == 0 || full > 2900 {
+		t.Errorf("%d of 3000 snapshots were full ones: the test should see both kinds", full)
 	}
 }
 

@@ -2,7 +2,6 @@ package kube
 
 import (
 	"context"
-	"slices"
 
 	"github.com/weft-net/weft/peer"
 	"github.com/weft-net/weft/subnet"
@@ -16,11 +15,8 @@ func (m *Manager) WatchPeers(ctx context.Context, f subnet.PeerFilter, out func(
 	if err := m.WaitSynced(ctx); err != nil {
 		return err
 	}
-	var last []peer.Peer // the previous snapshot's peers, for the event counts
 	for {
 		if s, ok := m.snapshot(f); ok {
-			m.count(last, s.Peers)
-			last = append(last[:0], s.Peers...)
 			out(s)
 		}
 		select {
@@ -55,12 +51,18 @@ func (m *Manager) snapshot(f subnet.PeerFilter) (subnet.Snapshot, bool) {
 	}
 	n := peer.Network{Prefix: f.Config.Network, SubnetLen: m.own.Bits()}
 	key := outKey{own: m.cfg.NodeName, selfIP: self.PublicIP, self: self.Subnet, n: n}
-	rej, incremental := m.peers.incremental(key, &self)
+	rej, events, incremental := m.peers.incremental(key, &self)
 	if !incremental {
-		var peers []peer.Peer
-		peers, rej = m.peers.snapshot(m.peers.out[:0], m.cfg.NodeName, n, &self)
+		// Made afresh, so that the events are counted against the last
+		// snapshot's peers; a full snapshot is rare (the first, a burst,
+		// two claims on one subnet or MAC, a change of the host's routes).
+		peers, r := m.peers.snapshot(make([]peer.Peer, 0, len(m.peers.sorted)), m.cfg.NodeName, n, &self)
+		rej, events = r, m.count(m.peers.out, peers)
 		m.peers.full(key, peers)
 	}
+	m.m.peerEvents.WithLabelValues("added").Add(float64(events.added))
+	m.m.peerEvents.WithLabelValues("removed").Add(float64(events.removed))
+	m.m.peerEvents.WithLabelValues("changed").Add(float64(events.changed))
 	peers := append(m.peerBuf(len(m.peers.out)), m.peers.out...)
 	seen := make(map[string]bool, len(rej))
 	for _, r := range rej {
@@ -86,9 +88,9 @@ func (m *Manager) peerBuf(n int) []peer.Peer {
 	return make([]peer.Peer, 0, n+n/8+16)
 }
 
-// count updates weft_peer_events_total from the difference between two
-// snapshots, both sorted by subnet.
-func (m *Manager) count(prev, next []peer.Peer) {
+// count compares two snapshots' peers, both sorted by subnet.
+func (m *Manager) count(prev, next []peer.Peer) counts {
+	var n counts
 	i, j := 0, 0
 	for i < len(prev) || j < len(next) {
 		c := 0
@@ -105,17 +107,18 @@ func (m *Manager) count(prev, next []peer.Peer) {
 		}
 		switch {
 		case c < 0:
-			m.m.peerEvents.WithLabelValues("removed").Inc()
+			n.removed++
 			i++
 		case c > 0:
-			m.m.peerEvents.WithLabelValues("added").Inc()
+			n.added++
 			j++
 		default:
-			if prev[i].PublicIP != next[j].PublicIP || !slices.Equal(prev[i].VtepMAC, next[j].VtepMAC) {
-				m.m.peerEvents.WithLabelValues("changed").Inc()
+			if !samePeer(prev[i], next[j]) {
+				n.changed++
 			}
 			i++
 			j++
 		}
 	}
+	return n
 }
