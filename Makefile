@@ -93,6 +93,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelVersion$$' -fuzztime $(FUZZTIME) ./network/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseFlags$$' -fuzztime $(FUZZTIME) ./cmd/weftd/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePeer$$' -fuzztime $(FUZZTIME) ./kube/
+	$(GO) test -run '^$$' -fuzz '^FuzzNodeUnmarshal$$' -fuzztime $(FUZZTIME) ./kube/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePing$$' -fuzztime $(FUZZTIME) ./internal/cluster/
 	$(GO) test -run '^$$' -fuzz '^FuzzSubnetEnv$$' -fuzztime $(FUZZTIME) ./cni/
 	$(GO) test -run '^$$' -fuzz '^FuzzConf$$' -fuzztime $(FUZZTIME) ./cni/
