@@ -59,15 +59,12 @@ func newAnnotations(prefix string) annotations {
 	}
 }
 
-// keep returns weft's own copy of an annotation's name if weft reads it:
-// the informer then keeps one copy of each name, not one per Node.
-func (a annotations) keep(name string) (string, bool) {
-	for _, k := range [...]string{a.backendData, a.backendType, a.publicIP, a.managed, a.overwrite} {
-		if name == k {
-			return k, true
-		}
-	}
-	return "", false
+// numAnn is the number of annotations weft reads.
+const numAnn = 5
+
+// names lists the annotations weft reads, in nodeRecord's order.
+func (a annotations) names() [numAnn]string {
+	return [...]string{a.backendData, a.backendType, a.publicIP, a.managed, a.overwrite}
 }
 
 // backendData is the JSON of <prefix>/backend-data for the vxlan backend.

@@ -59,7 +59,7 @@ func (m *Manager) Hold(ctx context.Context, req subnet.HoldRequest) error {
 				req.OnLease(subnet.Lease{Subnet: s, Attrs: subnet.LeaseAttrs{
 					PublicIP: req.PublicIP, BackendType: "vxlan", VNI: req.Config.Backend.VNI, VtepMAC: req.VtepMAC}})
 			}
-			if retry == nil && !published(self.Annotations, want) {
+			if retry == nil && !published(self.annotations(m.ann), want) {
 				if err := m.patchAnnotations(ctx, want); err != nil {
 					m.log.Error("publishing the node's annotations, will retry", "node", m.cfg.NodeName, "err", err, "in", backoff)
 					retry = time.After(backoff)
@@ -154,7 +154,7 @@ func (m *Manager) PublicIPOverwrite(ctx context.Context) (netip.Addr, error) {
 		self := m.self
 		m.mu.Unlock()
 		if self != nil {
-			return m.ann.overwriteIP(self.Annotations)
+			return m.ann.overwriteIP(self.annotations(m.ann))
 		}
 		if !logged && m.ctrl.HasSynced() {
 			m.log.Warn("waiting for this node's Node object", "node", m.cfg.NodeName)

@@ -130,6 +130,5 @@ func TestPeerEventCounts(t *testing.T) {
 
 // record is n as the informer hands it over, trimmed.
 func record(n *corev1.Node) *nodeRecord {
-	r := &nodeRecord{ObjectMeta: n.ObjectMeta, PodCIDR: n.Spec.PodCIDR}
-	return r
+	return newAnnotations(DefaultPrefix).record(&Node{ObjectMeta: n.ObjectMeta, Spec: NodeSpec{PodCIDR: n.Spec.PodCIDR}})
 }
