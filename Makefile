@@ -20,9 +20,15 @@ DEB_PACKAGES := iproute2 iptables nftables etcd-server etcd-client iputils-ping 
 	containernetworking-plugins podman runc busybox-static ethtool
 
 # Packages whose tests never need root; they also run under the race detector.
-UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./service/... ./cmd/... ./internal/etcdconn/...
+UNIT_PKGS := ./ip/... ./peer/... ./subnet/... ./service/... ./kube/... ./cmd/... ./internal/etcdconn/...
 
-.PHONY: all build deps demo test test-unit test-kernel e2e bench fuzz vet clean
+# The Kubernetes-mode tests and benchmark run real kube-apiserver, kube-proxy
+# and etcd 3.6+, built from the Go module proxy by e2e/kube/tools/build.sh
+# (a module of its own) into a cache outside the repository, keyed by
+# version: only the first run on a machine pays (minutes on 2 cores).
+KUBE_CACHE ?= /var/cache/weft-kube
+
+.PHONY: all build deps demo test test-unit test-kernel e2e bench fuzz vet clean kube-tools
 
 all: build
 
@@ -44,11 +50,17 @@ demo: deps build
 
 # test runs everything: unit tests (race detector), kernel tests in namespaces,
 # and the end-to-end suite on a namespace cluster with a real etcd.
-test: deps build vet
+test: deps build vet kube-tools
 	WEFT_REQUIRE_ETCD=1 $(GO) test -race -count=1 $(UNIT_PKGS)
 	WEFT_REQUIRE_ETCD=1 $(GO) test -count=1 -p 1 ./rtnl/... ./backend/... ./network/... ./proxy/... ./internal/cluster/...
 	WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 ./cni/...
-	WEFT_REQUIRE_ETCD=1 WEFT_BIN=$(BIN) $(GO) test -count=1 -p 1 -timeout 20m ./e2e/...
+	WEFT_REQUIRE_ETCD=1 WEFT_BIN=$(BIN) WEFT_KUBE_BIN=$$(bash e2e/kube/tools/build.sh $(KUBE_CACHE)) \
+		$(GO) test -count=1 -p 1 -timeout 30m ./e2e/...
+
+# kube-tools builds what is missing of the Kubernetes test binaries.
+kube-tools:
+	@start=$$(date +%s); bash e2e/kube/tools/build.sh $(KUBE_CACHE) >/dev/null; \
+	echo "Kubernetes test binaries ready in $$(( $$(date +%s) - start ))s"
 
 test-unit:
 	$(GO) test -race -count=1 $(UNIT_PKGS)
@@ -61,8 +73,8 @@ vet:
 	$(GO) run $(STATICCHECK) ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
-bench: deps build
-	WEFT_BIN=$(BIN) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
+bench: deps build kube-tools
+	WEFT_BIN=$(BIN) WEFT_KUBE_BIN=$$(bash e2e/kube/tools/build.sh $(KUBE_CACHE)) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
 
 # fuzz runs every fuzz target in the repo, FUZZTIME each (make fuzz FUZZTIME=5m).
 # Their seed corpora live in each package's testdata/fuzz and also run in test.
@@ -80,6 +92,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadSubnetEnv$$' -fuzztime $(FUZZTIME) ./network/
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelVersion$$' -fuzztime $(FUZZTIME) ./network/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseFlags$$' -fuzztime $(FUZZTIME) ./cmd/weftd/
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePeer$$' -fuzztime $(FUZZTIME) ./kube/
+	$(GO) test -run '^$$' -fuzz '^FuzzNodeUnmarshal$$' -fuzztime $(FUZZTIME) ./kube/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePing$$' -fuzztime $(FUZZTIME) ./internal/cluster/
 	$(GO) test -run '^$$' -fuzz '^FuzzSubnetEnv$$' -fuzztime $(FUZZTIME) ./cni/
 	$(GO) test -run '^$$' -fuzz '^FuzzConf$$' -fuzztime $(FUZZTIME) ./cni/

@@ -49,6 +49,8 @@ type options struct {
 	logLevel       string
 	logFormat      string
 	showVersion    bool
+
+	kube kubeOptions // Kubernetes mode (kube.go)
 }
 
 // envPrefix is prepended to a flag's name, upper-cased with dashes turned into
@@ -91,6 +93,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	addKubeFlags(fs, &o.kube)
 
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -119,6 +122,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 		}
 	})
 	if err := errors.Join(errs...); err != nil {
+		return o, err
+	}
+	if err := o.kube.fromEnv(getenv); err != nil {
+		return o, err
+	}
+	if err := o.kube.servicesOff(&o.services, fs.Changed("services")); err != nil {
 		return o, err
 	}
 	if len(o.etcdEndpoints) == 0 {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -19,7 +18,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/weft-net/weft/backend/vxlan"
 	"github.com/weft-net/weft/internal/etcdconn"
 	"github.com/weft-net/weft/network"
 	"github.com/weft-net/weft/service"
@@ -39,16 +37,42 @@ type agent struct {
 	// for a usable one before it touches anything; nil otherwise.
 	refused atomic.Pointer[string]
 	svc     *services // nil with --services=false
+	// starters run beside the loop; closers release what wiring made
+	// (Kubernetes mode, cmd/weftd/kube.go).
+	starters []func(context.Context)
+	closers  []func()
 }
 
-func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
+// newAgent makes the agent and its metrics registry and starts the HTTP
+// server (/healthz, /readyz, /metrics, /status), which answers while the
+// rest is wired.
+func newAgent(o options, log *slog.Logger) (*agent, *prometheus.Registry, error) {
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(),
 	)
+	a := &agent{log: log, opts: o}
+	a.server = newHTTPServer(o.metricsAddr, a.routes(promReg), defaultHTTPLimits)
+	if o.metricsAddr != "" {
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
+		}
+		go func() {
+			if err := a.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+	}
+	return a, promReg, nil
+}
 
+func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
+	if o.kube.enabled {
+		return wireKube(ctx, o, log)
+	}
 	ecfg, err := etcdconn.Config(etcdconn.Options{
 		Endpoints: o.etcdEndpoints,
 		CAFile:    o.etcdCAFile,
@@ -69,18 +93,9 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 	}
 
 	// Serve /healthz and /readyz while waiting for etcd.
-	a := &agent{log: log, opts: o}
-	a.server = newHTTPServer(o.metricsAddr, a.routes(promReg), defaultHTTPLimits)
-	if o.metricsAddr != "" {
-		ln, err := net.Listen("tcp", o.metricsAddr)
-		if err != nil {
-			return nil, fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
-		}
-		go func() {
-			if err := a.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server stopped", "err", err)
-			}
-		}()
+	a, promReg, err := newAgent(o, log)
+	if err != nil {
+		return nil, err
 	}
 
 	cli, err := connectEtcd(ctx, ecfg, log)
@@ -95,127 +110,12 @@ func wire(ctx context.Context, o options, log *slog.Logger) (*agent, error) {
 		cli.Close()
 		return nil, err
 	}
-	vni := cfg.Backend.VNI
-	fam, err := families(cfg, up)
-	if err != nil {
-		cli.Close()
-		return nil, err
-	}
-	ours := func(dst netip.Prefix, proto, metric int) bool {
-		return (vxlan.IsDirectRoute(cfg.Network, dst, proto, metric) ||
-			cfg.Dual() && vxlan.IsDirectRoute(cfg.IPv6.Network, dst, proto, metric))
-	}
-	avoid, err := network.HostPrefixesExcept(ours, fam.devices...)
-	if err != nil {
-		cli.Close()
-		return nil, err
-	}
-	logArgs := []any{"network", cfg.Network, "subnet_len", cfg.SubnetLen, "vni", vni,
-		"uplink", up.Name, "public_ip", fam.publicIP, "vtep_mac", fam.mac.String()}
-	if cfg.Dual() {
-		logArgs = append(logArgs, "ipv6_network", cfg.IPv6.Network, "public_ipv6", fam.publicIP6, "vtep_mac6", fam.mac6.String())
-	}
-	log.Info("network config", logArgs...)
-	release := o.kernelRelease
-	if release == "" {
-		release = kernelRelease()
-	}
-	txOn, why, err := network.ChecksumPolicy(o.txChecksum, release)
-	if err != nil {
-		cli.Close()
-		return nil, err
-	}
-	log.Info("tx checksum offload of the VXLAN devices", "on", txOn, "why", why)
-	newDevice := func(local netip.Addr, mac net.HardwareAddr, own netip.Prefix) (network.Dataplane, error) {
-		overlay := cfg.Network
-		if local.Is6() && cfg.Dual() {
-			overlay = cfg.IPv6.Network
-		}
-		var onLink []netip.Prefix
-		for _, p := range up.Networks {
-			if p.Addr().Is6() == local.Is6() {
-				onLink = append(onLink, p)
-			}
-		}
-		return newVXLAN(vxlan.Config{
-			Name:        vxlan.DefaultName(vni, local.Is6()),
-			VNI:         vni,
-			Port:        cfg.Backend.Port,
-			Local:       local,
-			UplinkIndex: up.Index,
-			MTU:         cfg.Backend.MTU,
-			MAC:         mac,
-			Subnet:      own,
-			TxChecksum:  &txOn,
-
-			DirectRouting: cfg.Backend.DirectRouting,
-			OnLink:        onLink,
-			Network:       overlay,
-		}, log, promReg)
-	}
-
-	var holder interface {
-		Hold(context.Context, subnet.HoldRequest) error
-	} = a.reg
-	var watcher interface {
-		WatchPeers(context.Context, subnet.PeerFilter, func(subnet.Snapshot)) error
-		Recycle(subnet.Snapshot)
-	} = a.reg
+	src := nodeSource{holder: a.reg, watcher: a.reg, config: a.reg, configRev: cfgRev, synced: a.reg.LastSync}
 	if o.services {
 		a.svc = newServices(service.NewStore(cli, o.etcdPrefix), cfg.Network, up.Networks, log, promReg)
-		holder, watcher = &leaseTee{inner: a.reg, s: a.svc}, &peerTee{Registry: a.reg, s: a.svc}
+		src.holder, src.watcher = &leaseTee{inner: a.reg, s: a.svc}, &peerTee{Registry: a.reg, s: a.svc}
 	}
-	node, err := network.NewNode(network.NodeConfig{
-		Config:         cfg,
-		PublicIP:       fam.publicIP,
-		Underlay:       up.Networks,
-		UplinkName:     up.Name,
-		Avoid:          avoid,
-		LeaseTTL:       o.leaseTTL,
-		SubnetFile:     o.subnetFile,
-		IPMasq:         o.ipMasq,
-		ResyncInterval: o.resyncInterval,
-		RulesInterval:  o.iptablesResync,
-		Leases: subnet.LeaseAttrs{PublicIP: fam.publicIP, BackendType: "vxlan", VNI: vni, VtepMAC: fam.mac,
-			PublicIP6: fam.publicIP6, VtepMAC6: fam.mac6},
-		Holder:         holder,
-		Watcher:        watcher,
-		ConfigWatcher:  a.reg,
-		ConfigRevision: cfgRev,
-		EtcdSynced:     a.reg.LastSync,
-		NewDataplane: func(own subnet.Lease) (network.Dataplane, error) {
-			first, err := newDevice(fam.publicIP, fam.mac, own.Subnet)
-			if err != nil || !own.Subnet6.IsValid() {
-				return first, err
-			}
-			v6, err := newDevice(fam.publicIP6, fam.mac6, own.Subnet6)
-			if err != nil {
-				first.Close()
-				return nil, err
-			}
-			return network.NewDualStack(first, v6), nil
-		},
-		NewRules: func(rc network.RulesConfig) (network.RuleSet, error) {
-			r, err := network.NewRules(rc, log)
-			if err != nil {
-				return nil, err
-			}
-			return r, nil
-		},
-		SkipForward: !o.forwardRules,
-		NewIngress: func(ic network.IngressConfig) (network.IngressFilter, error) {
-			g, err := network.NewIngress(ic, log)
-			if err != nil {
-				return nil, err
-			}
-			return g, nil
-		},
-		VXLANPort:    cfg.Backend.Port,
-		AllowVXLAN:   o.vxlanAllowNets,
-		HostPrefixes: func() ([]netip.Prefix, error) { return network.HostPrefixesExcept(ours, fam.devices...) },
-		Log:          log,
-		Metrics:      network.NewMetrics(promReg),
-	})
+	node, err := a.newNode(cfg, up, src, promReg)
 	if err != nil {
 		cli.Close()
 		return nil, err
@@ -301,6 +201,9 @@ func isUnavailable(err error) bool {
 
 func (a *agent) run(ctx context.Context) error {
 	go a.notifyWhenReady(ctx)
+	for _, f := range a.starters {
+		go f(ctx)
+	}
 	if a.svc != nil {
 		sctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
@@ -315,7 +218,12 @@ func (a *agent) shutdown(ctx context.Context) {
 }
 
 func (a *agent) close() {
-	a.cli.Close()
+	if a.cli != nil {
+		a.cli.Close()
+	}
+	for _, f := range a.closers {
+		f()
+	}
 }
 
 func buildInfo() prometheus.Collector {
