@@ -85,8 +85,11 @@ type Ingress struct {
 	// refs counts the admitted peers by PublicIP: two leases may name one
 	// address, which stays allowed while either is a peer.
 	refs map[netip.Addr]int
-	// add and gone are scratch lists of Admit and Release.
-	add, gone []netip.Addr
+	// w writes the sets' elements (the hot path); conn does the rest.
+	w *elementWriter
+	// add and gone are scratch lists of Admit and Release, v4 and v6 of
+	// elementsLocked.
+	add, gone, v4, v6 []netip.Addr
 	// settled is false until the first Settle: until then the addresses
 	// already in the kernel's sets (left by the weftd before a restart) are
 	// kept, so a restart drops no peer's packet; Settle removes the ones
@@ -150,10 +153,15 @@ func NewIngress(cfg IngressConfig, log *slog.Logger) (*Ingress, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening nf_tables: %w", err)
 	}
+	w, err := openElementWriter(cfg.NetNSFd)
+	if err != nil {
+		_ = conn.CloseLasting()
+		return nil, err
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Ingress{log: log.With("component", "ingress"), cfg: cfg, conn: conn, refs: map[netip.Addr]int{}}, nil
+	return &Ingress{log: log.With("component", "ingress"), cfg: cfg, conn: conn, w: w, refs: map[netip.Addr]int{}}, nil
 }
 
 // Close releases the netlink socket. The table stays, so the filter keeps
@@ -164,6 +172,7 @@ func (g *Ingress) Close() {
 	if g.conn != nil {
 		_ = g.conn.CloseLasting()
 		g.conn = nil
+		g.w.close()
 	}
 }
 
@@ -274,42 +283,22 @@ const elementsChunk = 512
 // transaction. A table that is missing (flushed by someone) is rebuilt whole
 // instead.
 func (g *Ingress) elementsLocked(addrs []netip.Addr, add bool) error {
-	t, s := g.names()
-	s6 := g.set6(t)
-	var elems []nftables.SetElement
 	for len(addrs) > 0 {
 		n := min(len(addrs), elementsChunk)
-		elems = elems[:0]
-		var elems6 []nftables.SetElement
+		v4, v6 := g.v4[:0], g.v6[:0]
 		for _, a := range addrs[:n] {
 			if a.Is4() {
-				elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+				v4 = append(v4, a)
 			} else {
-				elems6 = append(elems6, nftables.SetElement{Key: a.AsSlice()})
+				v6 = append(v6, a)
 			}
 		}
 		addrs = addrs[n:]
-		var err error
-		for _, p := range []struct {
-			set   *nftables.Set
-			elems []nftables.SetElement
-		}{{s, elems}, {s6, elems6}} {
-			if len(p.elems) == 0 || err != nil {
-				continue
-			}
-			if add {
-				err = g.conn.SetAddElements(p.set, p.elems)
-			} else {
-				err = g.conn.SetDeleteElements(p.set, p.elems)
-			}
-		}
-		if err == nil {
-			err = g.conn.Flush()
-		}
-		if err != nil {
+		g.v4, g.v6 = v4[:0], v6[:0]
+		if err := g.w.write(add, v4, v6); err != nil {
 			// The table or set is gone, or an element was already
 			// missing: write the whole table as it should be.
-			g.log.Debug("updating the peers set failed; rebuilding the table", "table", t.Name, "err", err)
+			g.log.Debug("updating the peers set failed; rebuilding the table", "table", ingressTable, "err", err)
 			return g.rebuildLocked()
 		}
 	}

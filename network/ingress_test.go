@@ -137,6 +137,19 @@ func TestIngressInstallAdmitRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The table gone when a peer comes: the kernel refuses the element,
+	// and the Admit writes the whole table instead, with every peer.
+	nft("flush", "ruleset")
+	if err := g.Admit([]netip.Addr{ip("172.17.42.36")}); err != nil {
+		t.Fatal(err)
+	}
+	if s := set(); !strings.Contains(s, "172.17.42.32") || !strings.Contains(s, "172.17.42.36") {
+		t.Fatalf("Admit into a flushed ruleset:\n%s", s)
+	}
+	if err := g.Release([]netip.Addr{ip("172.17.42.36")}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Someone flushes the ruleset, or deletes one rule: Ensure puts it back whole.
 	nft("flush", "ruleset")
 	if n, err := g.Ensure(); err != nil || n != 1 {
