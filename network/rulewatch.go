@@ -64,10 +64,10 @@ const ServiceTable = "weft-svc"
 // its timer anyway.
 func concernsRules(b []byte) bool {
 	const (
-		subsysNFTables = 10 // NFNL_SUBSYS_NFTABLES
-		msgNewSetElem  = 12 // NFT_MSG_NEWSETELEM
-		msgDelSetElem  = 14
-		msgNewGen      = 16
+		subsysNFTables = unix.NFNL_SUBSYS_NFTABLES
+		msgNewSetElem  = unix.NFT_MSG_NEWSETELEM
+		msgDelSetElem  = unix.NFT_MSG_DELSETELEM
+		msgNewGen      = unix.NFT_MSG_NEWGEN
 		attrTable      = 1 // NFTA_*_TABLE: the table's name, first in every message kind
 		nfgenLen       = 4
 	)

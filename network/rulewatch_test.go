@@ -2,7 +2,16 @@ package network
 
 import (
 	"encoding/binary"
+	"errors"
+	"net/netip"
+	"os/exec"
 	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/netnsx"
 )
 
 // nftMsg builds one nf_tables notification: the netlink header, nfgenmsg and
@@ -24,7 +33,11 @@ func nftMsg(msg uint8, table string) []byte {
 }
 
 func TestConcernsRules(t *testing.T) {
-	const newRule, newSetElem, delSetElem, newGen, newChain = 6, 12, 14, 16, 3
+	const (
+		newRule, newChain      = unix.NFT_MSG_NEWRULE, unix.NFT_MSG_NEWCHAIN
+		newSetElem, delSetElem = unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_DELSETELEM
+		newGen                 = unix.NFT_MSG_NEWGEN
+	)
 	join := func(ms ...[]byte) []byte {
 		var b []byte
 		for _, m := range ms {
@@ -49,5 +62,68 @@ func TestConcernsRules(t *testing.T) {
 		if got := concernsRules(c.b); got != c.want {
 			t.Errorf("%s: concernsRules = %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// The notifications the kernel really sends for the ingress filter's
+// element updates (each closed by a generation message) do not concern the
+// rules; an iptables-style change by someone else does. Each peer change
+// used to set off four runs of iptables because the generation message was
+// taken for someone else's change.
+func TestConcernsRulesKernel(t *testing.T) {
+	cfg := IngressConfig{Network: netip.MustParsePrefix("172.16.0.0/12"), Subnet: netip.MustParsePrefix("172.16.28.0/24"), Device: "flannel.1", Port: 8472}
+	g, nft, cfg := realIngress(t, cfg)
+	if _, err := g.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	err := netnsx.Do(netns.NsHandle(cfg.NetNSFd), func() (err error) {
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (unix.NFNLGRP_NFTABLES - 1)}); err != nil {
+		t.Fatal(err)
+	}
+	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	// read returns how many datagrams arrived and how many concern the rules.
+	read := func() (n, concern int) {
+		buf := make([]byte, 64<<10)
+		for {
+			k, _, err := unix.Recvfrom(fd, buf, 0)
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				return n, concern
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			n++
+			if concernsRules(buf[:k]) {
+				concern++
+			}
+		}
+	}
+	a := []netip.Addr{netip.MustParseAddr("172.17.42.31")}
+	if err := g.Admit(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Release(a); err != nil {
+		t.Fatal(err)
+	}
+	if n, c := read(); n == 0 || c != 0 {
+		t.Fatalf("an Admit and a Release: %d datagrams, %d concerning the rules; want some, none concerning", n, c)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", "weft-ingress-"+t.Name(), "nft", "add", "table", "ip", "someone").CombinedOutput(); err != nil {
+		t.Fatalf("nft add table: %v\n%s", err, out)
+	}
+	_ = nft
+	if n, c := read(); n == 0 || c == 0 {
+		t.Fatalf("another table added: %d datagrams, %d concerning the rules; want the check", n, c)
 	}
 }
