@@ -75,6 +75,7 @@ vet:
 
 bench: deps build kube-tools
 	WEFT_BIN=$(BIN) WEFT_KUBE_BIN=$$(bash e2e/kube/tools/build.sh $(KUBE_CACHE)) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
+	$(GO) test -count=1 -run '^$$' -bench 'IngressOneChange|SetAddOne' -benchtime 3000x ./network/ ./backend/vxlan/
 
 # fuzz runs every fuzz target in the repo, FUZZTIME each (make fuzz FUZZTIME=5m).
 # Their seed corpora live in each package's testdata/fuzz and also run in test.
