@@ -35,6 +35,12 @@ type services struct {
 	own   netip.Prefix
 	peers []netip.Prefix
 	known bool // a peer snapshot has arrived
+	// names holds the services there are: while there is none, the live
+	// subnets go to the proxy only once (its first rules wait for them),
+	// not with every peer change, which at 4,000 peers cost the node
+	// three copies of every subnet and two more goroutines' wake-ups
+	// for each change.
+	names map[string]struct{}
 
 	// changed wakes the goroutine that hands the live subnets to the
 	// proxy: the peer watch only notes them, so a peer change reaches the
@@ -50,14 +56,14 @@ func newServices(st *service.Store, overlay netip.Prefix, underlay []netip.Prefi
 		debug.SetMemoryLimit(memoryLimit)
 	}
 	return &services{p: proxy.New(proxy.Config{Overlay: overlay, Underlay: underlay, Log: log, Metrics: reg}), store: st, log: log,
-		changed: make(chan struct{}, 1)}
+		changed: make(chan struct{}, 1), names: map[string]struct{}{}}
 }
 
 // run runs the watch and the proxy until ctx ends.
 func (s *services) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := s.store.Watch(ctx, s.log, s.p.Update); err != nil {
+		if err := s.store.Watch(ctx, s.log, s.update); err != nil {
 			s.log.Error("service watch stopped", "err", err)
 		}
 	})
@@ -68,24 +74,60 @@ func (s *services) run(ctx context.Context) {
 	})
 	wg.Go(func() {
 		var buf []netip.Prefix
+		var sentOwn netip.Prefix // the own subnet of the last SetLive
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-s.changed:
 			}
-			s.mu.Lock()
-			if !s.known || !s.own.IsValid() {
-				s.mu.Unlock()
+			own, ok := s.live(sentOwn, &buf)
+			if !ok {
 				continue
 			}
-			own := s.own
-			buf = append(buf[:0], s.peers...)
-			s.mu.Unlock()
 			s.p.SetLive(own, buf) // SetLive keeps a copy of its own
+			sentOwn = own
 		}
 	})
 	wg.Wait()
+}
+
+// live copies the live subnets into *buf when the proxy needs them: once
+// the node's subnet and a peer snapshot are known, the first time and
+// whenever the node's subnet changed (sentOwn is the one last sent), and
+// with every peer change while there are services.
+func (s *services) live(sentOwn netip.Prefix, buf *[]netip.Prefix) (netip.Prefix, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.known || !s.own.IsValid() || (len(s.names) == 0 && s.own == sentOwn) {
+		return netip.Prefix{}, false
+	}
+	*buf = append((*buf)[:0], s.peers...)
+	return s.own, true
+}
+
+// update passes a change of the services to the proxy, noting which
+// services there are; the first service wakes the goroutine that hands
+// the live subnets over.
+func (s *services) update(c service.Change) {
+	s.mu.Lock()
+	had := len(s.names) > 0
+	if c.Full {
+		clear(s.names)
+	}
+	for name, svc := range c.Services {
+		if svc == nil {
+			delete(s.names, name)
+		} else {
+			s.names[name] = struct{}{}
+		}
+	}
+	first := !had && len(s.names) > 0
+	s.mu.Unlock()
+	s.p.Update(c)
+	if first {
+		s.tell()
+	}
 }
 
 // tell wakes the goroutine that passes the live subnets to the proxy.
