@@ -2,7 +2,6 @@ package network
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -10,8 +9,6 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
-
-	"github.com/weft-net/weft/backend"
 )
 
 // realIngress gives an Ingress in a fresh network namespace, and nft run in
@@ -54,14 +51,6 @@ func realIngress(t testing.TB, cfg IngressConfig) (*Ingress, func(args ...string
 	return g, func(args ...string) string {
 		return run(append([]string{"ip", "netns", "exec", ns, nftBin}, args...)...)
 	}, cfg
-}
-
-func ingressPeer(n int, ip string) backend.Peer {
-	return backend.Peer{
-		Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16, byte(n), 0}), 24),
-		PublicIP: netip.MustParseAddr(ip),
-		VtepMAC:  net.HardwareAddr{0x0a, 0, 0, 0, 0, byte(n)},
-	}
 }
 
 func TestIngressInstallAdmitRepair(t *testing.T) {
