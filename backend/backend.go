@@ -27,7 +27,9 @@ type Backend interface {
 // Release after the last entries that used it are gone, once for each peer
 // admitted. The node's VXLAN ingress filter is one: it lets in packets from
 // admitted addresses only. A Gate is told of changes only, so its cost
-// follows the size of a change, not the number of peers. It handles its own
+// follows the size of a change, not the number of peers. Release comes at
+// the end of every Set that compared its peers, with no address if none
+// went: by then every peer the data plane wants has been admitted. It handles its own
 // failures (the filter logs and repairs them); they do not fail a Set.
 type Gate interface {
 	Admit(addrs []netip.Addr)

@@ -96,6 +96,9 @@ type Ingress struct {
 	// that are no peer any more.
 	settled bool
 	checks  int // Ensure calls, for the element comparison's period
+	// dirty says an element update failed and was not repaired: the next
+	// Ensure compares the elements whatever its period.
+	dirty bool
 }
 
 // elementsEvery is how often Ensure compares the set's elements: every
@@ -297,9 +300,13 @@ func (g *Ingress) elementsLocked(addrs []netip.Addr, add bool) error {
 		g.v4, g.v6 = v4[:0], v6[:0]
 		if err := g.w.write(add, v4, v6); err != nil {
 			// The table or set is gone, or an element was already
-			// missing: write the whole table as it should be.
+			// missing: write the whole table as it should be. If that
+			// fails too, the next Ensure compares the elements.
 			g.log.Debug("updating the peers set failed; rebuilding the table", "table", ingressTable, "err", err)
-			return g.rebuildLocked()
+			if err := g.rebuildLocked(); err != nil {
+				g.dirty = true
+				return err
+			}
 		}
 	}
 	return nil
@@ -386,7 +393,7 @@ func (g *Ingress) intactLocked() bool {
 	// costly part of the check, and weft's own updates (which the element
 	// changes mostly are) keep the sets right in between.
 	g.checks++
-	if g.checks%elementsEvery != 1 {
+	if g.checks%elementsEvery != 1 && !g.dirty {
 		return true
 	}
 	_ = s
@@ -462,6 +469,7 @@ func (g *Ingress) rebuildLocked() error {
 	if err := g.conn.Flush(); err != nil {
 		return fmt.Errorf("writing nftables table inet %s: %w", ingressTable, err)
 	}
+	g.dirty = false
 	return nil
 }
 

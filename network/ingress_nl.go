@@ -54,6 +54,12 @@ func openElementWriter(nsfd int) (*elementWriter, error) {
 		unix.Close(w.fd)
 		return nil, fmt.Errorf("binding a netfilter netlink socket: %w", err)
 	}
+	// An error echoes only the header of the refused request, not its
+	// thousands of elements: the answer fits the receive buffer.
+	if err := unix.SetsockoptInt(w.fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1); err != nil {
+		unix.Close(w.fd)
+		return nil, fmt.Errorf("capping netlink acknowledgements: %w", err)
+	}
 	return w, nil
 }
 

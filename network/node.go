@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/weft-net/weft/backend"
@@ -136,6 +137,9 @@ type Node struct {
 
 	ingMu   sync.Mutex    // guards ingress, which the hot path reads
 	ingress IngressFilter // nil without a filter or before the data plane is set up
+	// setDone says the data plane's Set under way told its gate it was
+	// done comparing peers (see apply).
+	setDone atomic.Bool
 
 	// refilter asks the peer watch to check every lease again (foreign
 	// changed).
@@ -661,8 +665,13 @@ func (n *Node) subscribe(ctx context.Context, wg *sync.WaitGroup, dp Dataplane, 
 // The data plane tells the ingress filter of the peers it adds and removes
 // (see gate); once a snapshot is programmed the filter settles.
 func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, received time.Time) bool {
+	n.setDone.Store(false)
 	err := dp.Set(ctx, peers)
-	if g := n.getIngress(); err == nil && g != nil {
+	// Every wanted peer is admitted once a Set compared its peers, even if
+	// some kernel change failed (the gate heard its last Release): the
+	// addresses a weftd before left go then, not at the first Set that
+	// fully succeeds, which one failing peer could put off for good.
+	if g := n.getIngress(); g != nil && (err == nil || n.setDone.Load()) {
 		if serr := g.Settle(); serr != nil {
 			n.ingressFailed("removing the addresses of former peers from the VXLAN ingress filter", serr)
 		}
@@ -681,7 +690,7 @@ func (n *Node) apply(ctx context.Context, dp Dataplane, peers []backend.Peer, re
 
 // gate is the data plane's backend.Gate to the ingress filter: a failure is
 // counted and logged, and the rules goroutine's next check of the filter
-// writes it whole from the counts.
+// compares its elements and writes it whole from the counts.
 type gate struct {
 	n *Node
 	g IngressFilter
@@ -694,6 +703,10 @@ func (a gate) Admit(addrs []netip.Addr) {
 }
 
 func (a gate) Release(addrs []netip.Addr) {
+	a.n.setDone.Store(true)
+	if len(addrs) == 0 {
+		return
+	}
 	if err := a.g.Release(addrs); err != nil {
 		a.n.ingressFailed("removing departed peers from the VXLAN ingress filter", err)
 	}

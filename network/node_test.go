@@ -55,6 +55,10 @@ type fakeDataplane struct {
 	kick       func()
 	failEnsure error
 	closed     int
+	// gate, when SetGate gave one, hears of every Set's peers as a vxlan
+	// Device tells it; failEarly fails a Set before that (no device).
+	gate      backend.Gate
+	failEarly error
 }
 
 var _ Dataplane = (*fakeDataplane)(nil)
@@ -63,13 +67,28 @@ func (f *fakeDataplane) Set(_ context.Context, p []backend.Peer) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sets++
+	if f.failEarly != nil {
+		return f.failEarly
+	}
+	if f.gate != nil {
+		var addrs []netip.Addr
+		for _, q := range p {
+			addrs = append(addrs, q.PublicIP)
+		}
+		f.gate.Admit(addrs)
+		defer f.gate.Release(nil)
+	}
 	if f.failSet != nil {
 		return f.failSet
 	}
 	f.peers = p
 	return nil
 }
-func (f *fakeDataplane) SetGate(backend.Gate) {}
+func (f *fakeDataplane) SetGate(g backend.Gate) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gate = g
+}
 func (f *fakeDataplane) Ensure(context.Context) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -341,5 +360,87 @@ func TestNodeClosesEveryDataplane(t *testing.T) {
 	}
 	if c := made[2].closed; c != 1 {
 		t.Errorf("the data plane in use was closed %d times when Run returned, want 1", c)
+	}
+}
+
+// fakeIngress records what the loop asks of the ingress filter.
+type fakeIngress struct {
+	mu      sync.Mutex
+	admits  int
+	settles int
+}
+
+func (g *fakeIngress) Admit([]netip.Addr) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.admits++
+	return nil
+}
+func (g *fakeIngress) Release([]netip.Addr) error { return nil }
+func (g *fakeIngress) Settle() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.settles++
+	return nil
+}
+func (g *fakeIngress) Ensure() (int, error)                { return 0, nil }
+func (g *fakeIngress) Dropped() (map[string]uint64, error) { return nil, nil }
+func (g *fakeIngress) Close()                              {}
+
+// The filter settles (drops what a weftd before left in its sets) once a
+// Set has admitted every peer, even when some kernel change of that Set
+// failed, but not after a Set that failed before looking at its peers.
+func TestIngressSettlesOnceEveryPeerIsAdmitted(t *testing.T) {
+	dp := &fakeDataplane{failEarly: errors.New("no device")}
+	ing := &fakeIngress{}
+	cfg, err := subnet.ParseConfig([]byte(`{"Network":"172.16.0.0/12"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps := make(chan subnet.Snapshot)
+	n, err := NewNode(NodeConfig{
+		Config: cfg, PublicIP: netip.MustParseAddr("172.17.42.31"), SubnetFile: filepath.Join(t.TempDir(), "subnet.env"),
+		Leases:       subnet.LeaseAttrs{VtepMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}},
+		Holder:       &fakeHolder{lease: subnet.Lease{Subnet: netip.MustParsePrefix("172.16.28.0/24")}},
+		Watcher:      &fakeWatcher{snaps: snaps},
+		NewDataplane: func(subnet.Lease) (Dataplane, error) { return dp, nil },
+		NewRules:     func(RulesConfig) (RuleSet, error) { return fakeRules{}, nil },
+		NewIngress:   func(IngressConfig) (IngressFilter, error) { return ing, nil },
+		VXLANPort:    8472,
+		Forwarding:   func() error { return nil },
+		EtcdSynced:   time.Now,
+		Metrics:      NewMetrics(prometheus.NewRegistry()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	settles := func() int { ing.mu.Lock(); defer ing.mu.Unlock(); return ing.settles }
+	sets := func() int { dp.mu.Lock(); defer dp.mu.Unlock(); return dp.sets }
+
+	snaps <- subnet.Snapshot{Peers: []subnet.Peer{peer("172.16.78.0/24")}}
+	waitFor(t, "a Set that failed early", func() bool { return sets() >= 1 })
+	time.Sleep(20 * time.Millisecond)
+	if s := settles(); s != 0 {
+		t.Fatalf("settled %d times after a Set that admitted nobody", s)
+	}
+	dp.mu.Lock()
+	dp.failEarly, dp.failSet = nil, errors.New("one route refused")
+	dp.mu.Unlock()
+	snaps <- subnet.Snapshot{Peers: []subnet.Peer{peer("172.16.78.0/24")}}
+	waitFor(t, "settled after a Set that admitted every peer but failed a change", func() bool { return settles() >= 1 })
+	ing.mu.Lock()
+	admits := ing.admits
+	ing.mu.Unlock()
+	if admits == 0 {
+		t.Fatal("settled without an Admit")
 	}
 }

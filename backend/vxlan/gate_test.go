@@ -16,13 +16,17 @@ type logGate struct{ f *fakeNL }
 
 func (g logGate) Admit(addrs []netip.Addr) { g.f.ops = append(g.f.ops, fmt.Sprint("admit ", addrs)) }
 func (g logGate) Release(addrs []netip.Addr) {
+	if len(addrs) == 0 {
+		g.f.ops = append(g.f.ops, "release none")
+		return
+	}
 	g.f.ops = append(g.f.ops, fmt.Sprint("release ", addrs))
 }
 
 // The Gate hears of the public address of each peer a Set adds before any
 // of its entries goes in, and of each peer it removes after the entries are
-// gone; a Set that changes nothing tells it nothing, whatever the number of
-// peers.
+// gone; a Set that changes nothing tells it only that it is done ("release
+// none"), whatever the number of peers.
 func TestSetTellsGate(t *testing.T) {
 	f := newFakeNL()
 	d := newFakeDevice(t, f)
@@ -43,16 +47,16 @@ func TestSetTellsGate(t *testing.T) {
 
 	// The first Set (compared with the kernel) admits every peer first.
 	ops := set(2, 3)
-	if len(ops) < 2 || ops[0] != "admit [172.17.42.2 172.17.42.3]" || len(gateOps(ops)) != 1 {
+	if len(ops) < 2 || ops[0] != "admit [172.17.42.2 172.17.42.3]" || ops[len(ops)-1] != "release none" || len(gateOps(ops)) != 2 {
 		t.Fatalf("first Set: %q", ops)
 	}
 	// One peer added: admitted before its three entries.
 	ops = set(2, 3, 4)
-	if len(ops) != 4 || ops[0] != "admit [172.17.42.4]" {
+	if len(ops) != 5 || ops[0] != "admit [172.17.42.4]" || ops[4] != "release none" {
 		t.Fatalf("adding a peer: %q", ops)
 	}
 	// Nothing changed: nothing told.
-	if ops := set(2, 3, 4); len(ops) != 0 {
+	if ops := set(2, 3, 4); len(ops) != 1 || ops[0] != "release none" {
 		t.Fatalf("same peers again: %q", ops)
 	}
 	// One removed: released after its entries are gone.
@@ -76,7 +80,7 @@ func TestSetTellsGate(t *testing.T) {
 	if err := d.Set(ctx, append(moved, bad)); err == nil {
 		t.Fatal("Set took a peer with a zero MAC")
 	}
-	if g := gateOps(f.takeOps()); len(g) != 0 {
+	if g := gateOps(f.takeOps()); len(g) != 1 || g[0] != "release none" {
 		t.Fatalf("a refused peer: gate told %q", g)
 	}
 }

@@ -32,15 +32,16 @@ func (d *Device) Set(ctx context.Context, peers []backend.Peer) error {
 	d.changes = keepSmall(changes)
 	if d.gate != nil {
 		// Admitted before any entry goes in, released once all are out
-		// (or failed: the next Reconcile takes them out).
+		// (or failed: the next Reconcile takes them out). Release is
+		// called at the end of every Set that compared its peers, with
+		// none if none went: the Gate learns that every wanted peer is
+		// admitted.
 		d.gateLists(changes)
 		if len(d.admit) > 0 {
 			d.gate.Admit(d.admit)
 		}
 		defer func() {
-			if len(d.release) > 0 {
-				d.gate.Release(d.release)
-			}
+			d.gate.Release(d.release)
 			d.admit, d.release = keepSmall(d.admit), keepSmall(d.release)
 		}()
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -107,8 +108,8 @@ func (s *services) live(sentOwn netip.Prefix, buf *[]netip.Prefix) (netip.Prefix
 }
 
 // update passes a change of the services to the proxy, noting which
-// services there are; the first service wakes the goroutine that hands
-// the live subnets over.
+// services there are; the first one goes with the live subnets of the
+// moment.
 func (s *services) update(c service.Change) {
 	s.mu.Lock()
 	had := len(s.names) > 0
@@ -123,11 +124,18 @@ func (s *services) update(c service.Change) {
 		}
 	}
 	first := !had && len(s.names) > 0
-	s.mu.Unlock()
-	s.p.Update(c)
-	if first {
-		s.tell()
+	var own netip.Prefix
+	var peers []netip.Prefix
+	if first && s.known && s.own.IsValid() {
+		own, peers = s.own, slices.Clone(s.peers)
 	}
+	s.mu.Unlock()
+	if own.IsValid() {
+		// Before the proxy hears of the service: it must not program
+		// it with the subnets of start-up, which it holds until then.
+		s.p.SetLive(own, peers)
+	}
+	s.p.Update(c)
 }
 
 // tell wakes the goroutine that passes the live subnets to the proxy.
