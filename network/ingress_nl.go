@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"syscall"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/weft-net/weft/internal/netnsx"
 	"github.com/weft-net/weft/rtnl"
 )
 
@@ -36,20 +33,11 @@ type elementWriter struct {
 // openElementWriter opens the writer's socket in the namespace nsfd (0: the
 // process's own).
 func openElementWriter(nsfd int) (*elementWriter, error) {
-	w := &elementWriter{fd: -1, rcv: make([]byte, 8192)}
-	open := func() (err error) {
-		w.fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		return err
-	}
-	var err error
-	if nsfd != 0 {
-		err = netnsx.Do(netns.NsHandle(nsfd), open)
-	} else {
-		err = open()
-	}
+	fd, err := rtnl.OpenNetfilter(nsfd)
 	if err != nil {
-		return nil, fmt.Errorf("opening a netfilter netlink socket: %w", err)
+		return nil, err
 	}
+	w := &elementWriter{fd: fd, rcv: make([]byte, 8192)}
 	if err := unix.Bind(w.fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		unix.Close(w.fd)
 		return nil, fmt.Errorf("binding a netfilter netlink socket: %w", err)
@@ -107,20 +95,20 @@ func (w *elementWriter) write(add bool, v4, v6 []netip.Addr) error {
 		}
 		start := len(b)
 		b = w.appendHeader(b, nfnlSubsysNFTables<<8|typ, flags, nfprotoINet)
-		b = appendNLAttr(b, nftaSetElemListTable, append([]byte(ingressTable), 0))
-		b = appendNLAttr(b, nftaSetElemListSet, append([]byte(s.name), 0))
+		b = rtnl.AppendAttr(b, nftaSetElemListTable, append([]byte(ingressTable), 0))
+		b = rtnl.AppendAttr(b, nftaSetElemListSet, append([]byte(s.name), 0))
 		list := len(b)
-		b = appendNLAttr(b, nftaSetElemListElements|unix.NLA_F_NESTED, nil)
+		b = rtnl.AppendAttr(b, nftaSetElemListElements|unix.NLA_F_NESTED, nil)
 		for _, a := range s.addrs {
 			elem := len(b)
-			b = appendNLAttr(b, nftaListElem|unix.NLA_F_NESTED, nil)
+			b = rtnl.AppendAttr(b, nftaListElem|unix.NLA_F_NESTED, nil)
 			key := len(b)
-			b = appendNLAttr(b, nftaSetElemKey|unix.NLA_F_NESTED, nil)
-			b = appendNLAttr(b, nftaDataValue, a.AsSlice())
-			endNLAttr(b, key)
-			endNLAttr(b, elem)
+			b = rtnl.AppendAttr(b, nftaSetElemKey|unix.NLA_F_NESTED, nil)
+			b = rtnl.AppendAttr(b, nftaDataValue, a.AsSlice())
+			rtnl.EndAttr(b, key)
+			rtnl.EndAttr(b, elem)
 		}
-		endNLAttr(b, list)
+		rtnl.EndAttr(b, list)
 		binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
 	}
 	b = w.appendBatchMark(b, nfnlMsgBatchEnd)
@@ -147,10 +135,11 @@ func (w *elementWriter) errors() error {
 			return errors.Join(append(errs, fmt.Errorf("reading nf_tables answer: %w", err))...)
 		}
 		perr := rtnl.SplitMsgs(w.rcv[:n], func(m rtnl.Msg) bool {
-			if m.Type == unix.NLMSG_ERROR && len(m.Body) >= 4 {
-				if code := int32(binary.NativeEndian.Uint32(m.Body)); code != 0 {
-					errs = append(errs, fmt.Errorf("nf_tables refused the peers set update: %w", syscall.Errno(-code)))
-				}
+			if m.Type != unix.NLMSG_ERROR {
+				return true
+			}
+			if err := rtnl.MsgError(m); err != nil {
+				errs = append(errs, fmt.Errorf("nf_tables refused the peers set update: %w", err))
 			}
 			return true
 		})
@@ -178,22 +167,4 @@ func (w *elementWriter) appendBatchMark(b []byte, typ uint16) []byte {
 	b = w.appendHeader(b, typ, unix.NLM_F_REQUEST, unix.AF_UNSPEC)
 	binary.BigEndian.PutUint16(b[start+unix.SizeofNlMsghdr+2:], nfnlSubsysNFTables)
 	return b
-}
-
-// appendNLAttr appends an attribute with value v, padded to 4 bytes; a
-// nested one is appended empty and closed with endNLAttr.
-func appendNLAttr(b []byte, typ uint16, v []byte) []byte {
-	var h [4]byte
-	binary.NativeEndian.PutUint16(h[0:], uint16(4+len(v)))
-	binary.NativeEndian.PutUint16(h[2:], typ)
-	b = append(append(b, h[:]...), v...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-// endNLAttr sets the length of the nested attribute that starts at start.
-func endNLAttr(b []byte, start int) {
-	binary.NativeEndian.PutUint16(b[start:], uint16(len(b)-start))
 }

@@ -8,10 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/weft-net/weft/internal/netnsx"
+	"github.com/weft-net/weft/rtnl"
 )
 
 // nftMsg builds one nf_tables notification: the netlink header, nfgenmsg and
@@ -76,11 +75,7 @@ func TestConcernsRulesKernel(t *testing.T) {
 	if _, err := g.Ensure(); err != nil {
 		t.Fatal(err)
 	}
-	var fd int
-	err := netnsx.Do(netns.NsHandle(cfg.NetNSFd), func() (err error) {
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		return err
-	})
+	fd, err := rtnl.OpenNetfilter(cfg.NetNSFd)
 	if err != nil {
 		t.Fatal(err)
 	}

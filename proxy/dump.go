@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/rtnl"
 )
 
 // countRules returns how many rules the chain of table TableName holds, by a
@@ -48,7 +49,7 @@ func countElems(nsFd int, set string) (int, error) {
 // of table TableName (attribute tableAttr) and calls f with each answer's
 // payload.
 func dump(nsFd int, msgType, tableAttr, nameAttr uint16, name string, f func([]byte)) error {
-	fd, err := socketIn(nsFd)
+	fd, err := rtnl.OpenNetfilter(nsFd)
 	if err != nil {
 		return err
 	}
@@ -99,26 +100,6 @@ func dump(nsFd int, msgType, tableAttr, nameAttr uint16, name string, f func([]b
 	}
 }
 
-// socketIn opens a netfilter netlink socket in the namespace nsFd (0: ours).
-func socketIn(nsFd int) (int, error) {
-	open := func() (int, error) {
-		return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-	}
-	if nsFd == 0 {
-		fd, err := open()
-		if err != nil {
-			return -1, fmt.Errorf("opening a netfilter netlink socket: %w", os.NewSyscallError("socket", err))
-		}
-		return fd, nil
-	}
-	var fd int
-	err := inNS(nsFd, func() (err error) { fd, err = open(); return err })
-	if err != nil {
-		return -1, fmt.Errorf("opening a netfilter netlink socket: %w", err)
-	}
-	return fd, nil
-}
-
 // ServiceKey is the key of a service port in the services and no-endpoints
 // maps.
 func ServiceKey(vip netip.Addr, udp bool, port uint16) []byte {
@@ -132,7 +113,7 @@ func ServiceKey(vip netip.Addr, udp bool, port uint16) []byte {
 // HasElement reports whether set of table TableName in namespace nsFd holds
 // key: one lookup in the kernel, however large the set.
 func HasElement(nsFd int, set string, key []byte) (bool, error) {
-	fd, err := socketIn(nsFd)
+	fd, err := rtnl.OpenNetfilter(nsFd)
 	if err != nil {
 		return false, err
 	}

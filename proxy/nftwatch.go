@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/rtnl"
 )
 
 // watchTable calls kick when another process changes weft-svc (flushes it,
@@ -22,7 +24,7 @@ import (
 type tableWatch struct{ fd int }
 
 func openTableWatch(nsFd int) (*tableWatch, error) {
-	fd, err := socketIn(nsFd)
+	fd, err := rtnl.OpenNetfilter(nsFd)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/weft-net/weft/internal/netnsx"
 	"github.com/weft-net/weft/service"
 )
 
@@ -487,6 +486,3 @@ func (p *Proxy) diffKey(k *kernel, key string) {
 func samePort(a, b *svcPort) bool {
 	return a.vip == b.vip && a.proto == b.proto && a.port == b.port && a.affinity == b.affinity && slices.Equal(a.backends, b.backends)
 }
-
-// inNS runs fn with sockets made in the namespace nsFd.
-func inNS(nsFd int, fn func() error) error { return netnsx.Do(netns.NsHandle(nsFd), fn) }

@@ -159,7 +159,7 @@ func (k *Conn) acks(first, last uint32, refused func(seq uint32, err error)) err
 			if m.Type != unix.NLMSG_ERROR || m.Seq-first > last-first {
 				return true // a leftover of an earlier, abandoned exchange
 			}
-			if err := nlError(m); err != nil {
+			if err := MsgError(m); err != nil {
 				refused(m.Seq, err)
 			}
 			if m.Seq == last {
@@ -215,7 +215,7 @@ func (k *Conn) dump(typ uint16, req []byte, each func(m Msg)) error {
 				done = true
 				return false
 			case unix.NLMSG_ERROR:
-				derr = nlError(m)
+				derr = MsgError(m)
 				done = true
 				return false
 			}

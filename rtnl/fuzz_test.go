@@ -33,7 +33,7 @@ func FuzzParse(f *testing.F) {
 			_, _, _ = ParseLink(m.Body)
 			_, _ = AddrIndex(m.Body)
 			_, _, _ = NeighHeader(m.Body)
-			_ = nlError(m)
+			_ = MsgError(m)
 			_ = RouteUsesDevice(m.Body, 5)
 			return true
 		})

@@ -137,7 +137,7 @@ func AppendOp(b []byte, o *Op, index int, seq uint32) []byte {
 			b = appendHdr(b, unix.RTM_NEWNEIGH, set, seq)
 			b = appendNdMsg(b, family(o.IP), index, unix.NUD_PERMANENT, 0)
 			b = appendAddr(b, unix.NDA_DST, o.IP)
-			b = appendAttr(b, unix.NDA_LLADDR, o.MAC[:])
+			b = AppendAttr(b, unix.NDA_LLADDR, o.MAC[:])
 		} else {
 			b = appendHdr(b, unix.RTM_DELNEIGH, del, seq)
 			b = appendNdMsg(b, family(o.IP), index, 0, 0)
@@ -154,12 +154,12 @@ func AppendOp(b []byte, o *Op, index int, seq uint32) []byte {
 			b = appendHdr(b, unix.RTM_DELNEIGH, del, seq)
 			b = appendNdMsg(b, unix.AF_BRIDGE, index, 0, unix.NTF_SELF)
 		}
-		b = appendAttr(b, unix.NDA_LLADDR, o.MAC[:])
+		b = AppendAttr(b, unix.NDA_LLADDR, o.MAC[:])
 		if o.IP.IsValid() {
 			b = appendAddr(b, unix.NDA_DST, o.IP)
 		}
 		if o.Port != 0 {
-			b = appendAttr(b, unix.NDA_PORT, []byte{byte(o.Port >> 8), byte(o.Port)}) // network order
+			b = AppendAttr(b, unix.NDA_PORT, []byte{byte(o.Port >> 8), byte(o.Port)}) // network order
 		}
 		if o.HasVNI {
 			b = appendU32(b, unix.NDA_VNI, o.VNI)
@@ -202,7 +202,9 @@ func appendNdMsg(b []byte, fam uint8, index int, state uint16, flags uint8) []by
 	return append(b, flags, 0) // flags, type
 }
 
-func appendAttr(b []byte, typ uint16, v []byte) []byte {
+// AppendAttr appends a netlink attribute with value v, padded to 4 bytes.
+// A nested attribute is appended with no value and closed by EndAttr.
+func AppendAttr(b []byte, typ uint16, v []byte) []byte {
 	b = ne.AppendUint16(b, uint16(rtaHdrLen+len(v)))
 	b = ne.AppendUint16(b, typ)
 	b = append(b, v...)
@@ -210,6 +212,12 @@ func appendAttr(b []byte, typ uint16, v []byte) []byte {
 		b = append(b, 0)
 	}
 	return b
+}
+
+// EndAttr sets the length of the nested attribute that starts at start to
+// what was appended since.
+func EndAttr(b []byte, start int) {
+	ne.PutUint16(b[start:], uint16(len(b)-start))
 }
 
 func appendU32(b []byte, typ uint16, v uint32) []byte {
@@ -221,8 +229,8 @@ func appendU32(b []byte, typ uint16, v uint32) []byte {
 func appendAddr(b []byte, typ uint16, a netip.Addr) []byte {
 	if a.Is4() {
 		v := a.As4()
-		return appendAttr(b, typ, v[:])
+		return AppendAttr(b, typ, v[:])
 	}
 	v := a.As16()
-	return appendAttr(b, typ, v[:])
+	return AppendAttr(b, typ, v[:])
 }

@@ -67,6 +67,24 @@ func OpenRoute(ns netns.NsHandle, groups uint32, rcvbuf int, nonblock bool) (fd 
 	return fd, nl.Pid, nil
 }
 
+// OpenNetfilter opens a NETLINK_NETFILTER socket in the namespace nsFd (0:
+// the process's own), unbound.
+func OpenNetfilter(nsFd int) (int, error) {
+	ns := netns.None()
+	if nsFd != 0 {
+		ns = netns.NsHandle(nsFd)
+	}
+	var fd int
+	err := inNamespace(ns, func() (err error) {
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		return err
+	})
+	if err != nil {
+		return -1, fmt.Errorf("opening a netfilter netlink socket: %w", err)
+	}
+	return fd, nil
+}
+
 // Offsets and sizes of the netlink structures this package reads and writes
 // by hand (include/uapi/linux/netlink.h, rtnetlink.h, neighbour.h).
 const (
@@ -120,10 +138,9 @@ func Attrs(b []byte, f func(typ uint16, v []byte)) {
 	}
 }
 
-// nlError turns the body of an NLMSG_ERROR message into the request's
-// sequence number and its error (nil for an acknowledgement), with the
-// kernel's extended message when it sent one.
-func nlError(m Msg) error {
+// MsgError turns an NLMSG_ERROR message into its error (nil for an
+// acknowledgement), with the kernel's extended message when it sent one.
+func MsgError(m Msg) error {
 	if len(m.Body) < 4 {
 		return errors.New("truncated netlink error message")
 	}

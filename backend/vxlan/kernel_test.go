@@ -87,6 +87,12 @@ func setupNode(t *testing.T, ns, local, subnet string, mac net.HardwareAddr) *no
 	t.Helper()
 	sh(t, "ip", "-n", ns, "addr", "add", local+"/16", "dev", "eth0")
 	sh(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+	return nodeOf(t, ns, local, subnet, mac)
+}
+
+// nodeOf describes the node in namespace ns whose uplink eth0 is set up.
+func nodeOf(t *testing.T, ns, local, subnet string, mac net.HardwareAddr) *node {
+	t.Helper()
 	nsh, err := netns.GetFromName(ns)
 	if err != nil {
 		t.Fatal(err)
@@ -634,22 +640,5 @@ func setupNode6(t *testing.T, ns, local, subnet string, mac net.HardwareAddr) *n
 	sh(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.eth0.accept_dad=0")
 	sh(t, "ip", "-n", ns, "addr", "add", local+"/64", "dev", "eth0", "nodad")
 	sh(t, "ip", "-n", ns, "link", "set", "eth0", "up")
-	nsh, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nsh.Close() })
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	eth0, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &node{
-		ns: ns, nsh: nsh, uplink: eth0.Attrs().Index,
-		local: netip.MustParseAddr(local), subnet: netip.MustParsePrefix(subnet), mac: mac,
-	}
+	return nodeOf(t, ns, local, subnet, mac)
 }
