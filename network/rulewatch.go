@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/rtnl"
 )
 
 // WatchRuleChanges calls kick whenever the kernel reports a change to the
@@ -102,15 +104,11 @@ func concernsRules(b []byte) bool {
 
 // attrString returns the string attribute typ of a netlink attribute list.
 func attrString(b []byte, typ uint16) string {
-	for len(b) >= 4 {
-		l := int(binary.NativeEndian.Uint16(b[0:2]))
-		if l < 4 || l > len(b) {
-			return ""
+	v := ""
+	rtnl.Attrs(b, func(t uint16, val []byte) {
+		if t == typ && v == "" {
+			v = string(bytes.TrimRight(val, "\x00"))
 		}
-		if binary.NativeEndian.Uint16(b[2:4])&0x3fff == typ {
-			return string(bytes.TrimRight(b[4:l], "\x00"))
-		}
-		b = b[min(len(b), (l+3)&^3):]
-	}
-	return ""
+	})
+	return v
 }
