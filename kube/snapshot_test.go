@@ -42,14 +42,7 @@ func BenchmarkSnapshot4000(b *testing.B) {
 // after each that the snapshot made change by change equals one made from
 // scratch.
 func TestIncrementalMatchesFull(t *testing.T) {
-	cfg, _ := subnet.ParseConfig([]byte(`{"Network":"172.16.0.0/12","Backend":{"Type":"vxlan"}}`))
-	m, err := New(Config{Nodes: fakeNodes{}, NodeName: "self", Network: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.own = netip.MustParsePrefix("172.16.0.0/24")
-	f := subnet.PeerFilter{Config: cfg, Underlay: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")},
-		Self: func() (netip.Prefix, netip.Addr) { return m.own, netip.MustParseAddr("10.250.0.1") }}
+	m, f := testManager(t)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 3000 {
 		name := fmt.Sprintf("n%d", rng.IntN(40))
@@ -84,14 +77,7 @@ func TestIncrementalMatchesFull(t *testing.T) {
 // the peers added, removed and changed since the one before, whether the
 // snapshot is made change by change or from scratch.
 func TestPeerEventCounts(t *testing.T) {
-	cfg, _ := subnet.ParseConfig([]byte(`{"Network":"172.16.0.0/12","Backend":{"Type":"vxlan"}}`))
-	m, err := New(Config{Nodes: fakeNodes{}, NodeName: "self", Network: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.own = netip.MustParsePrefix("172.16.0.0/24")
-	f := subnet.PeerFilter{Config: cfg, Underlay: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")},
-		Self: func() (netip.Prefix, netip.Addr) { return m.own, netip.MustParseAddr("10.250.0.1") }}
+	m, f := testManager(t)
 	value := func(kind string) int { return int(testutilValue(m.m.peerEvents.WithLabelValues(kind))) }
 	var prev []peer.Peer
 	full := 0
@@ -131,4 +117,19 @@ func TestPeerEventCounts(t *testing.T) {
 // record is n as the informer hands it over, trimmed.
 func record(n *corev1.Node) *nodeRecord {
 	return newAnnotations(DefaultPrefix).record(&Node{ObjectMeta: n.ObjectMeta, Spec: NodeSpec{PodCIDR: n.Spec.PodCIDR}})
+}
+
+// testManager is a Manager of node "self" holding 172.16.0.0/24, with the
+// peer filter its snapshots go through.
+func testManager(t *testing.T) (*Manager, subnet.PeerFilter) {
+	t.Helper()
+	cfg, _ := subnet.ParseConfig([]byte(`{"Network":"172.16.0.0/12","Backend":{"Type":"vxlan"}}`))
+	m, err := New(Config{Nodes: fakeNodes{}, NodeName: "self", Network: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.own = netip.MustParsePrefix("172.16.0.0/24")
+	f := subnet.PeerFilter{Config: cfg, Underlay: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")},
+		Self: func() (netip.Prefix, netip.Addr) { return m.own, netip.MustParseAddr("10.250.0.1") }}
+	return m, f
 }
